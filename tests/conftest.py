@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random models built from configs (no network, no weights)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sequencematch import add_backspace, char_tokenizer, tiny_model  # noqa: E402
+
+ALPHABET = "0123456789abcdef -+=?,"
+
+
+def make_model(preset: str, dtype: torch.dtype = torch.float64, attn: str = "sdpa", seed: int = 0):
+    """A tiny model with <bkspc> added, in eval mode; returns (model, tokenizer, bkspc_id)."""
+    torch.manual_seed(seed)
+    tokenizer = char_tokenizer(ALPHABET)
+    model = tiny_model(preset, tokenizer, attn_implementation=attn).to(dtype).eval()
+    bkspc_id = add_backspace(model, tokenizer)
+    return model, tokenizer, bkspc_id
+
+
+@pytest.fixture(scope="session", params=["tiny_gpt2", "tiny_llama"])
+def float64_model(request):
+    return make_model(request.param)
+
+
+def boost_logit(model, token_id: int, amount: float):
+    """Add ``amount`` to one output logit through a forward hook (affects every forward)."""
+    head = model.get_output_embeddings()
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[..., token_id] += amount
+        return output
+
+    return head.register_forward_hook(hook)
