@@ -1,0 +1,460 @@
+"""Training objectives on one-pass logits: MLE and the SequenceMatch (IQ-Learn) loss.
+
+The logits of a row are read as a soft Q-function (SPEC section 3): ``logits[b, t]`` is
+``Q(s_t, .)`` for the state reached after element ``t``. The action at element ``t``
+(``P <= t < L``) is the transition ``s = state after t-1 -> s' = state after t``, so its
+``Q(s, a)`` is ``logits[b, t-1, a]``, its ``V(s)`` is the logsumexp of ``logits[b, t-1]`` and
+its ``V(s')`` the logsumexp of ``logits[b, t]`` (over valid actions only: ``<bkspc>`` is
+invalid in a state with no generated token left).
+
+Everything here is a pure function of tensors (no model), vectorised over the batch and the
+sequence, in the dtype of the logits. Pass float32 (or float64) logits: bfloat16 cannot even
+represent ``gamma=0.998`` (it rounds to 0.996), nor ``V`` to the precision ``r`` needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+
+from .actions import Batch
+from .layout import validate_rows, visible_lengths
+
+Phi = Callable[[torch.Tensor, float], torch.Tensor]
+"""``phi(x, alpha) -> tensor``: the concave function of the reward in the imitation term
+(``alpha`` is only used by ``chi2``)."""
+
+
+# --------------------------------------------------------------------------------------
+# Transitions
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """Per-transition quantities, ``[B, T]``, aligned on the action element ``t``.
+
+    Entries are zero (``False``) outside action elements (prompt and padding).
+
+    Attributes:
+        q: ``Q(s, a)``, the logit of the action taken in the state before it.
+        v: ``V(s)``, logsumexp over the valid actions of that state.
+        v_next: ``V(s')`` of the state after the action; ``0`` after ``<eos>`` (the
+            absorbing terminal state, never bootstrapped from).
+        done: ``True`` where the action is ``<eos>``.
+        mask: ``True`` at action elements that are expert transitions (the ones any loss
+            averages over; inserted noise actions of data rows are ``False``).
+        step: ``t - P``, the action index after the prompt (backspaces and noise count),
+            used for the ``gamma ** step`` weights.
+        action: ``True`` at every action element (expert or not).
+    """
+
+    q: torch.Tensor
+    v: torch.Tensor
+    v_next: torch.Tensor
+    done: torch.Tensor
+    mask: torch.Tensor
+    step: torch.Tensor
+    action: torch.Tensor
+
+    def reward(self, gamma: float) -> torch.Tensor:
+        """Implicit reward ``r = Q(s,a) - gamma * (1 - done) * V(s')``, ``[B, T]``."""
+        return self.q - gamma * torch.where(self.done, 0.0, self.v_next)
+
+    def value_difference(self, gamma: float) -> torch.Tensor:
+        """``V(s) - gamma * (1 - done) * V(s')``, ``[B, T]`` (the value-term integrand)."""
+        return self.v - gamma * torch.where(self.done, 0.0, self.v_next)
+
+    def weights(self, gamma: float) -> torch.Tensor:
+        """``gamma ** step`` on masked transitions, ``0`` elsewhere, ``[B, T]``."""
+        w = torch.pow(torch.as_tensor(gamma, dtype=self.q.dtype, device=self.q.device), self.step)
+        return torch.where(self.mask, w, 0.0)
+
+
+def _check_logits(logits: torch.Tensor, batch: Batch, name: str) -> None:
+    """Raise ``ValueError`` when ``logits`` do not fit ``batch``."""
+    if logits.dim() != 3:
+        raise ValueError(f"{name} must be [batch, time, vocab], got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {logits.dtype}")
+    if tuple(logits.shape[:2]) != tuple(batch.sequences.shape):
+        raise ValueError(
+            f"{name} has shape {tuple(logits.shape)} but the batch sequences are "
+            f"{tuple(batch.sequences.shape)}: the first two dimensions must match"
+        )
+    if tuple(batch.expert.shape) != tuple(batch.sequences.shape):
+        raise ValueError(
+            f"batch.expert has shape {tuple(batch.expert.shape)}, expected "
+            f"{tuple(batch.sequences.shape)} (one flag per element)"
+        )
+    if batch.expert.dtype != torch.bool:
+        raise ValueError(f"batch.expert must be a bool tensor, got dtype {batch.expert.dtype}")
+
+
+def _check_special(token_id: int | None, vocab: int, what: str) -> None:
+    if token_id is not None and not 0 <= token_id < vocab:
+        raise ValueError(f"{what}={token_id} is outside the logits' vocabulary of size {vocab}")
+
+
+def transitions(
+    logits: torch.Tensor,
+    batch: Batch,
+    bkspc_id: int | None,
+    eos_id: int | None,
+) -> Transitions:
+    """Q, V, V' and flags of every action transition of a batch (see module doc).
+
+    ``<bkspc>`` is masked to ``-inf`` in every state whose visible length equals the prompt
+    length (it would delete the prompt), so it never enters ``V`` there. ``bkspc_id=None``:
+    no backspace in the vocabulary, nothing is masked; ``eos_id=None``: no terminal action
+    (every row bootstraps from its last state).
+
+    Logits of rows that are no state of any transition (padding, all prompt elements but
+    the last, the state after ``<eos>``) are replaced by zeros first, so arbitrary (even
+    non-finite) values there change nothing and receive an exact zero gradient.
+
+    Raises:
+        ValueError: shapes, ids or rows are invalid (e.g. a ``<bkspc>`` into the prompt).
+    """
+    _check_logits(logits, batch, "logits")
+    _, time, vocab = logits.shape
+    _check_special(bkspc_id, vocab, "bkspc_id")
+    _check_special(eos_id, vocab, "eos_id")
+    if bkspc_id is not None and vocab < 2:
+        raise ValueError("with a <bkspc> id the vocabulary needs at least one other action")
+    sequences, prompt_lengths, lengths = batch.sequences, batch.prompt_lengths, batch.lengths
+    validate_rows(sequences, prompt_lengths, lengths, bkspc_id, vocab_size=vocab)
+
+    device = logits.device
+    index = torch.arange(time, device=device)  # [T]
+    prompt = prompt_lengths.to(device)[:, None]  # [B, 1]
+    length = lengths.to(device)[:, None]  # [B, 1]
+    sequences = sequences.to(device)
+    action = (index[None, :] >= prompt) & (index[None, :] < length)  # [B, T]
+    done = action & (sequences == eos_id) if eos_id is not None else torch.zeros_like(action)
+    mask = action & batch.expert.to(device)  # [B, T]
+
+    # Rows that are a state of some transition: s of the action at t+1, s' of a
+    # non-terminal action at t. Everything else is zeroed (no leak, no NaN gradient).
+    next_is_action = torch.zeros_like(action)
+    next_is_action[:, :-1] = action[:, 1:]  # [B, T] element t+1 is an action
+    is_state = next_is_action | (action & ~done)  # [B, T]
+    safe = logits.masked_fill(~is_state[..., None], 0.0)  # [B, T, V]
+
+    if bkspc_id is not None:
+        depths = visible_lengths(sequences, prompt_lengths.to(device), length[:, 0], bkspc_id)
+        at_boundary = depths <= prompt  # [B, T] no generated token to delete
+        safe[..., bkspc_id] = safe[..., bkspc_id].masked_fill(at_boundary, float("-inf"))
+
+    values = torch.logsumexp(safe, dim=-1)  # [B, T] V of the state after each element
+    # Shift by one: the transition of element t starts in the state after element t-1.
+    prev_ids = sequences.clamp(0, vocab - 1)[:, 1:, None]  # [B, T-1, 1] (pad ids may be anything)
+    q = torch.zeros_like(values)  # [B, T]
+    v = torch.zeros_like(values)  # [B, T]
+    q[:, 1:] = safe[:, :-1].gather(-1, prev_ids).squeeze(-1)
+    v[:, 1:] = values[:, :-1]
+    zero = torch.zeros((), dtype=logits.dtype, device=device)
+    q = torch.where(action, q, zero)
+    v = torch.where(action, v, zero)
+    v_next = torch.where(action & ~done, values, zero)  # [B, T]
+    step = torch.where(action, index[None, :] - prompt, 0).to(logits.dtype)  # [B, T]
+    return Transitions(q=q, v=v, v_next=v_next, done=done, mask=mask, step=step, action=action)
+
+
+def _check_gamma(gamma: float) -> None:
+    if not (isinstance(gamma, (int, float)) and 0.0 < gamma <= 1.0):
+        raise ValueError(f"gamma must lie in (0, 1], got {gamma!r}")
+
+
+def _weighted_mean(
+    x: torch.Tensor, trans: Transitions, gamma: float, total: float | None = None
+) -> torch.Tensor:
+    """``sum(w * x) / sum(w)`` over the masked transitions, ``w = gamma ** step``.
+
+    ``torch.where`` (not a product with a 0/1 mask) keeps whatever ``x`` holds elsewhere out
+    of the value and the gradient. ``total`` replaces ``sum(w)`` when this batch is one
+    shard of a larger one (gradient accumulation, data parallel): see :func:`weight_total`.
+    """
+    weights = trans.weights(gamma)  # [B, T] zero outside the mask
+    numerator = torch.where(trans.mask, weights * x, 0.0).sum()
+    return numerator / (weights.sum() if total is None else total)
+
+
+def weight_total(batch: Batch, gamma: float) -> float:
+    """``sum(gamma ** step)`` over the expert transitions of ``batch``, without logits.
+
+    Split a batch into shards, pass the whole batch's total to each shard's loss, and the
+    shard losses sum to the whole batch's loss (so do their gradients).
+    """
+    _check_gamma(gamma)
+    index = torch.arange(batch.sequences.shape[1])  # [T]
+    prompt, length = batch.prompt_lengths.cpu()[:, None], batch.lengths.cpu()[:, None]
+    expert = batch.expert.cpu() & (index >= prompt) & (index < length)  # [B, T]
+    steps = (index[None, :] - prompt).clamp(min=0).to(torch.float64)  # [B, T]
+    return float(torch.where(expert, gamma**steps, 0.0).sum())
+
+
+def _require_transitions(trans: Transitions, what: str) -> None:
+    if not bool(trans.mask.any()):
+        raise ValueError(
+            f"the {what} batch has no expert transitions to average over (every row is "
+            "prompt only, or every action is flagged as non-expert)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# MLE
+# --------------------------------------------------------------------------------------
+
+
+def mle_loss(
+    logits: torch.Tensor,
+    batch: Batch,
+    bkspc_id: int | None,
+    gamma: float = 1.0,
+    total: float | None = None,
+) -> torch.Tensor:
+    """Weighted negative log-likelihood ``E_data[-log pi(a|s)]`` over expert transitions.
+
+    ``pi`` is the softmax over valid actions (``<bkspc>`` masked at the prompt boundary);
+    each transition is weighted by ``gamma ** step`` and the sum is normalised by the total
+    weight, so ``gamma=1`` is the plain per-action mean. Excluded noise actions and padding
+    never enter. This is the reference SequenceMatch reduces to (SPEC section 4).
+    ``total``: the normaliser of the whole batch when ``batch`` is a shard of it
+    (:func:`weight_total`); a shard may then hold no expert transition.
+    """
+    _check_gamma(gamma)
+    trans = transitions(logits, batch, bkspc_id, eos_id=None)
+    if total is None:
+        _require_transitions(trans, "data")
+    return _weighted_mean(trans.v - trans.q, trans, gamma, total)
+
+
+# --------------------------------------------------------------------------------------
+# phi registry
+# --------------------------------------------------------------------------------------
+# IQ-Learn (Garg et al. 2021, section 4 and its f-divergence appendix) writes the imitation
+# term as E_data[phi(r)] with phi(x) = -f*(-x), f* the convex conjugate of the divergence's
+# generator f. The conjugates below are those of the f-GAN table (Nowozin et al. 2016,
+# Table 2); the derivatives match the `phi_grad` weights of the public IQ-Learn code
+# (hellinger 1/(1+r)^2, kl exp(-r-1), js exp(-r)/(2-exp(-r))).
+#   chi2 (Pearson, f = alpha (u-1)^2):  f*(t) = t + t^2/(4 alpha)  -> phi = x - x^2/(4 alpha)
+#   kl (forward, f = u log u):          f*(t) = exp(t - 1)         -> phi = -exp(-(x+1))
+#   reverse_kl (f = -log u):            f*(t) = -1 - log(-t), t<0  -> phi = 1 + log x, x > 0
+#   js (f-GAN's Jensen-Shannon):        f*(t) = -log(2 - e^t), t<log 2 -> phi = log(2 - e^-x),
+#                                                                        x > -log 2
+#   hellinger (squared, (sqrt u - 1)^2): f*(t) = t/(1-t), t<1      -> phi = x/(1+x), x > -1
+#   tv (f = |u-1|/2):                   f*(t) = t on |t| <= 1/2    -> phi = x on [-1/2, 1/2]
+#
+# Keeping the loss and its gradient finite: phi is concave and increasing, and where it
+# leaves a restricted domain (reverse_kl, js, hellinger) or overflows (kl's exp at very
+# negative x), it is continued below a point x0 by its tangent at x0, with x0 chosen so that
+# phi'(x0) = _MAX_SLOPE. This is a clamp of x into the domain (with margin) that keeps a
+# constant, bounded gradient instead of a zero one, so a transition whose reward falls out
+# of the domain is still pushed back up. Above x0 phi is exact. tv is clipped (its
+# conjugate only exists on [-1/2, 1/2]; the gradient is zero outside, as in the f-GAN form).
+
+_MAX_SLOPE = 1.0e3
+"""Largest gradient ``phi'(x)`` the domain-restricted phis reach (see the note above)."""
+
+
+def _tangent_below(
+    x: torch.Tensor,
+    x0: float,
+    phi: Callable[[torch.Tensor], torch.Tensor],
+    slope: float,
+) -> torch.Tensor:
+    """``phi(x)`` for ``x >= x0``, the tangent ``phi(x0) + slope * (x - x0)`` below."""
+    inside = phi(x.clamp(min=x0))  # [...] exact and finite (evaluated inside the domain)
+    at_x0 = phi(torch.full((), x0, dtype=x.dtype, device=x.device))
+    return torch.where(x < x0, at_x0 + slope * (x - x0), inside)
+
+
+def phi_chi2(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+    """Pearson chi^2: ``x - x^2 / (4 alpha)`` (defined everywhere)."""
+    return x - x.square() / (4.0 * alpha)
+
+
+def phi_kl(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+    """Forward KL: ``-exp(-(x + 1))``; tangent below ``x0 = -1 - log(_MAX_SLOPE)``."""
+    x0 = -1.0 - math.log(_MAX_SLOPE)
+    return _tangent_below(x, x0, lambda y: -torch.exp(-(y + 1.0)), _MAX_SLOPE)
+
+
+def phi_reverse_kl(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+    """Reverse KL: ``1 + log(x)`` on ``x > 0``; tangent below ``x0 = 1 / _MAX_SLOPE``."""
+    return _tangent_below(x, 1.0 / _MAX_SLOPE, lambda y: 1.0 + torch.log(y), _MAX_SLOPE)
+
+
+def phi_js(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+    """Jensen-Shannon: ``log(2 - exp(-x))`` on ``x > -log 2``; tangent below
+    ``x0 = log((1 + S) / (2 S))`` where ``phi'(x0) = S = _MAX_SLOPE``."""
+    x0 = math.log((1.0 + _MAX_SLOPE) / (2.0 * _MAX_SLOPE))
+    return _tangent_below(x, x0, lambda y: torch.log(2.0 - torch.exp(-y)), _MAX_SLOPE)
+
+
+def phi_hellinger(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+    """Squared Hellinger: ``x / (1 + x)`` on ``x > -1``; tangent below
+    ``x0 = -1 + 1/sqrt(_MAX_SLOPE)`` where ``phi'(x0) = 1/(1+x0)^2 = _MAX_SLOPE``."""
+    x0 = -1.0 + 1.0 / math.sqrt(_MAX_SLOPE)
+    return _tangent_below(x, x0, lambda y: y / (1.0 + y), _MAX_SLOPE)
+
+
+def phi_tv(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+    """Total variation: ``x`` clipped to ``[-1/2, 1/2]``."""
+    return x.clamp(-0.5, 0.5)
+
+
+PHI: dict[str, Phi] = {
+    "chi2": phi_chi2,
+    "kl": phi_kl,
+    "reverse_kl": phi_reverse_kl,
+    "js": phi_js,
+    "hellinger": phi_hellinger,
+    "tv": phi_tv,
+}
+
+
+def get_phi(name: str) -> Phi:
+    """The phi function called ``name`` (a key of :data:`PHI`)."""
+    if name not in PHI:
+        raise ValueError(f"unknown divergence {name!r}; valid names: {', '.join(sorted(PHI))}")
+    return PHI[name]
+
+
+# --------------------------------------------------------------------------------------
+# SequenceMatch
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SequenceMatchTerms:
+    """The SequenceMatch loss, its terms and detached statistics (all 0-d tensors).
+
+    ``loss = imitation + value + regulariser``. Statistics are plain (unweighted) means over
+    the expert transitions of the data batch and, when given, the model batch;
+    ``r_model_mean`` is NaN without a model batch.
+    """
+
+    loss: torch.Tensor
+    imitation: torch.Tensor
+    value: torch.Tensor
+    regulariser: torch.Tensor
+    v_mean: torch.Tensor
+    r_mean: torch.Tensor
+    r_std: torch.Tensor
+    r_data_mean: torch.Tensor
+    r_model_mean: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """Every field as a Python float, for logging."""
+        return {f.name: float(getattr(self, f.name).detach()) for f in fields(self)}
+
+
+def sequencematch_loss(
+    data_logits: torch.Tensor,
+    data: Batch,
+    model_logits: torch.Tensor | None,
+    model: Batch | None,
+    bkspc_id: int | None,
+    eos_id: int | None,
+    *,
+    divergence: str = "chi2",
+    gamma: float = 0.998,
+    alpha: float = 0.01,
+    beta: float = 0.5,
+    totals: tuple[float, float | None] | None = None,
+) -> SequenceMatchTerms:
+    """The SequenceMatch objective of SPEC section 4 (minimised).
+
+    With ``r = Q(s,a) - gamma (1-done) V(s')``, ``value = V(s) - gamma (1-done) V(s')`` and
+    ``E_data`` / ``E_model`` the ``gamma ** step``-weighted means over the expert
+    transitions of each batch (each normalised by its own total weight),
+    ``E_mix = beta E_data + (1-beta) E_model`` (``E_data`` alone without a model batch):
+
+    - ``chi2``: ``-E_data[r] + E_mix[value] + E_mix[r^2] / (4 alpha)`` (the regulariser is
+      taken over the mixture, penalising reward on states the model visits);
+    - any other phi: ``-E_data[phi(r)] + E_mix[value]``, regulariser 0.
+
+    On data transitions ``-r + value = -log pi(a|s)``, so with ``beta=1`` and ``alpha -> inf``
+    this is :func:`mle_loss` with the same ``gamma``.
+
+    ``totals``: ``(data_total, model_total)`` normalisers of the whole data and model
+    batches (:func:`weight_total`) when these batches are shards of larger ones; the shard
+    losses then sum to the loss of the whole batches.
+
+    Raises:
+        ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
+        transition.
+    """
+    phi = get_phi(divergence)
+    _check_gamma(gamma)
+    if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
+        raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+    if (model_logits is None) != (model is None):
+        raise ValueError("model_logits and model must be given together (or both None)")
+    if model_logits is not None:
+        if model_logits.dim() != 3 or model_logits.shape[-1] != data_logits.shape[-1]:
+            raise ValueError(
+                f"model_logits {tuple(model_logits.shape)} and data_logits "
+                f"{tuple(data_logits.shape)} must both be [batch, time, vocab] over the "
+                "same vocabulary"
+            )
+        if model_logits.dtype != data_logits.dtype:
+            raise ValueError(
+                f"model_logits ({model_logits.dtype}) and data_logits ({data_logits.dtype}) "
+                "must share a dtype"
+            )
+
+    data_total, model_total = (None, None) if totals is None else totals
+    data_t = transitions(data_logits, data, bkspc_id, eos_id)
+    if data_total is None:
+        _require_transitions(data_t, "data")
+    r_data = data_t.reward(gamma)  # [B, T]
+    value_data = _weighted_mean(data_t.value_difference(gamma), data_t, gamma, data_total)
+    square_data = _weighted_mean(r_data.square(), data_t, gamma, data_total)
+    if divergence == "chi2":
+        imitation = -_weighted_mean(r_data, data_t, gamma, data_total)
+    else:
+        imitation = -_weighted_mean(phi(r_data, alpha), data_t, gamma, data_total)
+
+    r_parts = [r_data.detach()[data_t.mask]]  # [N_data] rewards, for statistics
+    v_parts = [data_t.v.detach()[data_t.mask]]  # [N_data]
+    if model is None:
+        value, square = value_data, square_data
+    else:
+        model_t = transitions(model_logits, model, bkspc_id, eos_id)
+        if model_total is None:
+            _require_transitions(model_t, "model")
+        r_model = model_t.reward(gamma)  # [B', T']
+        value_model = _weighted_mean(model_t.value_difference(gamma), model_t, gamma, model_total)
+        square_model = _weighted_mean(r_model.square(), model_t, gamma, model_total)
+        value = beta * value_data + (1.0 - beta) * value_model
+        square = beta * square_data + (1.0 - beta) * square_model
+        r_parts.append(r_model.detach()[model_t.mask].to(r_data.device))  # [N_model]
+        v_parts.append(model_t.v.detach()[model_t.mask].to(r_data.device))  # [N_model]
+
+    if divergence == "chi2":
+        regulariser = square / (4.0 * alpha)
+    else:
+        regulariser = torch.zeros((), dtype=data_logits.dtype, device=data_logits.device)
+    loss = imitation + value + regulariser
+
+    r_flat = torch.cat(r_parts)  # [N] every expert transition of both batches
+    nan = torch.full((), float("nan"), dtype=r_flat.dtype, device=r_flat.device)
+    return SequenceMatchTerms(
+        loss=loss,
+        imitation=imitation,
+        value=value,
+        regulariser=regulariser,
+        v_mean=torch.cat(v_parts).mean(),
+        r_mean=r_flat.mean(),
+        r_std=r_flat.std(correction=0),
+        r_data_mean=r_parts[0].mean(),
+        r_model_mean=r_parts[1].mean() if len(r_parts) > 1 else nan,
+    )
