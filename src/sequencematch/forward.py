@@ -57,7 +57,8 @@ def state_logits(
     """Logits of the state reached after every element, in one forward pass.
 
     Args:
-        model: a causal LM (eager or SDPA attention).
+        model: a causal LM (eager or SDPA attention), or a ``DistributedDataParallel``
+            wrapper of one.
         sequences: ``[B, T]`` prompt tokens then actions (``bkspc_id`` inside), right-padded.
         prompt_lengths: ``[B]`` prompt length of each row (at least 1).
         lengths: ``[B]`` real length of each row (prompt + actions).
@@ -71,15 +72,16 @@ def state_logits(
     device = sequences.device
     prompt_lengths = as_lengths(prompt_lengths, device)
     lengths = as_lengths(lengths, device)
+    core = getattr(model, "module", model)  # the causal LM inside a DDP wrapper
     if validate:
-        check_backspace_support(model)
-        vocab_size = model.get_input_embeddings().weight.shape[0]
+        check_backspace_support(core)
+        vocab_size = core.get_input_embeddings().weight.shape[0]
         validate_rows(sequences, prompt_lengths, lengths, bkspc_id, vocab_size)
-        verify_layout_once(model)
+        verify_layout_once(core)
     layout = build_layout(sequences, prompt_lengths, lengths, bkspc_id)
     output = model(
         input_ids=layout.input_ids,
-        attention_mask=model_mask(model, layout.attention_mask),
+        attention_mask=model_mask(core, layout.attention_mask),
         position_ids=layout.position_ids,
         use_cache=False,
     )

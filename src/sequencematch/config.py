@@ -1,0 +1,217 @@
+"""The training configuration: one typed object for Python, YAML files and CLI flags.
+
+Every field carries its help text; :func:`add_config_arguments` turns the fields into
+``--key value`` flags (documented with their defaults) and :meth:`TrainConfig.validate`
+rejects nonsense with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("mle", "sequencematch")
+NOISE_SOURCES = ("uniform", "unigram", "task")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TASKS = ("arithmetic", "jsonl")
+
+
+def _field(default: Any, help: str, **kwargs: Any) -> Any:
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; see each field's help (``sequencematch train -h``)."""
+
+    # where and how
+    output_dir: str = _field("runs/train", "run folder: checkpoints, metrics.jsonl, model/")
+    seed: int = _field(0, "seed of every random choice (data order, noise, sampling, init)")
+    device: str = _field("auto", "auto, cpu, cuda or cuda:N")
+    resume: bool = _field(False, "continue the run in output_dir from its latest checkpoint")
+    stop_at: int = _field(0, "stop this invocation after this step (0: run to steps)")
+    progress: bool = _field(True, "show a progress bar")
+    # model
+    model: str = _field("tiny_llama", "preset (tiny_gpt2, tiny_llama) or a saved model folder")
+    hidden_size: int = _field(128, "presets only: width")
+    num_layers: int = _field(4, "presets only: transformer blocks")
+    num_heads: int = _field(4, "presets only: attention heads")
+    attn_implementation: str = _field("sdpa", "sdpa or eager (both follow custom masks)")
+    # task and data
+    task: str = _field("arithmetic", "arithmetic (generated) or jsonl (train_file)")
+    train_file: str | None = _field(None, "JSONL of {prompt, completion} or {question, answer}")
+    valid_file: str | None = _field(None, "validation JSONL (same format)")
+    n_train: int = _field(5000, "arithmetic: training questions")
+    n_valid: int = _field(200, "arithmetic: validation questions")
+    n_test: int = _field(200, "arithmetic: test questions (never trained on)")
+    difficulty: list[float] = _field([4.0, 10.0], "arithmetic: operand entropy range in bits")
+    # method
+    method: str = _field("sequencematch", "mle or sequencematch")
+    backspace: bool = _field(True, "add the <bkspc> action and noise-augmented demonstrations")
+    p_noise: float = _field(0.1, "probability of inserting a wrong token (+ <bkspc>) per token")
+    noise_source: str = _field("uniform", "uniform, unigram (corpus counts) or task mistakes")
+    max_noise_run: int = _field(1, "longest run of wrong tokens before the backspaces")
+    noise_in_loss: bool = _field(False, "also train on the inserted wrong tokens (BC reading)")
+    divergence: str = _field("chi2", "chi2, kl, reverse_kl, js, hellinger or tv")
+    gamma: float = _field(0.998, "discount of the occupancy measure")
+    alpha: float = _field(0.01, "chi2 regulariser scale: larger alpha, weaker regulariser")
+    beta: float = _field(0.5, "weight of data transitions in the mixture (1 - beta: model)")
+    lambda_mle: float = _field(0.5, "weight of the MLE loss in the total after warm-up")
+    mle_warmup_steps: int = _field(0, "MLE-only steps before SequenceMatch starts")
+    # model samples (replay buffer)
+    refresh_every: int = _field(50, "steps between refills of the replay buffer")
+    samples_per_refresh: int = _field(64, "sequences sampled from the model per refill")
+    replay_size: int = _field(256, "sequences kept in the replay buffer (newest first out last)")
+    model_batch_size: int = _field(16, "model-sampled sequences per step")
+    sample_temperature: float = _field(1.0, "temperature of the refills (0: greedy)")
+    max_new_tokens: int = _field(24, "longest sampled completion (visible tokens)")
+    # optimisation
+    steps: int = _field(1000, "optimiser steps")
+    batch_size: int = _field(32, "data sequences per optimiser step (all processes together)")
+    grad_accum: int = _field(1, "micro-batches per optimiser step")
+    lr: float = _field(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = _field(0.01, "AdamW weight decay")
+    warmup_steps: int = _field(50, "linear learning-rate warm-up steps")
+    min_lr_ratio: float = _field(0.1, "final learning rate as a fraction of lr (cosine)")
+    clip_grad: float = _field(1.0, "gradient-norm clip (0: none)")
+    precision: str = _field("fp32", "fp32, bf16 (CPU/GPU autocast) or fp16 (GPU only)")
+    # logging and checkpoints
+    log_every: int = _field(10, "steps between metrics.jsonl lines")
+    save_every: int = _field(200, "steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = _field(2, "checkpoints kept (older ones are deleted)")
+    eval_every: int = _field(0, "steps between validation evaluations (0: only at the end)")
+    tensorboard: bool = _field(False, "also log to TensorBoard (needs the tensorboard package)")
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the field and what to change; return ``self``."""
+        problems: list[str] = []
+
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                problems.append(message)
+
+        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        need(self.task != "jsonl" or bool(self.train_file), "task jsonl needs train_file")
+        need(self.noise_source in NOISE_SOURCES, f"noise_source must be one of {NOISE_SOURCES}")
+        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
+        need(0.0 < self.gamma <= 1.0, f"gamma must lie in (0, 1], got {self.gamma}")
+        need(self.alpha > 0 and math.isfinite(self.alpha), f"alpha must be > 0, got {self.alpha}")
+        need(0.0 <= self.beta <= 1.0, f"beta must lie in [0, 1], got {self.beta}")
+        need(0.0 <= self.lambda_mle <= 1.0, f"lambda_mle must lie in [0, 1], got {self.lambda_mle}")
+        need(0.0 <= self.p_noise < 1.0, f"p_noise must lie in [0, 1), got {self.p_noise}")
+        need(self.max_noise_run >= 1, "max_noise_run must be at least 1")
+        need(self.steps >= 1, "steps must be at least 1")
+        need(self.stop_at >= 0, "stop_at must be >= 0 (0: run to steps)")
+        need(self.batch_size >= 1, "batch_size must be at least 1")
+        need(self.grad_accum >= 1, "grad_accum must be at least 1")
+        need(
+            self.batch_size % self.grad_accum == 0,
+            f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}",
+        )
+        need(self.lr > 0, f"lr must be positive, got {self.lr}")
+        need(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must lie in [0, 1]")
+        need(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        need(self.clip_grad >= 0, "clip_grad must be >= 0 (0 disables clipping)")
+        need(self.log_every >= 1, "log_every must be at least 1")
+        need(self.save_every >= 0 and self.eval_every >= 0, "save_every/eval_every must be >= 0")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
+        need(self.mle_warmup_steps >= 0, "mle_warmup_steps must be >= 0")
+        need(self.sample_temperature >= 0, "sample_temperature must be >= 0 (0: greedy)")
+        need(len(self.difficulty) == 2, "difficulty must be two numbers: [low, high] bits")
+        if self.method == "sequencematch":
+            need(self.refresh_every >= 1, "refresh_every must be at least 1")
+            need(self.samples_per_refresh >= 1, "samples_per_refresh must be at least 1")
+            need(self.model_batch_size >= 1, "model_batch_size must be at least 1")
+            need(
+                self.replay_size >= self.samples_per_refresh,
+                "replay_size must be at least samples_per_refresh",
+            )
+            need(self.max_new_tokens >= 1, "max_new_tokens must be at least 1")
+            need(
+                self.model_batch_size % self.grad_accum == 0,
+                "model_batch_size must be a multiple of grad_accum",
+            )
+        if not self.backspace:
+            need(
+                self.p_noise == 0.0 or self.method == "mle",
+                "p_noise needs backspace: set backspace true or p_noise 0",
+            )
+        if problems:
+            raise ValueError("invalid training configuration:\n  - " + "\n  - ".join(problems))
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping, refusing unknown keys (typos) with the list of valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown configuration keys {unknown}; valid keys are: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML mapping of field names to values."""
+        text = Path(path).read_text()
+        values = yaml.safe_load(text) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a YAML mapping of option names to values")
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--name`` flag per field, with its help and default (``None`` = not given)."""
+    defaults = TrainConfig()
+    for item in fields(TrainConfig):
+        default = getattr(defaults, item.name)
+        help_text = f"{item.metadata['help']} (default: {default})"
+        flag = "--" + item.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag, type=_parse_bool, default=None, metavar="BOOL", help=help_text
+            )
+        elif isinstance(default, list):
+            parser.add_argument(flag, type=float, nargs=2, default=None, help=help_text)
+        elif default is None:
+            parser.add_argument(flag, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=help_text)
+
+
+def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
+    """The YAML file in ``args.config`` (if any) overridden by the flags given."""
+    config = TrainConfig.from_yaml(args.config) if getattr(args, "config", None) else TrainConfig()
+    changes = {
+        item.name: getattr(args, item.name)
+        for item in fields(TrainConfig)
+        if getattr(args, item.name, None) is not None
+    }
+    if "difficulty" in changes:
+        changes["difficulty"] = list(changes["difficulty"])
+    return config.replace(**changes).validate()

@@ -1,0 +1,95 @@
+"""From a configuration to a ready run: tokenizer, model and data for the chosen task."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .config import TrainConfig
+from .data import Example, encode_example, read_pairs
+from .model import char_tokenizer, tiny_model
+from .tasks import arithmetic
+
+PRESETS = ("tiny_gpt2", "tiny_llama")
+TASK_FILE = "task.json"
+
+
+@dataclass
+class RunInputs:
+    """What a training run starts from."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    train: list[Example]
+    valid_pairs: list[tuple[str, str]]
+    test_pairs: list[tuple[str, str]]
+    task_info: dict[str, Any]
+
+
+def task_pairs(config: TrainConfig) -> tuple[list[tuple[str, str]], ...]:
+    """``(train, valid, test)`` prompt/completion texts of the configured task."""
+    if config.task == "arithmetic" and not config.train_file:
+        splits = arithmetic.make_splits(
+            config.n_train, config.n_valid, config.n_test,
+            difficulty=tuple(config.difficulty), seed=config.seed,
+        )  # fmt: skip
+        return tuple(
+            [(arithmetic.format_prompt(q.question), q.answer) for q in splits[name]]
+            for name in ("train", "valid", "test")
+        )
+    train = read_pairs(config.train_file)
+    valid = read_pairs(config.valid_file) if config.valid_file else []
+    return train, valid, []
+
+
+def build_tokenizer(config: TrainConfig, pairs: list[tuple[str, str]]) -> Any:
+    """A character tokenizer for presets (the task alphabet plus the data's characters),
+    or the tokenizer saved with the model folder."""
+    if config.model in PRESETS:
+        alphabet = arithmetic.ALPHABET if config.task == "arithmetic" else ""
+        alphabet += "".join(sorted({c for p, c in pairs for c in p + c} - set(alphabet)))
+        return char_tokenizer(alphabet)
+    return AutoTokenizer.from_pretrained(config.model)
+
+
+def build_model(config: TrainConfig, tokenizer: Any) -> PreTrainedModel:
+    """A preset built from its config (seeded), or a saved model folder."""
+    torch.manual_seed(config.seed)
+    if config.model in PRESETS:
+        return tiny_model(
+            config.model, tokenizer, attn_implementation=config.attn_implementation,
+            hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            **({"num_key_value_heads": config.num_heads} if config.model == "tiny_llama" else {}),
+            **({"intermediate_size": 4 * config.hidden_size} if config.model == "tiny_llama"
+               else {}),
+        )  # fmt: skip
+    if not Path(config.model).is_dir():
+        raise ValueError(
+            f"model {config.model!r} is neither a preset ({', '.join(PRESETS)}) nor a folder "
+            "holding a saved model"
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        config.model, attn_implementation=config.attn_implementation
+    )
+
+
+def prepare_run(config: TrainConfig) -> RunInputs:
+    """Tokenizer, model, encoded training data and held-out texts for ``config``."""
+    train_pairs, valid_pairs, test_pairs = task_pairs(config)
+    tokenizer = build_tokenizer(config, train_pairs + valid_pairs + test_pairs)
+    model = build_model(config, tokenizer)
+    train = [encode_example(tokenizer, prompt, completion) for prompt, completion in train_pairs]
+    task_info = {"task": config.task, "prompt_separator": arithmetic.PROMPT_SEPARATOR,
+                 "max_new_tokens": config.max_new_tokens}  # fmt: skip
+    return RunInputs(model, tokenizer, train, valid_pairs, test_pairs, task_info)
+
+
+def task_file(info: dict[str, Any]) -> dict[str, str]:
+    """The ``task.json`` that goes with a saved model (so ``generate``/``eval`` need no flags)."""
+    return {TASK_FILE: json.dumps(info, indent=2)}

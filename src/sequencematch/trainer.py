@@ -1,0 +1,513 @@
+"""The training loop: MLE and SequenceMatch phases, replay buffer, checkpoints, DDP.
+
+Every random choice of a step (which examples, which noise, which replayed samples) is
+derived from ``(seed, step)``, and every process builds the same global batch before
+taking its share, so a resumed run repeats exactly what an uninterrupted one does, and
+``torchrun`` with ``k`` processes computes the same update as one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .actions import Batch, augment_with_noise, collate
+from .checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_state,
+    save_checkpoint,
+    save_model_folder,
+)
+from .config import TrainConfig
+from .data import Example, build_noise_source
+from .distributed import World, all_gather_objects, all_ranks_true, barrier
+from .forward import state_logits, verify_layout_once
+from .model import add_backspace, check_backspace_support
+from .objectives import mle_loss, sequencematch_loss, weight_total
+from .sampling import generate
+
+# Options that may differ between a run and its resumption; every other one must match.
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "stop_at", "progress", "log_every", "save_every", "keep_checkpoints",
+     "eval_every", "tensorboard", "resume", "device"}
+)  # fmt: skip
+LOSS_TERMS = ("loss", "mle", "imitation", "value", "regulariser")
+
+Evaluator = Callable[[PreTrainedModel], dict[str, float]]
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: a non-finite loss or an unusable set-up."""
+
+
+@dataclass
+class Trace:
+    """One replayed model sample: prompt ids and the action trace after it."""
+
+    prompt: list[int]
+    actions: list[int]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available; use cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Trains ``model`` on ``train`` examples as ``config`` says.
+
+    With ``config.resume`` and a checkpoint in ``config.output_dir``, the model, tokenizer
+    and all training state are taken from the checkpoint (the ``model``/``tokenizer``
+    arguments only serve a fresh start).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        train: list[Example],
+        *,
+        evaluate: Evaluator | None = None,
+        world: World | None = None,
+        model_files: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config.validate()
+        self.world = world or World()
+        self.device = resolve_device(config.device)
+        if self.world.size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        if not train:
+            raise ValueError("no training examples")
+        self.run_dir = Path(config.output_dir)
+        self.train_examples = train
+        self.evaluate = evaluate
+        self.model_files = dict(model_files or {})
+        self.step = 0
+        self.replay: list[Trace] = []
+        self._orders: dict[int, list[int]] = {}
+        self._writer: Any = None
+
+        resume_from = self._find_resume_point()
+        if resume_from is not None:
+            model = AutoModelForCausalLM.from_pretrained(
+                resume_from, attn_implementation=config.attn_implementation
+            )
+            tokenizer = AutoTokenizer.from_pretrained(resume_from)
+        check_backspace_support(model)
+        self.tokenizer = tokenizer
+        self.model = model.to(self.device)
+        self.bkspc_id = add_backspace(self.model, tokenizer) if config.backspace else None
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        self.noise = None
+        if config.backspace and config.p_noise > 0:
+            self.noise = build_noise_source(
+                config.noise_source, tokenizer, train, vocab, config.task, [self.bkspc_id]
+            )
+        verify_layout_once(self.model)
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, config.warmup_steps, config.steps, config.min_lr_ratio),
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.network: torch.nn.Module = self.model
+        if self.world.size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=ids)
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    def _find_resume_point(self) -> Path | None:
+        existing = latest_checkpoint(self.run_dir)
+        if existing is None:
+            if self.config.resume and self.world.is_main:
+                print(f"no checkpoint in {self.run_dir}: starting a new run")
+            return None
+        if not self.config.resume:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run (latest checkpoint {existing.name}); "
+                "pass resume to continue it, or choose another output_dir"
+            )
+        return existing
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.config.lr)
+
+    def _restore(self, checkpoint: Path) -> None:
+        state = load_state(checkpoint)
+        saved = state.get("config", {})
+        current = self.config.to_dict()
+        mismatched = sorted(
+            key
+            for key in current
+            if key not in RESUMABLE_CHANGES and key in saved and saved[key] != current[key]
+        )
+        if mismatched:
+            details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in mismatched)
+            raise CheckpointError(
+                f"checkpoint {checkpoint} was trained with other settings ({details}); "
+                "resume with the same values or start a new output_dir"
+            )
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {error}") from error
+        self.step = int(state["step"])
+        self.replay = [Trace(*entry) for entry in state["replay"]]
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.world.is_main:
+            print(f"resumed from {checkpoint} at step {self.step}")
+
+    # ------------------------------------------------------------------ batches
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            order = list(range(len(self.train_examples)))
+            random.Random(f"{self.config.seed}-order-{epoch}").shuffle(order)
+            self._orders = {epoch: order}
+        return self._orders[epoch]
+
+    def _data_examples(self, step: int) -> list[Example]:
+        """The global data batch of ``step`` (epoch-wise shuffled, identical on all ranks)."""
+        size, count = self.config.batch_size, len(self.train_examples)
+        picked = []
+        for position in range((step - 1) * size, step * size):
+            epoch, offset = divmod(position, count)
+            picked.append(self.train_examples[self._order(epoch)[offset]])
+        return picked
+
+    def _data_rows(self, step: int) -> tuple[list[list[int]], list[list[int]], list[list[bool]]]:
+        """Prompts, (noise-augmented) actions and expert masks of the global data batch."""
+        rng = random.Random(f"{self.config.seed}-noise-{step}")
+        prompts, actions, experts = [], [], []
+        for example in self._data_examples(step):
+            if self.noise is None:
+                row, expert = list(example.completion), [True] * len(example.completion)
+            else:
+                row, expert = augment_with_noise(
+                    example.prompt, example.completion, self.bkspc_id, self.config.p_noise,
+                    self.noise, rng, self.config.max_noise_run,
+                )  # fmt: skip
+                if self.config.noise_in_loss:
+                    expert = [True] * len(row)
+            prompts.append(example.prompt)
+            actions.append(row)
+            experts.append(expert)
+        return prompts, actions, experts
+
+    def _model_rows(self, step: int) -> list[Trace]:
+        rng = random.Random(f"{self.config.seed}-replay-{step}")
+        return [
+            self.replay[rng.randrange(len(self.replay))]
+            for _ in range(self.config.model_batch_size)
+        ]
+
+    def _refresh(self, step: int) -> dict[str, float]:
+        """Refill the replay buffer with samples of the current model on data prompts."""
+        config = self.config
+        rng = random.Random(f"{config.seed}-refresh-{step}")
+        chosen = [
+            rng.randrange(len(self.train_examples)) for _ in range(config.samples_per_refresh)
+        ]
+        mine = chosen[self.world.shard(len(chosen))]
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(hash((config.seed, step, self.world.rank)) % (2**63))
+        traces: list[tuple[list[int], list[int]]] = []
+        if mine:
+            output = generate(
+                self.model,
+                [self.train_examples[i].prompt for i in mine],
+                bkspc_id=self.bkspc_id,
+                max_new_tokens=config.max_new_tokens,
+                do_sample=config.sample_temperature > 0,
+                temperature=config.sample_temperature or 1.0,
+                eos_token_id=self.eos_id,
+                generator=generator,
+            )
+            traces = list(zip(output.prompts, output.actions, strict=True))
+        gathered = [Trace(p, a) for part in all_gather_objects(self.world, traces) for p, a in part]
+        self.replay = (self.replay + gathered)[-config.replay_size :]
+        actions = [a for trace in gathered for a in trace.actions]
+        bkspc = sum(1 for a in actions if a == self.bkspc_id) if self.bkspc_id is not None else 0
+        ended = sum(1 for trace in gathered if trace.actions and trace.actions[-1] == self.eos_id)
+        return {
+            "sample/bkspc_rate": bkspc / max(1, len(actions)),
+            "sample/eos_rate": ended / max(1, len(gathered)),
+            "sample/mean_actions": len(actions) / max(1, len(gathered)),
+        }
+
+    # ------------------------------------------------------------------ the step
+
+    def _phase(self, step: int) -> str:
+        if self.config.method == "mle" or step <= self.config.mle_warmup_steps:
+            return "mle"
+        return "sequencematch"
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _micro_batches(
+        self, step: int, phase: str
+    ) -> Iterator[tuple[Batch, Batch | None, tuple[float, float, float | None]]]:
+        """This rank's micro-batches of the step and the global normalisers."""
+        config = self.config
+        prompts, actions, experts = self._data_rows(step)
+        data_all = collate(prompts, actions, experts, self.pad_id)
+        totals = (weight_total(data_all, 1.0), weight_total(data_all, config.gamma), None)
+        traces: list[Trace] = []
+        if phase == "sequencematch":
+            traces = self._model_rows(step)
+            totals = (*totals[:2], weight_total(
+                collate([t.prompt for t in traces], [t.actions for t in traces]), config.gamma
+            ))  # fmt: skip
+        data_share = list(range(len(prompts)))[self.world.shard(len(prompts))]
+        model_share = traces[self.world.shard(len(traces))]
+        for part in range(config.grad_accum):
+            data_rows = data_share[part :: config.grad_accum]
+            model_part = model_share[part :: config.grad_accum]
+            batch = collate(
+                [prompts[i] for i in data_rows] + [t.prompt for t in model_part],
+                [actions[i] for i in data_rows] + [t.actions for t in model_part],
+                [experts[i] for i in data_rows] + [[True] * len(t.actions) for t in model_part],
+                self.pad_id,
+            )
+            yield batch, len(data_rows), totals
+
+    def _loss(self, batch: Batch, data_count: int, totals, phase: str) -> dict[str, torch.Tensor]:
+        config = self.config
+        batch = batch.to(self.device)
+        with self._autocast():
+            logits = state_logits(
+                self.network, batch.sequences, batch.prompt_lengths, batch.lengths,
+                self.bkspc_id, validate=False,
+            )  # fmt: skip
+        logits = logits.float()  # [B, T, V] objectives need float32 at least
+        data = Batch(*(t[:data_count] for t in batch.__dict__.values()))
+        data_logits = logits[:data_count]
+        mle = mle_loss(data_logits, data, self.bkspc_id, 1.0, total=totals[0])
+        if phase == "mle":
+            zero = torch.zeros((), device=logits.device)
+            return {"loss": mle, "mle": mle, "imitation": zero, "value": zero, "regulariser": zero}
+        model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
+        terms = sequencematch_loss(
+            data_logits, data, logits[data_count:], model, self.bkspc_id, self.eos_id,
+            divergence=config.divergence, gamma=config.gamma, alpha=config.alpha,
+            beta=config.beta, totals=(totals[1], totals[2]),
+        )  # fmt: skip
+        total = config.lambda_mle * mle + (1.0 - config.lambda_mle) * terms.loss
+        return {
+            "loss": total, "mle": mle, "imitation": terms.imitation, "value": terms.value,
+            "regulariser": terms.regulariser, "v_mean": terms.v_mean.detach(),
+            "r_mean": terms.r_mean.detach(), "r_std": terms.r_std.detach(),
+        }  # fmt: skip
+
+    def _train_step(self, step: int) -> dict[str, float]:
+        phase = self._phase(step)
+        sums: dict[str, float] = {}
+        finite = True
+        bad_term = ""
+        micro = list(self._micro_batches(step, phase))
+        for index, (batch, data_count, totals) in enumerate(micro):
+            last = index == len(micro) - 1
+            sync = (
+                self.network.no_sync()
+                if isinstance(self.network, DistributedDataParallel) and not last
+                else contextlib.nullcontext()
+            )
+            with sync:
+                terms = self._loss(batch, data_count, totals, phase)
+                for name in LOSS_TERMS:
+                    value = float(terms[name].detach())
+                    if not math.isfinite(value) and finite:
+                        finite, bad_term = False, name
+                    sums[name] = sums.get(name, 0.0) + value
+                for name in ("v_mean", "r_mean", "r_std"):
+                    if name in terms:
+                        sums[name] = sums.get(name, 0.0) + float(terms[name]) / len(micro)
+                if finite:
+                    self.scaler.scale(terms["loss"] * self.world.size).backward()
+        if not all_ranks_true(self.world, finite, self.device):
+            raise TrainingError(
+                f"non-finite {bad_term or 'loss (on another process)'} at step {step} "
+                f"({phase} phase); training stopped and the last good checkpoint is kept "
+                f"({latest_checkpoint(self.run_dir) or 'none yet'}). Lower lr, raise alpha, "
+                "or use precision fp32."
+            )
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = 0.0
+        if self.config.clip_grad > 0:
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        return {**sums, "grad_norm": grad_norm, "lr": lr, "phase": phase}
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, Any]:
+        """Run to ``config.steps`` (or ``config.stop_at``); return the last logged metrics."""
+        config = self.config
+        last_step = min(config.steps, config.stop_at) if config.stop_at else config.steps
+        bar = tqdm(
+            total=config.steps, initial=self.step, desc=f"{config.method}",
+            disable=not (config.progress and self.world.is_main), dynamic_ncols=True,
+        )  # fmt: skip
+        window: list[dict[str, Any]] = []
+        last: dict[str, Any] = {}
+        started = time.perf_counter()
+        self.model.train()
+        while self.step < last_step:
+            step = self.step + 1
+            extra: dict[str, float] = {}
+            if self._phase(step) == "sequencematch":
+                since = step - config.mle_warmup_steps - 1
+                if not self.replay or since % config.refresh_every == 0:
+                    extra = self._refresh(step)
+                    self.model.train()
+            metrics = self._train_step(step)
+            self.step = step
+            window.append(metrics)
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "mle", "regulariser")})
+            if step % config.log_every == 0 or step == last_step or extra:
+                last = self._log(step, window, extra, time.perf_counter() - started)
+                window = []
+            if config.eval_every and step % config.eval_every == 0 and step != last_step:
+                last |= self._run_evaluation(step)
+            if config.save_every and step % config.save_every == 0 and step != last_step:
+                self.save_checkpoint()
+        bar.close()
+        if self.step >= config.steps:
+            last |= self._run_evaluation(self.step)
+        self.save_checkpoint()
+        if self.step >= config.steps:
+            self.save_model(self.run_dir / "model")
+        if self._writer is not None:
+            self._writer.close()
+        return last
+
+    def _log(
+        self, step: int, window: list[dict[str, Any]], extra: dict[str, float], elapsed: float
+    ) -> dict[str, Any]:
+        numeric = [k for k, v in window[-1].items() if isinstance(v, float)]
+        record: dict[str, Any] = {"step": step, "phase": window[-1]["phase"]}
+        for key in numeric:
+            values = [m[key] for m in window if key in m]
+            record[key] = sum(values) / len(values)
+        record |= extra
+        record["elapsed_s"] = round(elapsed, 2)
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self._tensorboard(step, record)
+        return record
+
+    def _tensorboard(self, step: int, record: dict[str, Any]) -> None:
+        if not self.config.tensorboard:
+            return
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise TrainingError(
+                    "tensorboard logging needs the tensorboard package: pip install tensorboard"
+                ) from error
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for key, value in record.items():
+            if isinstance(value, float):
+                self._writer.add_scalar(key, value, step)
+
+    def _run_evaluation(self, step: int) -> dict[str, Any]:
+        if self.evaluate is None:
+            return {}
+        results: dict[str, Any] = {}
+        if self.world.is_main:
+            results = {f"eval/{k}": v for k, v in self.evaluate(self.model).items()}
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps({"step": step, **results}) + "\n")
+            self._tensorboard(step, results)
+        self.model.train()
+        barrier(self.world)
+        return results
+
+    # ------------------------------------------------------------------ saving
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0); other ranks wait."""
+        target = None
+        if self.world.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "replay": [(t.prompt, t.actions) for t in self.replay],
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "config": self.config.to_dict(),
+            }
+            existing = latest_checkpoint(self.run_dir)
+            if existing is None or existing.name != f"step-{self.step:08d}":
+                target = save_checkpoint(
+                    self.run_dir, self.step, self.model, self.tokenizer, state,
+                    self.config.keep_checkpoints,
+                )  # fmt: skip
+        barrier(self.world)
+        return target
+
+    def save_model(self, target: Path) -> None:
+        """The trained model and tokenizer, loadable by ``from_pretrained`` (rank 0)."""
+        if self.world.is_main:
+            files = {"training_config.json": json.dumps(self.config.to_dict(), indent=2)}
+            save_model_folder(self.model, self.tokenizer, target, files | self.model_files)
+        barrier(self.world)
