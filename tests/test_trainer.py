@@ -158,3 +158,10 @@ def test_torchrun_two_processes_match_one(tmp_path):
     init = prepare_run(TrainConfig(**(SMALL | {"hidden_size": 32})))
     add_backspace(init.model, init.tokenizer)
     assert (parameters(one) - parameters(init.model)).abs().max().item() > 1e-4
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    changes = dict(method="sequencematch", steps=3, mle_warmup_steps=1, sample_temperature=0.0)
+    whole = run(small_config(tmp_path, "whole", **changes))
+    split = run(small_config(tmp_path, "split", grad_accum=2, **changes))
+    assert (parameters(whole.model) - parameters(split.model)).abs().max().item() <= 1e-5

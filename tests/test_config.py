@@ -1,0 +1,81 @@
+"""The training configuration: validation messages, YAML, CLI flags and help."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+import pytest
+
+from sequencematch.cli import build_parser, main
+from sequencematch.config import TrainConfig, add_config_arguments, config_from_arguments
+
+
+def test_defaults_are_valid():
+    assert TrainConfig().validate().method == "sequencematch"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"method": "ppo"}, "method must be one of"),
+        ({"gamma": 1.5}, "gamma must lie in"),
+        ({"alpha": 0.0}, "alpha must be > 0"),
+        ({"beta": -0.1}, "beta must lie in"),
+        ({"batch_size": 10, "grad_accum": 3}, "multiple of grad_accum"),
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"task": "jsonl"}, "task jsonl needs train_file"),
+        ({"backspace": False, "p_noise": 0.1}, "p_noise needs backspace"),
+        ({"replay_size": 8, "samples_per_refresh": 16}, "replay_size must be at least"),
+    ],
+)
+def test_nonsense_is_refused_with_what_to_change(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes).validate()
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ValueError) as error:
+        TrainConfig(gamma=2.0, lr=-1.0).validate()
+    assert "gamma" in str(error.value) and "lr must be positive" in str(error.value)
+
+
+def test_yaml_round_trip_and_unknown_keys(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: mle\nsteps: 7\ndifficulty: [1.0, 3.0]\n")
+    config = TrainConfig.from_yaml(path)
+    assert (config.method, config.steps, config.difficulty) == ("mle", 7, [1.0, 3.0])
+    path.write_text("stepz: 7\n")
+    with pytest.raises(ValueError, match="unknown configuration keys \\['stepz'\\]"):
+        TrainConfig.from_yaml(path)
+
+
+def test_flags_override_the_yaml_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 7\nlr: 0.01\n")
+    args = build_parser().parse_args(
+        ["train", "--config", str(path), "--steps", "9", "--backspace", "false",
+         "--p-noise", "0", "--difficulty", "1", "2"]
+    )  # fmt: skip
+    config = config_from_arguments(args)
+    assert (config.steps, config.lr, config.backspace, config.difficulty) == (
+        9,
+        0.01,
+        False,
+        [1, 2],
+    )
+
+
+def test_help_documents_every_option_with_its_default():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    for item in fields(TrainConfig):
+        flag = "--" + item.name.replace("_", "-")
+        assert flag in text, flag
+    assert "(default: 0.998)" in text and "(default: chi2)" in text
+
+
+def test_cli_reports_bad_configuration_without_a_traceback(capsys):
+    assert main(["train", "--gamma", "3"]) == 2
+    assert "gamma must lie in (0, 1]" in capsys.readouterr().err
