@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# OpenMP threads that spin while a vCPU is descheduled slow small ops 10-50x; sleep instead.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install demo test lint bench clean
 

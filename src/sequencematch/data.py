@@ -24,12 +24,16 @@ class Example:
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Prompt ids: the text's tokens after the tokenizer's BOS token, when it has one."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids
+    """Token ids of a prompt: ``text`` without special tokens, after the BOS token if any.
+
+    The BOS token makes prompts never empty (generation and the one-pass layout need at
+    least one prompt token); evaluation and training share this encoding.
+    """
+    ids = [int(token) for token in tokenizer(text, add_special_tokens=False).input_ids]
     if tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id, *ids]
+        ids = [int(tokenizer.bos_token_id), *ids]
     if not ids:
-        raise ValueError("an empty prompt with a tokenizer that has no BOS token")
+        raise ValueError("the prompt encodes to no tokens and the tokenizer has no BOS token")
     return ids
 
 

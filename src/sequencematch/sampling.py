@@ -64,7 +64,9 @@ def _eos_ids(model: PreTrainedModel, eos_token_id: int | Sequence[int] | None) -
         eos_token_id = getattr(config, "eos_token_id", None)
     if eos_token_id is None:
         return []
-    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
+    if isinstance(eos_token_id, Sequence):
+        return [int(e) for e in eos_token_id]
+    return [int(eos_token_id)]  # an int, or a numpy / torch integer
 
 
 def _filter_scores(scores: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
