@@ -31,6 +31,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.layout_overhead
 	$(BIN)/python -m bench.generate_speed
+	$(BIN)/python -m bench.train_step
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -23,6 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train and compare MLE and SequenceMatch models")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a one-minute version")
+    demo.add_argument("--seed", type=int, default=None, help="seed of data, init and noise")
+    demo.add_argument("--steps", type=int, default=None, help="optimiser steps per method")
+    demo.add_argument("--sm-steps", type=int, default=None, help="SequenceMatch steps (last)")
+    demo.add_argument("--alpha", type=float, default=None, help="chi2 regulariser scale")
+    demo.add_argument("--lambda-mle", type=float, default=None, help="MLE weight in SM phase")
+    demo.add_argument("--p-noise", type=float, default=None, help="training noise level")
+    demo.add_argument("--noise-source", default=None, help="uniform, unigram or task")
+    demo.add_argument("--difficulty", type=float, nargs=2, default=None, help="entropy bits")
+    demo.add_argument("--hidden-size", type=int, default=None, help="model width")
+    demo.add_argument("--num-layers", type=int, default=None, help="transformer blocks")
+    demo.add_argument("--n-train", type=int, default=None, help="training questions")
+    demo.add_argument("--progress", type=_flag, default=True, metavar="BOOL", help="bars")
     train = commands.add_parser(
         "train",
         help="train a model (MLE or SequenceMatch); runs under torchrun too",
@@ -33,7 +45,104 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", default=None, help="YAML file of options")
     add_config_arguments(train)
+
+    generate = commands.add_parser("generate", help="generate from a trained model folder")
+    generate.add_argument("--model", required=True, help="model folder (e.g. RUN/model)")
+    generate.add_argument("--prompt", required=True, help="prompt text (a question)")
+    generate.add_argument("--show-edits", action="store_true",
+                          help="print the action trace, deleted tokens in [brackets]")  # fmt: skip
+    generate.add_argument("--json", action="store_true", help="print one JSON object")
+    generate.add_argument("--max-new-tokens", type=int, default=None, help="default: task's")
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    generate.add_argument("--temperature", type=float, default=1.0, help="with --sample")
+    generate.add_argument("--noise", type=float, default=0.0, help="forced-noise probability")
+    generate.add_argument("--seed", type=int, default=0, help="seed of sampling and noise")
+
+    evaluate = commands.add_parser("eval", help="exact-match accuracy on a question file")
+    evaluate.add_argument("--model", required=True, help="model folder (e.g. RUN/model)")
+    evaluate.add_argument("--data", required=True, help='JSONL of {"question", "answer"}')
+    evaluate.add_argument("--noise", type=float, default=0.0, help="forced-noise probability")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the forced noise")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="questions per batch")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .demo import DemoSettings, run_demo
+
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    names = ("seed", "steps", "sm_steps", "alpha", "lambda_mle", "p_noise", "noise_source",
+             "difficulty", "hidden_size", "num_layers", "n_train")  # fmt: skip
+    changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if "difficulty" in changes:
+        changes["difficulty"] = list(changes["difficulty"])
+    run_demo(Path(args.out), replace(settings, **changes), progress=args.progress)
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .data import encode_prompt
+    from .experiment import load_trained
+    from .metrics import answer_token_ids, format_trace, strip_eos
+    from .sampling import generate
+
+    trained = load_trained(args.model)
+    tokenizer = trained.tokenizer
+    prompt = encode_prompt(tokenizer, trained.prompt_text(args.prompt))
+    arithmetic_task = trained.task_info.get("task") == "arithmetic"
+    output = generate(
+        trained.model, [prompt], bkspc_id=trained.bkspc_id,
+        max_new_tokens=args.max_new_tokens or trained.task_info.get("max_new_tokens", 64),
+        do_sample=args.sample, temperature=args.temperature, eos_token_id=tokenizer.eos_token_id,
+        noise_prob=args.noise, generator=torch.Generator().manual_seed(args.seed),
+        noise_token_ids=answer_token_ids(tokenizer) if arithmetic_task else None,
+    )  # fmt: skip
+    text = tokenizer.decode(strip_eos(output.sequences[0], tokenizer.eos_token_id))
+    trace = format_trace(tokenizer, output.actions[0], trained.bkspc_id, output.forced[0])
+    if args.json:
+        record = {"prompt": args.prompt, "completion": text, "trace": trace,
+                  "actions": output.actions[0], "finished": output.finished[0]}  # fmt: skip
+        print(json.dumps(record))
+    else:
+        print(text)
+        if args.show_edits:
+            print(f"edits: {trace}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .experiment import load_trained
+    from .metrics import evaluate_arithmetic
+    from .tasks.arithmetic import read_jsonl
+
+    trained = load_trained(args.model)
+    questions = read_jsonl(args.data)
+    result = evaluate_arithmetic(
+        trained.model, trained.tokenizer, questions, bkspc_id=trained.bkspc_id,
+        noise_prob=args.noise, seed=args.seed, batch_size=args.batch_size,
+        max_new_tokens=trained.task_info.get("max_new_tokens", 16),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(f"accuracy {result.accuracy:.3f} [{result.ci_low:.3f}, {result.ci_high:.3f}] "
+              f"on {result.n} questions (forced noise {args.noise}); <bkspc> rate "
+              f"{result.bkspc_rate:.3f}")  # fmt: skip
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -60,13 +169,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no per-file bars when saving or loading models
     try:
         if args.command == "train":
             return run_train(args)
         if args.command == "demo":
-            print("sequencematch demo: the arithmetic comparison is coming; nothing to run yet.")
-            return 0
-    except ValueError as error:
+            return run_demo_command(args)
+        if args.command == "generate":
+            return run_generate(args)
+        if args.command == "eval":
+            return run_eval(args)
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 2

@@ -93,3 +93,34 @@ def prepare_run(config: TrainConfig) -> RunInputs:
 def task_file(info: dict[str, Any]) -> dict[str, str]:
     """The ``task.json`` that goes with a saved model (so ``generate``/``eval`` need no flags)."""
     return {TASK_FILE: json.dumps(info, indent=2)}
+
+
+@dataclass
+class TrainedModel:
+    """A saved model folder, ready to generate: model, tokenizer, ``<bkspc>`` id, task."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    bkspc_id: int | None
+    task_info: dict[str, Any]
+
+    def prompt_text(self, text: str) -> str:
+        """The prompt format the model was trained on (arithmetic: question + separator)."""
+        if self.task_info.get("task") == "arithmetic":
+            separator = self.task_info.get("prompt_separator", arithmetic.PROMPT_SEPARATOR)
+            return text if text.endswith(separator) else text + separator
+        return text
+
+
+def load_trained(folder: str | Path, device: str = "cpu") -> TrainedModel:
+    """Load a model folder written by training (``model/`` of a run, or a demo subfolder)."""
+    from .model import backspace_id
+
+    path = Path(folder)
+    if not (path / "config.json").exists():
+        raise ValueError(f"{path} holds no saved model (no config.json); pass a model folder")
+    info_file = path / TASK_FILE
+    info = json.loads(info_file.read_text()) if info_file.exists() else {"task": "text"}
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return TrainedModel(model.eval(), tokenizer, backspace_id(model), info)

@@ -1,0 +1,66 @@
+"""End to end through the command line: demo --quick, then generate and eval on its models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sequencematch.cli import main
+from sequencematch.demo import METHODS
+from sequencematch.tasks.arithmetic import make_splits, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out), "--progress", "false"]) == 0
+    return out
+
+
+def test_demo_writes_report_plot_results_and_three_models(demo_folder):
+    for name in METHODS:
+        assert (demo_folder / name / "model" / "config.json").exists(), name
+        assert (demo_folder / name / "model" / "task.json").exists(), name
+    report = (demo_folder / "report.md").read_text()
+    assert all(name in report for name in METHODS) and "p=0.1" in report
+    assert (demo_folder / "accuracy_vs_noise.png").stat().st_size > 1000
+    results = json.loads((demo_folder / "results.json").read_text())
+    for entry in results["methods"].values():
+        levels = [e["noise_prob"] for e in entry["sweep"]]
+        assert levels == [0.0, 0.05, 0.1, 0.2]
+        assert all(
+            0.0 <= e["ci_low"] <= e["accuracy"] <= e["ci_high"] <= 1.0 for e in entry["sweep"]
+        )
+
+
+def test_eval_prints_json_for_a_question_file(demo_folder, tmp_path, capsys):
+    questions = tmp_path / "questions.jsonl"
+    write_jsonl(make_splits(1, 1, 12, seed=5)["test"], questions)
+    model = demo_folder / "sequencematch-chi2-bkspc" / "model"
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--data", str(questions), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["n"] == 12 and 0.0 <= record["accuracy"] <= 1.0
+    assert main(["eval", "--model", str(model), "--data", str(questions), "--json",
+                 "--noise", "1.0", "--seed", "3"]) == 0  # fmt: skip
+    noisy = json.loads(capsys.readouterr().out)
+    assert noisy["forced_rate"] == 1.0
+
+
+def test_generate_shows_text_and_edits(demo_folder, capsys):
+    model = demo_folder / "mle-bkspc" / "model"
+    capsys.readouterr()
+    assert main(["generate", "--model", str(model), "--prompt", "In base 7, what is 12 + 5?",
+                 "--json", "--noise", "0.5", "--seed", "1"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert set(record) >= {"completion", "trace", "actions"}
+    assert main(["generate", "--model", str(model), "--prompt", "In base 7, what is 1 + 1?",
+                 "--show-edits"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("edits: ")
+
+
+def test_missing_files_are_reported_clearly(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path), "--data", str(tmp_path / "q.jsonl")]) == 2
+    assert "holds no saved model" in capsys.readouterr().err
