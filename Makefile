@@ -24,8 +24,8 @@ demo: $(STAMP)
 	$(BIN)/sequencematch demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests $(wildcard bench)
-	$(BIN)/ruff format --check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests $(wildcard bench experiments)
+	$(BIN)/ruff format --check src tests $(wildcard bench experiments)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -154,3 +154,22 @@ def test_prompt_with_backspace_is_refused():
     model, _, bk = make_model("tiny_gpt2", dtype=torch.float32)
     with pytest.raises(ValueError, match="contains <bkspc>"):
         generate(model, [[4, bk]], bkspc_id=bk)
+
+
+def test_greedy_never_repeats_a_deleted_token_in_the_same_state():
+    model, _, bk = make_model("tiny_gpt2", dtype=torch.float32)
+    with torch.no_grad():
+        first_state = model(input_ids=torch.tensor([[4, 5]])).logits[0, -1]
+    first_state[bk] = float("-inf")
+    ranking = first_state.argsort(descending=True)[:4].tolist()
+    handle = boost_logit(model, bk, 1e4)  # delete whatever is written
+    try:
+        blocked = generate(model, [[4, 5]], bkspc_id=bk, do_sample=False, max_new_tokens=5,
+                           max_steps=8, eos_token_id=[])  # fmt: skip
+        looping = generate(model, [[4, 5]], bkspc_id=bk, do_sample=False, max_new_tokens=5,
+                           max_steps=8, eos_token_id=[], block_deleted=False)  # fmt: skip
+    finally:
+        handle.remove()
+    # greedy tries the best, second best, ... token of the state, each then deleted
+    assert blocked.actions[0] == [ranking[0], bk, ranking[1], bk, ranking[2], bk, ranking[3], bk]
+    assert looping.actions[0] == [ranking[0], bk] * 4

@@ -113,6 +113,7 @@ def generate(
     noise_prob: float = 0.0,
     noise_token_ids: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    block_deleted: bool | None = None,
 ) -> GenerationOutput:
     """Generate with backtracking: sample (or pick greedily) a token or ``<bkspc>`` per step.
 
@@ -131,6 +132,11 @@ def generate(
         noise_token_ids: candidates for forced noise (default: every id except ``<bkspc>``,
             ``<eos>`` and the model's pad/bos ids).
         generator: random generator for sampling and noise, on the model's device.
+        block_deleted: after ``<bkspc>`` removes a token, that token may not be chosen
+            again in the state it was deleted from (until the prefix changes). Default:
+            on for greedy decoding, where returning to a state would otherwise repeat the
+            same choice and loop insert/delete until ``max_steps``; off for sampling, so
+            samples follow the model's policy exactly. Forced noise ignores it.
     """
     _check_arguments(max_new_tokens, temperature, top_p, noise_prob)
     check_backspace_support(model)
@@ -157,6 +163,7 @@ def generate(
         return _run(
             model, prompts, device, bkspc_id, eos_ids, max_new_tokens, max_steps,
             do_sample, temperature, top_k, top_p, noise_prob, noise_pool, generator,
+            (not do_sample) if block_deleted is None else block_deleted,
         )  # fmt: skip
     finally:
         model.train(was_training)
@@ -188,6 +195,40 @@ def _upcast(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def _block(
+    logits: torch.Tensor, blocked: list[dict[int, set[int]]], depth: torch.Tensor
+) -> torch.Tensor:
+    """``[B, V]`` logits with the tokens already deleted from each row's state at -inf."""
+    rows = [row for row, table in enumerate(blocked) if table]
+    if not rows:
+        return logits
+    depths = depth.tolist()
+    choice = logits.clone()
+    for row in rows:
+        tokens = blocked[row].get(depths[row])
+        if tokens:
+            choice[row, list(tokens)] = float("-inf")
+    return choice
+
+
+def _update_blocked(
+    blocked: list[dict[int, set[int]]],
+    stack_tokens: torch.Tensor,
+    depth: torch.Tensor,
+    is_bkspc: torch.Tensor,
+    is_token: torch.Tensor,
+) -> None:
+    """Record deleted tokens by the state they were deleted from; forget deeper states
+    once a new token changes the prefix."""
+    depths = depth.tolist()
+    for row in is_bkspc.nonzero()[:, 0].tolist():
+        deleted = int(stack_tokens[row, depths[row]])  # the token that stood at this depth
+        blocked[row].setdefault(depths[row], set()).add(deleted)
+    for row in is_token.nonzero()[:, 0].tolist():
+        if blocked[row]:
+            blocked[row] = {d: t for d, t in blocked[row].items() if d < depths[row]}
+
+
 def _run(
     model: PreTrainedModel,
     prompts: list[list[int]],
@@ -203,6 +244,7 @@ def _run(
     noise_prob: float,
     noise_pool: torch.Tensor | None,
     generator: torch.Generator | None,
+    block_deleted: bool,
 ) -> GenerationOutput:
     batch = len(prompts)
     rows = torch.arange(batch, device=device)
@@ -240,6 +282,8 @@ def _run(
     forced_traces: list[list[bool]] = [[] for _ in range(batch)]
     finished = [False] * batch
     slot = width  # next free cache slot
+    # tokens deleted from each state, per row: {depth: {token, ...}} (see block_deleted)
+    blocked: list[dict[int, set[int]]] = [{} for _ in range(batch)]
 
     for step in range(max_steps):
         # Valid actions: <bkspc> only where a generated token is visible.
@@ -247,11 +291,12 @@ def _run(
             at_prompt = depth <= prompt_lengths  # [B]
             logits[:, bkspc_id] = logits[:, bkspc_id].masked_fill(at_prompt, float("-inf"))
         log_policy = logits.log_softmax(dim=-1)  # [B, V]
+        choice = _block(logits, blocked, depth) if block_deleted else logits  # [B, V]
         if do_sample:
-            scores = _filter_scores(logits / temperature, top_k, top_p)
+            scores = _filter_scores(choice / temperature, top_k, top_p)
             action = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator)[:, 0]
         else:
-            action = logits.argmax(dim=-1)  # [B]
+            action = choice.argmax(dim=-1)  # [B]
         forced = torch.zeros(batch, dtype=torch.bool, device=device)
         if noise_pool is not None:
             forced = torch.rand(batch, generator=generator, device=device) < noise_prob
@@ -273,6 +318,8 @@ def _run(
         stack_slots[rows[is_token], depth[is_token]] = slot
         alive[rows[is_token], slot] = True
         depth = depth + is_token.long()
+        if block_deleted:
+            _update_blocked(blocked, stack_tokens, depth, is_bkspc, is_token)
         top = (depth - 1).clamp(min=0)
         feed = torch.where(done, 0, stack_tokens[rows, top])  # [B]
         position = torch.where(done, 0, depth - 1)  # [B]

@@ -1,0 +1,1 @@
+"""Reproduction experiments (run by hand, not by CI)."""

@@ -1,0 +1,113 @@
+"""The paper's arithmetic comparison at CPU scale: several methods, seeds and difficulties.
+
+Each (difficulty, method, seed) run trains one model with the demo's settings and records
+its forced-noise sweep on the held-out test split in ``OUT/runs.jsonl`` (one line per run,
+so an interrupted sweep resumes where it stopped). ``--table`` prints the markdown table
+(mean over seeds with a 95% Student-t interval) and writes the plot.
+
+    python -m experiments.arithmetic --out runs/exp --seeds 0 1 2
+    python -m experiments.arithmetic --out runs/exp --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sequencematch.demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
+from sequencematch.metrics import mean_confidence_interval  # noqa: E402
+
+DIFFICULTIES = {"easy": [2.0, 8.0], "hard": [6.0, 12.0]}
+
+
+def experiment_configs(settings: DemoSettings, out: Path) -> dict:
+    """The demo's three methods plus the ablations: SequenceMatch without <bkspc>, and kl."""
+    configs = method_configs(settings, out)
+    sm = configs["sequencematch-chi2-bkspc"]
+    configs["sequencematch-chi2"] = sm.replace(
+        backspace=False, p_noise=0.0, output_dir=str(out / "sequencematch-chi2")
+    )
+    configs["sequencematch-kl-bkspc"] = sm.replace(
+        divergence="kl", output_dir=str(out / "sequencematch-kl-bkspc")
+    )
+    return configs
+
+
+def run(args: argparse.Namespace) -> None:
+    log = args.out / "runs.jsonl"
+    done = set()
+    if log.exists():
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            done.add((record["difficulty"], record["method"], record["seed"]))
+    for difficulty in args.difficulties:
+        for seed in args.seeds:
+            settings = replace(DemoSettings(), seed=seed, difficulty=DIFFICULTIES[difficulty])
+            if args.steps:
+                settings = replace(settings, steps=args.steps, sm_steps=args.steps // 3)
+            folder = args.out / difficulty / f"seed{seed}"
+            for method, config in experiment_configs(settings, folder).items():
+                if method not in args.methods or (difficulty, method, seed) in done:
+                    continue
+                shutil.rmtree(config.output_dir, ignore_errors=True)
+                print(f"== {difficulty} {method} seed {seed}", flush=True)
+                sweep, seconds = train_and_evaluate(config, settings.levels, progress=False)
+                record = {"difficulty": difficulty, "method": method, "seed": seed,
+                          "train_seconds": round(seconds, 1),
+                          "sweep": [e.as_dict() for e in sweep]}  # fmt: skip
+                with open(log, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print({e.noise_prob: round(e.accuracy, 3) for e in sweep}, flush=True)
+
+
+def table(out: Path) -> str:
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    levels = sorted({e["noise_prob"] for r in records for e in r["sweep"]})
+    lines = []
+    for difficulty in DIFFICULTIES:
+        rows = [r for r in records if r["difficulty"] == difficulty]
+        if not rows:
+            continue
+        lines += [f"### {difficulty} ({DIFFICULTIES[difficulty]} bits)", "",
+                  "| method | seeds | " + " | ".join(f"p={p:g}" for p in levels) + " |",
+                  "|---|---|" + "---|" * len(levels)]  # fmt: skip
+        for method in dict.fromkeys(r["method"] for r in rows):
+            runs = [r for r in rows if r["method"] == method]
+            cells = []
+            for level in levels:
+                values = [
+                    e["accuracy"] for r in runs for e in r["sweep"] if e["noise_prob"] == level
+                ]
+                mean, low, high = mean_confidence_interval(values)
+                cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+            lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("runs/experiments"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--difficulties", nargs="+", default=list(DIFFICULTIES))
+    parser.add_argument("--methods", nargs="+", default=[
+        "mle", "mle-bkspc", "sequencematch-chi2-bkspc", "sequencematch-chi2",
+        "sequencematch-kl-bkspc"])  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None, help="override the demo's steps")
+    parser.add_argument("--table", action="store_true", help="print the table and stop")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        run(args)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
