@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .files import atomic_write_text
+
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest"
 FORMAT_VERSION = 1
@@ -26,21 +28,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (corrupt, incomplete or from another run)."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_model_folder(model: Any, tokenizer: Any, target: Path, extra: dict[str, str]) -> None:

@@ -22,10 +22,10 @@ import os
 import random
 import re
 import string
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+
+from ..files import atomic_write_text
 
 DIGITS = "0123456789abcdef"
 """Digit characters; base ``b`` uses the first ``b`` of them."""
@@ -226,20 +226,11 @@ def make_splits(
 
 def write_jsonl(questions: Iterable[ArithmeticQuestion], path: str | os.PathLike[str]) -> None:
     """Write ``{"question": ..., "answer": ...}`` lines atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for item in questions:
-                record = {"question": item.question, "answer": item.answer}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    lines = (
+        json.dumps({"question": item.question, "answer": item.answer}, ensure_ascii=False) + "\n"
+        for item in questions
+    )
+    atomic_write_text(path, "".join(lines))
 
 
 def _parse_record(line: str, where: str) -> ArithmeticQuestion:
