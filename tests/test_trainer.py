@@ -165,3 +165,17 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     whole = run(small_config(tmp_path, "whole", **changes))
     split = run(small_config(tmp_path, "split", grad_accum=2, **changes))
     assert (parameters(whole.model) - parameters(split.model)).abs().max().item() <= 1e-5
+
+
+def test_resume_redoes_steps_after_the_checkpoint_once(tmp_path):
+    config = small_config(tmp_path, "run", steps=6, save_every=2, method="mle")
+    run(config.replace(stop_at=5))  # checkpoints at 2 and 4 (and 5 at the stop)
+    folder = Path(config.output_dir)
+    (folder / "checkpoints" / "latest").write_text("step-00000004\n")  # as if 5 crashed
+    resumed = run(config.replace(resume=True))
+    steps = [
+        json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert resumed.step == 6 and steps == sorted(set(steps)) and steps[-1] == 6
+    assert (folder / "checkpoints" / "step-00000006").is_dir()
+    assert not (folder / "checkpoints" / "step-00000004").exists()  # keep_checkpoints=2

@@ -65,8 +65,13 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     target = folder / name
+    pointer = folder / LATEST_FILE
+    current = pointer.read_text().strip() if pointer.exists() else None
     if target.exists():
-        raise CheckpointError(f"{target} already exists; refusing to overwrite a checkpoint")
+        if name == current:
+            raise CheckpointError(f"{target} already exists; refusing to overwrite a checkpoint")
+        # a complete folder that a crash left before ``latest`` named it: this run redid it
+        shutil.rmtree(target)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.tmp-"))
     try:
         model.save_pretrained(staging)
@@ -77,8 +82,8 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     atomic_write_text(folder / LATEST_FILE, name + "\n")
-    complete = sorted(p for p in folder.glob("step-*") if p.is_dir())
-    for old in complete[:-keep]:
+    older = sorted(p for p in folder.glob("step-*") if p.is_dir() and p.name < name)
+    for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 

@@ -140,11 +140,16 @@ class TrainConfig:
                 self.model_batch_size % self.grad_accum == 0,
                 "model_batch_size must be a multiple of grad_accum",
             )
-        if not self.backspace:
-            need(
-                self.p_noise == 0.0 or self.method == "mle",
-                "p_noise needs backspace: set backspace true or p_noise 0",
-            )
+        need(
+            self.backspace or self.p_noise == 0.0,
+            "p_noise needs backspace (noise is undone with <bkspc>): set backspace true or "
+            "p_noise 0",
+        )
+        need(
+            self.method == "mle" or self.precision == "fp32",
+            "SequenceMatch rewards r = Q - gamma V' need float32 logits; bf16/fp16 rounding "
+            "(0.125 at logit 16) is as large as r: use precision fp32 with sequencematch",
+        )
         if problems:
             raise ValueError("invalid training configuration:\n  - " + "\n  - ".join(problems))
         return self

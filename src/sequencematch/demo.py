@@ -77,9 +77,10 @@ def method_configs(settings: DemoSettings, out: Path) -> dict[str, TrainConfig]:
 
 
 def train_and_evaluate(
-    config: TrainConfig, levels: Sequence[float], progress: bool = True
+    config: TrainConfig, levels: Sequence[float], progress: bool = True, split: str = "test"
 ) -> tuple[list[ArithmeticEval], float]:
-    """Train one method, save it, and evaluate it on the test split at every noise level."""
+    """Train one method, save it, and evaluate it at every noise level on the held-out
+    ``split`` (``"valid"`` for tuning, ``"test"`` for reported results)."""
     from .trainer import Trainer
 
     inputs = prepare_run(config.replace(progress=progress))
@@ -90,7 +91,8 @@ def train_and_evaluate(
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    questions = [ArithmeticQuestion(p.removesuffix(_separator()), c) for p, c in inputs.test_pairs]
+    pairs = inputs.test_pairs if split == "test" else inputs.valid_pairs
+    questions = [ArithmeticQuestion(p.removesuffix(_separator()), c) for p, c in pairs]
     results = noise_sweep(
         trainer.model, trainer.tokenizer, questions, bkspc_id=trainer.bkspc_id, levels=levels,
         seed=config.seed, max_new_tokens=config.max_new_tokens,

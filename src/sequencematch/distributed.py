@@ -67,3 +67,15 @@ def all_ranks_true(world: World, flag: bool, device: torch.device) -> bool:
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()
+
+
+def sum_over_ranks(
+    world: World, values: dict[str, float], device: torch.device
+) -> dict[str, float]:
+    """Sum each value over the processes (for logging the whole batch's loss terms)."""
+    if world.size == 1 or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, tensor.tolist(), strict=True))

@@ -148,7 +148,8 @@ def tiny_model(
         "pad_token_id": tokenizer.pad_token_id,
     }
     if preset == "tiny_gpt2":
-        fields = dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, vocab_size=vocab_size)
+        fields = dict(n_embd=64, n_layer=2, n_head=4, n_positions=512, vocab_size=vocab_size,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
         aliases = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer"}
         aliases |= {"num_attention_heads": "n_head", "max_position_embeddings": "n_positions"}
         fields |= {aliases.get(key, key): value for key, value in overrides.items()}

@@ -187,6 +187,8 @@ def _noise_pool(
         noise_token_ids = [token for token in range(vocab_size) if token not in excluded]
     if len(noise_token_ids) == 0:
         raise ValueError("noise_token_ids is empty: forced noise needs candidate tokens")
+    if bkspc_id is not None and bkspc_id in noise_token_ids:
+        raise ValueError("noise_token_ids contains <bkspc>; forced noise must be tokens")
     return torch.as_tensor(list(noise_token_ids), dtype=torch.long)
 
 

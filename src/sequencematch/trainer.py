@@ -3,7 +3,9 @@
 Every random choice of a step (which examples, which noise, which replayed samples) is
 derived from ``(seed, step)``, and every process builds the same global batch before
 taking its share, so a resumed run repeats exactly what an uninterrupted one does, and
-``torchrun`` with ``k`` processes computes the same update as one process.
+``torchrun`` with ``k`` processes computes the same update as one process, given the same
+replay buffer: refills are sampled per process (seeded by rank), so only greedy refills
+(``sample_temperature 0``) give identical buffers for every process count.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import Example, build_noise_source
-from .distributed import World, all_gather_objects, all_ranks_true, barrier
+from .distributed import World, all_gather_objects, all_ranks_true, barrier, sum_over_ranks
+from .files import atomic_write_text
 from .forward import state_logits, verify_layout_once
 from .model import add_backspace, check_backspace_support
 from .objectives import mle_loss, sequencematch_loss, weight_total
@@ -105,6 +108,14 @@ class Trainer:
             raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
         if not train:
             raise ValueError("no training examples")
+        shares = self.world.size * config.grad_accum
+        if config.batch_size < shares or (
+            config.method == "sequencematch" and config.model_batch_size < shares
+        ):
+            raise ValueError(
+                f"batch_size and model_batch_size must be at least processes x grad_accum "
+                f"({shares}) so that no micro-batch is empty"
+            )
         self.run_dir = Path(config.output_dir)
         self.train_examples = train
         self.evaluate = evaluate
@@ -194,12 +205,21 @@ class Trainer:
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {error}") from error
         self.step = int(state["step"])
+        self._drop_metrics_after(self.step)
         self.replay = [Trace(*entry) for entry in state["replay"]]
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if self.world.is_main:
             print(f"resumed from {checkpoint} at step {self.step}")
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget metrics lines logged after the checkpoint we resume from (they are redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.world.is_main or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ batches
 
@@ -370,15 +390,23 @@ class Trainer:
                 for name in ("v_mean", "r_mean", "r_std"):
                     if name in terms:
                         sums[name] = sums.get(name, 0.0) + float(terms[name]) / len(micro)
+                # every process must agree before backward, or the gradient all-reduce hangs
+                finite = all_ranks_true(self.world, finite, self.device)
                 if finite:
                     self.scaler.scale(terms["loss"] * self.world.size).backward()
-        if not all_ranks_true(self.world, finite, self.device):
+            if not finite:
+                break
+        if not finite:
             raise TrainingError(
                 f"non-finite {bad_term or 'loss (on another process)'} at step {step} "
                 f"({phase} phase); training stopped and the last good checkpoint is kept "
                 f"({latest_checkpoint(self.run_dir) or 'none yet'}). Lower lr, raise alpha, "
                 "or use precision fp32."
             )
+        sums = sum_over_ranks(self.world, sums, self.device)
+        for name in ("v_mean", "r_mean", "r_std"):  # statistics: mean over processes
+            if name in sums:
+                sums[name] /= self.world.size
         self.scaler.unscale_(self.optimizer)
         grad_norm = 0.0
         if self.config.clip_grad > 0:
