@@ -179,3 +179,12 @@ def test_resume_redoes_steps_after_the_checkpoint_once(tmp_path):
     assert resumed.step == 6 and steps == sorted(set(steps)) and steps[-1] == 6
     assert (folder / "checkpoints" / "step-00000006").is_dir()
     assert not (folder / "checkpoints" / "step-00000004").exists()  # keep_checkpoints=2
+
+
+def test_sequencematch_weight_ramps_after_the_warm_up(tmp_path):
+    config = small_config(tmp_path, "run", steps=1, method="sequencematch", mle_warmup_steps=2,
+                          sm_ramp_steps=4, lambda_mle=0.5)  # fmt: skip
+    inputs = prepare_run(config)
+    trainer = Trainer(config, inputs.model, inputs.tokenizer, inputs.train)
+    assert [trainer.sm_weight(s) for s in (3, 4, 6, 10)] == [0.125, 0.25, 0.5, 0.5]
+    assert trainer._phase(2) == "mle" and trainer._phase(3) == "sequencematch"

@@ -66,6 +66,9 @@ class TrainConfig:
     beta: float = _field(0.5, "weight of data transitions in the mixture (1 - beta: model)")
     lambda_mle: float = _field(0.5, "weight of the MLE loss in the total after warm-up")
     mle_warmup_steps: int = _field(0, "MLE-only steps before SequenceMatch starts")
+    sm_ramp_steps: int = _field(
+        0, "steps over which the SequenceMatch weight rises to 1-lambda_mle"
+    )
     # model samples (replay buffer)
     refresh_every: int = _field(50, "steps between refills of the replay buffer")
     samples_per_refresh: int = _field(64, "sequences sampled from the model per refill")
@@ -125,6 +128,7 @@ class TrainConfig:
         need(self.save_every >= 0 and self.eval_every >= 0, "save_every/eval_every must be >= 0")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
         need(self.mle_warmup_steps >= 0, "mle_warmup_steps must be >= 0")
+        need(self.sm_ramp_steps >= 0, "sm_ramp_steps must be >= 0")
         need(self.sample_temperature >= 0, "sample_temperature must be >= 0 (0: greedy)")
         need(len(self.difficulty) == 2, "difficulty must be two numbers: [low, high] bits")
         if self.method == "sequencematch":

@@ -41,6 +41,7 @@ class DemoSettings:
     alpha: float = 1.0
     gamma: float = 0.998
     lambda_mle: float = 0.5
+    sm_ramp_steps: int = 0
     refresh_every: int = 25
     seed: int = 0
     levels: tuple[float, ...] = NOISE_LEVELS
@@ -70,6 +71,7 @@ def method_configs(settings: DemoSettings, out: Path) -> dict[str, TrainConfig]:
             **common, method="sequencematch", backspace=True, p_noise=settings.p_noise,
             divergence="chi2", alpha=settings.alpha, gamma=settings.gamma,
             lambda_mle=settings.lambda_mle, mle_warmup_steps=settings.steps - settings.sm_steps,
+            sm_ramp_steps=settings.sm_ramp_steps,
             refresh_every=settings.refresh_every, samples_per_refresh=64, replay_size=256,
             model_batch_size=16, output_dir=str(out / "sequencematch-chi2-bkspc"),
         ),

@@ -339,7 +339,16 @@ class Trainer:
             )
             yield batch, len(data_rows), totals
 
-    def _loss(self, batch: Batch, data_count: int, totals, phase: str) -> dict[str, torch.Tensor]:
+    def sm_weight(self, step: int) -> float:
+        """Weight of the SequenceMatch loss at ``step``: ``1 - lambda_mle``, reached linearly
+        over ``sm_ramp_steps`` after the warm-up (the rest of the total is MLE)."""
+        config = self.config
+        ramp = min(1.0, (step - config.mle_warmup_steps) / max(1, config.sm_ramp_steps))
+        return (1.0 - config.lambda_mle) * ramp
+
+    def _loss(
+        self, batch: Batch, data_count: int, totals, phase: str, step: int
+    ) -> dict[str, torch.Tensor]:
         config = self.config
         batch = batch.to(self.device)
         with self._autocast():
@@ -360,7 +369,8 @@ class Trainer:
             divergence=config.divergence, gamma=config.gamma, alpha=config.alpha,
             beta=config.beta, totals=(totals[1], totals[2]),
         )  # fmt: skip
-        total = config.lambda_mle * mle + (1.0 - config.lambda_mle) * terms.loss
+        weight = self.sm_weight(step)
+        total = (1.0 - weight) * mle + weight * terms.loss
         return {
             "loss": total, "mle": mle, "imitation": terms.imitation, "value": terms.value,
             "regulariser": terms.regulariser, "v_mean": terms.v_mean.detach(),
@@ -381,7 +391,7 @@ class Trainer:
                 else contextlib.nullcontext()
             )
             with sync:
-                terms = self._loss(batch, data_count, totals, phase)
+                terms = self._loss(batch, data_count, totals, phase, step)
                 for name in LOSS_TERMS:
                     value = float(terms[name].detach())
                     if not math.isfinite(value) and finite:
