@@ -36,12 +36,12 @@ class DemoSettings:
     n_test: int = 200
     difficulty: list[float] = field(default_factory=lambda: [2.0, 8.0])
     lr: float = 3e-3
-    p_noise: float = 0.1
+    p_noise: float = 0.05
     noise_source: str = "task"
     alpha: float = 1.0
     gamma: float = 0.998
     lambda_mle: float = 0.5
-    sm_ramp_steps: int = 0
+    sm_ramp_steps: int = 200
     refresh_every: int = 25
     seed: int = 0
     levels: tuple[float, ...] = NOISE_LEVELS
@@ -49,7 +49,7 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(steps=60, sm_steps=20, n_train=400, n_test=60, hidden_size=48,
-                   num_layers=2, refresh_every=10)  # fmt: skip
+                   num_layers=2, refresh_every=10, sm_ramp_steps=5)  # fmt: skip
 
 
 def method_configs(settings: DemoSettings, out: Path) -> dict[str, TrainConfig]:
@@ -193,7 +193,8 @@ def report_text(results: dict[str, Any], table: str, plot: Path | None) -> str:
         f"{settings['steps']} steps of {settings['batch_size']} sequences; SequenceMatch "
         f"spends its last {settings['sm_steps']} steps on the SequenceMatch-chi2 objective "
         f"(alpha {settings['alpha']}, gamma {settings['gamma']}, lambda_mle "
-        f"{settings['lambda_mle']}) with model samples refreshed every "
+        f"{settings['lambda_mle']}, its weight ramped in over {settings['sm_ramp_steps']} "
+        f"steps) with model samples refreshed every "
         f"{settings['refresh_every']} steps. Noise-augmented demonstrations: p_noise "
         f"{settings['p_noise']}, source `{settings['noise_source']}`.",
         "",
