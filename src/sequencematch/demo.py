@@ -27,8 +27,8 @@ METHODS = ("mle", "mle-bkspc", "sequencematch-chi2-bkspc")
 class DemoSettings:
     """Sizes of the demo; :meth:`quick` is the one-minute version used by the tests."""
 
-    steps: int = 1500
-    sm_steps: int = 500
+    steps: int = 1250
+    sm_steps: int = 420
     batch_size: int = 32
     hidden_size: int = 128
     num_layers: int = 4
