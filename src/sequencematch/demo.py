@@ -17,7 +17,7 @@ from typing import Any
 from .config import TrainConfig
 from .experiment import prepare_run, task_file
 from .metrics import ArithmeticEval, noise_sweep
-from .tasks.arithmetic import ArithmeticQuestion
+from .tasks.arithmetic import PROMPT_SEPARATOR, ArithmeticQuestion
 
 NOISE_LEVELS = (0.0, 0.05, 0.1, 0.2)
 METHODS = ("mle", "mle-bkspc", "sequencematch-chi2-bkspc")
@@ -94,18 +94,12 @@ def train_and_evaluate(
     trainer.train()
     seconds = time.perf_counter() - started
     pairs = inputs.test_pairs if split == "test" else inputs.valid_pairs
-    questions = [ArithmeticQuestion(p.removesuffix(_separator()), c) for p, c in pairs]
+    questions = [ArithmeticQuestion(p.removesuffix(PROMPT_SEPARATOR), c) for p, c in pairs]
     results = noise_sweep(
         trainer.model, trainer.tokenizer, questions, bkspc_id=trainer.bkspc_id, levels=levels,
         seed=config.seed, max_new_tokens=config.max_new_tokens,
     )  # fmt: skip
     return results, seconds
-
-
-def _separator() -> str:
-    from .tasks.arithmetic import PROMPT_SEPARATOR
-
-    return PROMPT_SEPARATOR
 
 
 def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
