@@ -79,3 +79,9 @@ def test_help_documents_every_option_with_its_default():
 def test_cli_reports_bad_configuration_without_a_traceback(capsys):
     assert main(["train", "--gamma", "3"]) == 2
     assert "gamma must lie in (0, 1]" in capsys.readouterr().err
+
+
+def test_flags_accept_underscores_too():
+    args = build_parser().parse_args(["train", "--p_noise", "0.2", "--mle-warmup-steps", "3"])
+    config = config_from_arguments(args)
+    assert (config.p_noise, config.mle_warmup_steps) == (0.2, 3)

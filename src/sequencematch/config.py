@@ -201,16 +201,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, item.name)
         help_text = f"{item.metadata['help']} (default: {default})"
         flag = "--" + item.name.replace("_", "-")
+        flags = [flag] if "_" not in item.name else [flag, "--" + item.name]  # both spellings
         if isinstance(default, bool):
             parser.add_argument(
-                flag, type=_parse_bool, default=None, metavar="BOOL", help=help_text
+                *flags, type=_parse_bool, default=None, metavar="BOOL", help=help_text
             )
         elif isinstance(default, list):
-            parser.add_argument(flag, type=float, nargs=2, default=None, help=help_text)
+            parser.add_argument(*flags, type=float, nargs=2, default=None, help=help_text)
         elif default is None:
-            parser.add_argument(flag, default=None, help=help_text)
+            parser.add_argument(*flags, default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=help_text)
+            parser.add_argument(*flags, type=type(default), default=None, help=help_text)
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
