@@ -114,3 +114,21 @@ def test_collate_pads_and_marks_expert_actions():
     depths = visible_lengths(batch.sequences, batch.prompt_lengths, batch.lengths, BK)
     assert depths.tolist() == [[1, 2, 3, 2, 3], [1, 2, 2, 2, 2]]
     assert isinstance(batch.to("cpu").sequences, torch.Tensor)
+
+
+def test_model_sample_noise_follows_the_model_at_the_right_state():
+    from sequencematch.data import ModelSampleNoise
+
+    probabilities = torch.zeros(4, 6)  # clean row [1, 2, 3, 4]: states after each element
+    probabilities[0, 5] = 1.0  # after [1]: the model wants 5
+    probabilities[1, 3] = 0.9  # after [1, 2]: wants 3 (the data token) ...
+    probabilities[1, 4] = 0.1  # ... or 4
+    probabilities[2, 0] = 1.0  # after [1, 2, 3]: only an excluded token
+    source = ModelSampleNoise(probabilities, [1, 2, 3, 4], exclude=[0])
+    rng = random.Random(0)
+    assert source([1], 2, rng) == 5
+    assert {source([1, 2], 3, rng) for _ in range(50)} == {4}  # never the correct token
+    # inside a run the run's first state is reused; any token is wrong there
+    assert {source([1, 2, 5], -1, rng) for _ in range(100)} == {3, 4}
+    with pytest.raises(ValueError, match="no probability"):
+        source([1, 2, 3], 4, rng)

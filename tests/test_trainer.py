@@ -188,3 +188,17 @@ def test_sequencematch_weight_ramps_after_the_warm_up(tmp_path):
     trainer = Trainer(config, inputs.model, inputs.tokenizer, inputs.train)
     assert [trainer.sm_weight(s) for s in (3, 4, 6, 10)] == [0.125, 0.25, 0.5, 0.5]
     assert trainer._phase(2) == "mle" and trainer._phase(3) == "sequencematch"
+
+
+def test_model_sample_noise_inserts_wrong_tokens_then_backspaces(tmp_path):
+    config = small_config(tmp_path, "run", steps=2, method="mle", noise_source="model",
+                          p_noise=0.5)  # fmt: skip
+    inputs = prepare_run(config)
+    trainer = Trainer(config, inputs.model, inputs.tokenizer, inputs.train)
+    prompts, actions, experts = trainer._data_rows(1)
+    inserted = [a for row, flags in zip(actions, experts, strict=True)
+                for a, e in zip(row, flags, strict=True) if not e]  # fmt: skip
+    assert inserted and trainer.bkspc_id not in inserted
+    assert not set(inserted) & set(inputs.tokenizer.all_special_ids)
+    trainer.train()
+    assert trainer.step == 2

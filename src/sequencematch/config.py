@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 METHODS = ("mle", "sequencematch")
-NOISE_SOURCES = ("uniform", "unigram", "task")
+NOISE_SOURCES = ("uniform", "unigram", "task", "model")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TASKS = ("arithmetic", "jsonl")
 
@@ -57,7 +57,9 @@ class TrainConfig:
     method: str = _field("sequencematch", "mle or sequencematch")
     backspace: bool = _field(True, "add the <bkspc> action and noise-augmented demonstrations")
     p_noise: float = _field(0.1, "probability of inserting a wrong token (+ <bkspc>) per token")
-    noise_source: str = _field("uniform", "uniform, unigram (corpus counts) or task mistakes")
+    noise_source: str = _field(
+        "uniform", "uniform, unigram (corpus counts), task mistakes or model (its own samples)"
+    )
     max_noise_run: int = _field(1, "longest run of wrong tokens before the backspaces")
     noise_in_loss: bool = _field(False, "also train on the inserted wrong tokens (BC reading)")
     divergence: str = _field("chi2", "chi2, kl, reverse_kl, js, hellinger or tv")

@@ -34,7 +34,7 @@ from .checkpoint import (
     save_model_folder,
 )
 from .config import TrainConfig
-from .data import Example, build_noise_source
+from .data import Example, ModelSampleNoise, build_noise_source, special_ids
 from .distributed import World, all_gather_objects, all_ranks_true, barrier, sum_over_ranks
 from .files import atomic_write_text
 from .forward import state_logits, verify_layout_once
@@ -139,7 +139,7 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         vocab = self.model.get_input_embeddings().weight.shape[0]
         self.noise = None
-        if config.backspace and config.p_noise > 0:
+        if config.backspace and config.p_noise > 0 and config.noise_source != "model":
             self.noise = build_noise_source(
                 config.noise_source, tokenizer, train, vocab, config.task, [self.bkspc_id]
             )
@@ -242,14 +242,17 @@ class Trainer:
     def _data_rows(self, step: int) -> tuple[list[list[int]], list[list[int]], list[list[bool]]]:
         """Prompts, (noise-augmented) actions and expert masks of the global data batch."""
         rng = random.Random(f"{self.config.seed}-noise-{step}")
+        examples = self._data_examples(step)
+        sources = self._model_noise(examples) if self._uses_model_noise() else None
         prompts, actions, experts = [], [], []
-        for example in self._data_examples(step):
-            if self.noise is None:
+        for index, example in enumerate(examples):
+            source = sources[index] if sources is not None else self.noise
+            if source is None:
                 row, expert = list(example.completion), [True] * len(example.completion)
             else:
                 row, expert = augment_with_noise(
                     example.prompt, example.completion, self.bkspc_id, self.config.p_noise,
-                    self.noise, rng, self.config.max_noise_run,
+                    source, rng, self.config.max_noise_run,
                 )  # fmt: skip
                 if self.config.noise_in_loss:
                     expert = [True] * len(row)
@@ -257,6 +260,24 @@ class Trainer:
             actions.append(row)
             experts.append(expert)
         return prompts, actions, experts
+
+    def _uses_model_noise(self) -> bool:
+        config = self.config
+        return config.backspace and config.p_noise > 0 and config.noise_source == "model"
+
+    @torch.no_grad()
+    def _model_noise(self, examples: list[Example]) -> list[ModelSampleNoise]:
+        """One no-grad pass over the clean rows; a noise source per row from its logits."""
+        batch = collate([e.prompt for e in examples], [e.completion for e in examples],
+                        pad_id=self.pad_id).to(self.device)  # fmt: skip
+        logits = state_logits(self.model, batch.sequences, batch.prompt_lengths, batch.lengths,
+                              None, validate=False)  # fmt: skip
+        probabilities = logits.float().softmax(dim=-1).cpu()  # [B, T, V]
+        exclude = [*special_ids(self.tokenizer), self.bkspc_id]
+        return [
+            ModelSampleNoise(probabilities[row], [*e.prompt, *e.completion], exclude)
+            for row, e in enumerate(examples)
+        ]
 
     def _model_rows(self, step: int) -> list[Trace]:
         rng = random.Random(f"{self.config.seed}-replay-{step}")
