@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (corrupt, incomplete or from another run)."""
 
 
-def save_model_folder(model: Any, tokenizer: Any, target: Path, extra: dict[str, str]) -> None:
-    """``save_pretrained`` of model and tokenizer (plus text files) into ``target``, atomically."""
+def _write_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a staging folder with ``write`` and rename it to ``target`` (replacing an old
+    ``target`` only once the new one is complete); a failure leaves ``target`` as it was."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        for name, text in extra.items():
-            (staging / name).write_text(text)
+        write(staging)
         if target.exists():
             retired = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, retired)
@@ -49,6 +48,22 @@ def save_model_folder(model: Any, tokenizer: Any, target: Path, extra: dict[str,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _save_pretrained(model: Any, tokenizer: Any, folder: Path) -> None:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def save_model_folder(model: Any, tokenizer: Any, target: Path, extra: dict[str, str]) -> None:
+    """``save_pretrained`` of model and tokenizer (plus text files) into ``target``, atomically."""
+
+    def write(folder: Path) -> None:
+        _save_pretrained(model, tokenizer, folder)
+        for name, text in extra.items():
+            (folder / name).write_text(text)
+
+    _write_folder(target, write)
 
 
 def save_checkpoint(
@@ -72,15 +87,12 @@ def save_checkpoint(
             raise CheckpointError(f"{target} already exists; refusing to overwrite a checkpoint")
         # a complete folder that a crash left before ``latest`` named it: this run redid it
         shutil.rmtree(target)
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}.tmp-"))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+
+    def write(staging: Path) -> None:
+        _save_pretrained(model, tokenizer, staging)
         torch.save({"format": FORMAT_VERSION, "step": step, **state}, staging / STATE_FILE)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    _write_folder(target, write)
     atomic_write_text(folder / LATEST_FILE, name + "\n")
     older = sorted(p for p in folder.glob("step-*") if p.is_dir() and p.name < name)
     for old in older[: max(0, len(older) - (keep - 1))]:
