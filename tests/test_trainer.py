@@ -202,3 +202,22 @@ def test_model_sample_noise_inserts_wrong_tokens_then_backspaces(tmp_path):
     assert not set(inserted) & set(inputs.tokenizer.all_special_ids)
     trainer.train()
     assert trainer.step == 2
+
+
+def test_regularised_warmup_adds_the_data_regulariser_and_samples_nothing(tmp_path):
+    """With regularise_warmup the warm-up loss is (lambda MLE + (1 - lambda) data-only SM):
+    the chi2 regulariser is logged and moves the logit level, yet no model sample is drawn."""
+    changes = dict(method="sequencematch", steps=3, mle_warmup_steps=3, alpha=0.05,
+                   lambda_mle=0.5)  # fmt: skip
+    plain = run(small_config(tmp_path, "plain", **changes))
+    regularised = run(small_config(tmp_path, "reg", regularise_warmup=True, **changes))
+    assert not regularised.replay  # the warm-up never samples from the model
+    lines = Path(regularised.config.output_dir, "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all(r["phase"] == "mle" and r["regulariser"] > 0 for r in records)
+    assert all(r["loss"] != pytest.approx(r["mle"]) for r in records)
+    plain_lines = Path(plain.config.output_dir, "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["regulariser"] == 0 for line in plain_lines)
+    difference = parameters(plain.model) - parameters(regularised.model)
+    assert difference.abs().max().item() > 1e-4
+    assert regularised.sm_weight(10) == pytest.approx(0.5)  # no ramp after such a warm-up

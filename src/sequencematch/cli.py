@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -21,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train and compare MLE and SequenceMatch models")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--task", choices=("arithmetic", "text"), default="arithmetic",
+                      help="arithmetic (default) or text (Shakespeare, or --corpus)")  # fmt: skip
+    demo.add_argument("--corpus", default=None, help="text: a text file, folder or JSONL")
+    demo.add_argument("--out", default=None, help="output folder (default: runs/demo[-text])")
     demo.add_argument("--quick", action="store_true", help="a one-minute version")
     demo.add_argument("--seed", type=int, default=None, help="seed of data, init and noise")
     demo.add_argument("--steps", type=int, default=None, help="optimiser steps per method")
@@ -58,9 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--noise", type=float, default=0.0, help="forced-noise probability")
     generate.add_argument("--seed", type=int, default=0, help="seed of sampling and noise")
 
-    evaluate = commands.add_parser("eval", help="exact-match accuracy on a question file")
+    evaluate = commands.add_parser(
+        "eval", help="arithmetic accuracy on a question file, or text quality (MAUVE, diversity)"
+    )
     evaluate.add_argument("--model", required=True, help="model folder (e.g. RUN/model)")
-    evaluate.add_argument("--data", required=True, help='JSONL of {"question", "answer"}')
+    evaluate.add_argument("--task", choices=("arithmetic", "text"), default=None,
+                          help="default: the task the model was trained on")  # fmt: skip
+    evaluate.add_argument(
+        "--data", default=None,
+        help='arithmetic: JSONL of {"question", "answer"}; text: JSONL of {"prompt", '
+        '"completion"}, or a text file/folder to cut into windows (default: the held-out '
+        "split of the model's corpus)",
+    )  # fmt: skip
+    evaluate.add_argument("--n", type=int, default=200, help="text: windows to evaluate")
+    evaluate.add_argument("--temperature", type=float, default=1.0, help="text: sampling")
+    evaluate.add_argument("--no-mauve", action="store_true", help="text: skip MAUVE")
     evaluate.add_argument("--noise", type=float, default=0.0, help="forced-noise probability")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the forced noise")
     evaluate.add_argument("--batch-size", type=int, default=64, help="questions per batch")
@@ -78,13 +94,32 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     from .demo import DemoSettings, run_demo
 
+    if args.task == "text":
+        return run_text_demo_command(args)
+    if args.corpus is not None:
+        raise ValueError("--corpus belongs to --task text")
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     names = ("seed", "steps", "sm_steps", "alpha", "lambda_mle", "p_noise", "noise_source",
              "difficulty", "hidden_size", "num_layers", "n_train")  # fmt: skip
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if "difficulty" in changes:
         changes["difficulty"] = list(changes["difficulty"])
-    run_demo(Path(args.out), replace(settings, **changes), progress=args.progress)
+    run_demo(Path(args.out or "runs/demo"), replace(settings, **changes), progress=args.progress)
+    return 0
+
+
+def run_text_demo_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .text_demo import TextDemoSettings, run_text_demo, with_overrides
+
+    if args.difficulty is not None:
+        raise ValueError("--difficulty belongs to the arithmetic demo, not --task text")
+    settings = TextDemoSettings.quick() if args.quick else TextDemoSettings()
+    names = ("seed", "steps", "sm_steps", "alpha", "lambda_mle", "p_noise", "noise_source",
+             "hidden_size", "num_layers", "n_train", "corpus")  # fmt: skip
+    settings = with_overrides(settings, **{n: getattr(args, n) for n in names})
+    run_text_demo(Path(args.out or "runs/demo-text"), settings, progress=args.progress)
     return 0
 
 
@@ -130,6 +165,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from .tasks.arithmetic import read_jsonl
 
     trained = load_trained(args.model)
+    task = args.task or ("text" if trained.task_info.get("task") == "text" else "arithmetic")
+    if task == "text":
+        return run_text_eval(args, trained)
+    if args.data is None:
+        raise ValueError('--data is required for arithmetic: a JSONL of {"question", "answer"}')
     questions = read_jsonl(args.data)
     result = evaluate_arithmetic(
         trained.model, trained.tokenizer, questions, bkspc_id=trained.bkspc_id,
@@ -142,6 +182,38 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"accuracy {result.accuracy:.3f} [{result.ci_low:.3f}, {result.ci_high:.3f}] "
               f"on {result.n} questions (forced noise {args.noise}); <bkspc> rate "
               f"{result.bkspc_rate:.3f}")  # fmt: skip
+    return 0
+
+
+def run_text_eval(args: argparse.Namespace, trained: Any) -> int:
+    import json
+
+    from .experiment import held_out_text_pairs
+    from .text_evaluation import evaluate_text
+
+    pairs = held_out_text_pairs(trained, args.data, n=args.n, seed=args.seed)
+    result = evaluate_text(
+        trained.model, trained.tokenizer, pairs, bkspc_id=trained.bkspc_id,
+        max_new_tokens=trained.task_info.get("max_new_tokens", 64), seed=args.seed,
+        temperature=args.temperature, batch_size=args.batch_size, with_mauve=not args.no_mauve,
+    )  # fmt: skip
+    record = result.as_dict()
+    record.pop("completions")
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    mauve = result.mauve
+    stats = result.statistics
+    if mauve is not None:
+        print(f"MAUVE {mauve['mean']:.3f} +- {mauve['std']:.3f} over {len(mauve['seeds'])} "
+              "k-means seeds")  # fmt: skip
+    human = result.reference_statistics["diversity"]
+    print(f"diversity {stats['diversity']:.3f} (human {human:.3f}), rep-2 {stats['rep_2']:.3f}, "
+          f"rep-4 {stats['rep_4']:.3f}, entropy-4 "
+          f"{stats['entropy_4']:.2f}; perplexity {result.perplexity:.2f}; <bkspc> rate "
+          f"{result.bkspc_rate:.3f}; on {result.n} prompts")  # fmt: skip
+    for example in result.examples[:1]:
+        print(f"\nprompt: {example['prompt']!r}\nmodel:  {example['completion']!r}")
     return 0
 
 
@@ -181,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "eval":
             return run_eval(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 2

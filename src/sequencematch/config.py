@@ -19,7 +19,7 @@ import yaml
 METHODS = ("mle", "sequencematch")
 NOISE_SOURCES = ("uniform", "unigram", "task", "model")
 PRECISIONS = ("fp32", "bf16", "fp16")
-TASKS = ("arithmetic", "jsonl")
+TASKS = ("arithmetic", "jsonl", "text")
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -46,13 +46,22 @@ class TrainConfig:
     num_heads: int = _field(4, "presets only: attention heads")
     attn_implementation: str = _field("sdpa", "sdpa or eager (both follow custom masks)")
     # task and data
-    task: str = _field("arithmetic", "arithmetic (generated) or jsonl (train_file)")
-    train_file: str | None = _field(None, "JSONL of {prompt, completion} or {question, answer}")
+    task: str = _field(
+        "arithmetic",
+        "arithmetic (generated), jsonl (train_file of pairs) or text (train_file: a text file, "
+        "folder or {text} JSONL; without it the Shakespeare corpus)",
+    )
+    train_file: str | None = _field(
+        None, "JSONL of {prompt, completion} or {question, answer}; text: file, folder or JSONL"
+    )
     valid_file: str | None = _field(None, "validation JSONL (same format)")
-    n_train: int = _field(5000, "arithmetic: training questions")
-    n_valid: int = _field(200, "arithmetic: validation questions")
-    n_test: int = _field(200, "arithmetic: test questions (never trained on)")
+    n_train: int = _field(5000, "arithmetic: training questions; text: training windows")
+    n_valid: int = _field(200, "arithmetic: validation questions; text: validation windows")
+    n_test: int = _field(200, "arithmetic: test questions (never trained on); text: windows")
     difficulty: list[float] = _field([4.0, 10.0], "arithmetic: operand entropy range in bits")
+    vocab_size: int = _field(4096, "text with a preset: byte-level BPE vocabulary size")
+    prompt_tokens: int = _field(32, "text: prompt tokens of each window")
+    completion_tokens: int = _field(64, "text: completion tokens of each window")
     # method
     method: str = _field("sequencematch", "mle or sequencematch")
     backspace: bool = _field(True, "add the <bkspc> action and noise-augmented demonstrations")
@@ -68,6 +77,11 @@ class TrainConfig:
     beta: float = _field(0.5, "weight of data transitions in the mixture (1 - beta: model)")
     lambda_mle: float = _field(0.5, "weight of the MLE loss in the total after warm-up")
     mle_warmup_steps: int = _field(0, "MLE-only steps before SequenceMatch starts")
+    regularise_warmup: bool = _field(
+        False,
+        "sequencematch: train the warm-up on the data-only objective (MLE plus the chi2 "
+        "regulariser on data), so logit levels start where SequenceMatch wants them",
+    )
     sm_ramp_steps: int = _field(
         0, "steps over which the SequenceMatch weight rises to 1-lambda_mle"
     )
@@ -77,7 +91,9 @@ class TrainConfig:
     replay_size: int = _field(256, "sequences kept in the replay buffer (newest first out last)")
     model_batch_size: int = _field(16, "model-sampled sequences per step")
     sample_temperature: float = _field(1.0, "temperature of the refills (0: greedy)")
-    max_new_tokens: int = _field(24, "longest sampled completion (visible tokens)")
+    max_new_tokens: int = _field(
+        0, "longest sampled completion in visible tokens (0: 24, or completion_tokens for text)"
+    )
     # optimisation
     steps: int = _field(1000, "optimiser steps")
     batch_size: int = _field(32, "data sequences per optimiser step (all processes together)")
@@ -94,6 +110,12 @@ class TrainConfig:
     keep_checkpoints: int = _field(2, "checkpoints kept (older ones are deleted)")
     eval_every: int = _field(0, "steps between validation evaluations (0: only at the end)")
     tensorboard: bool = _field(False, "also log to TensorBoard (needs the tensorboard package)")
+
+    def sample_length(self) -> int:
+        """Longest sampled completion: ``max_new_tokens``, or the task's default when 0."""
+        if self.max_new_tokens:
+            return self.max_new_tokens
+        return self.completion_tokens if self.task == "text" else 24
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field and what to change; return ``self``."""
@@ -132,6 +154,16 @@ class TrainConfig:
         need(self.mle_warmup_steps >= 0, "mle_warmup_steps must be >= 0")
         need(self.sm_ramp_steps >= 0, "sm_ramp_steps must be >= 0")
         need(self.sample_temperature >= 0, "sample_temperature must be >= 0 (0: greedy)")
+        need(
+            self.task == "arithmetic" or self.noise_source != "task",
+            "noise_source task (plausible mistakes) exists only for arithmetic: use uniform, "
+            "unigram or model",
+        )
+        need(self.vocab_size >= 300, "vocab_size must be at least 300 (256 bytes + merges)")
+        need(
+            self.prompt_tokens >= 1 and self.completion_tokens >= 1,
+            "prompt_tokens and completion_tokens must be at least 1",
+        )
         need(len(self.difficulty) == 2, "difficulty must be two numbers: [low, high] bits")
         if self.method == "sequencematch":
             need(self.refresh_every >= 1, "refresh_every must be at least 1")
@@ -141,7 +173,7 @@ class TrainConfig:
                 self.replay_size >= self.samples_per_refresh,
                 "replay_size must be at least samples_per_refresh",
             )
-            need(self.max_new_tokens >= 1, "max_new_tokens must be at least 1")
+            need(self.max_new_tokens >= 0, "max_new_tokens must be >= 0 (0: the task's)")
             need(
                 self.model_batch_size % self.grad_accum == 0,
                 "model_batch_size must be a multiple of grad_accum",

@@ -34,6 +34,7 @@ class DemoSettings:
     num_layers: int = 4
     n_train: int = 5000
     n_test: int = 200
+    n_valid: int = 100
     difficulty: list[float] = field(default_factory=lambda: [2.0, 8.0])
     lr: float = 3e-3
     p_noise: float = 0.05
@@ -56,8 +57,9 @@ def method_configs(settings: DemoSettings, out: Path) -> dict[str, TrainConfig]:
     """One training configuration per method, identical but for what defines the method."""
     common = dict(
         task="arithmetic", model="tiny_llama", hidden_size=settings.hidden_size,
-        num_layers=settings.num_layers, num_heads=4, n_train=settings.n_train, n_valid=100,
-        n_test=settings.n_test, difficulty=list(settings.difficulty), steps=settings.steps,
+        num_layers=settings.num_layers, num_heads=4, n_train=settings.n_train,
+        n_valid=settings.n_valid, n_test=settings.n_test, difficulty=list(settings.difficulty),
+        steps=settings.steps,
         batch_size=settings.batch_size, lr=settings.lr, warmup_steps=min(100, settings.steps // 10),
         seed=settings.seed, log_every=25, save_every=0, max_new_tokens=16,
         noise_source=settings.noise_source,
@@ -97,7 +99,7 @@ def train_and_evaluate(
     questions = [ArithmeticQuestion(p.removesuffix(PROMPT_SEPARATOR), c) for p, c in pairs]
     results = noise_sweep(
         trainer.model, trainer.tokenizer, questions, bkspc_id=trainer.bkspc_id, levels=levels,
-        seed=config.seed, max_new_tokens=config.max_new_tokens,
+        seed=config.seed, max_new_tokens=config.sample_length(),
     )  # fmt: skip
     return results, seconds
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,14 +80,90 @@ def build_model(config: TrainConfig, tokenizer: Any) -> PreTrainedModel:
     )
 
 
+MIN_DOCUMENTS = 3
+"""Fewer documents than this are cut into parts so that train/valid/test all get text."""
+PARTS_PER_DOCUMENT = 10
+
+
+def text_splits(corpus: str | None) -> dict[str, dict[str, str]]:
+    """Train/valid/test documents of the text task, split by document with a fixed seed (0),
+    so that every training seed is evaluated on the same held-out text.
+
+    ``corpus`` is a text file, a folder of them or ``{"text"}`` JSONL; ``None`` or
+    ``"shakespeare"`` is the Shakespeare corpus. A corpus of fewer than three documents is cut
+    into consecutive parts at line breaks first.
+    """
+    from .tasks import text
+
+    if corpus in (None, "shakespeare"):
+        documents = text.shakespeare_works()
+    else:
+        documents = text.read_documents(corpus)
+    if len(documents) < MIN_DOCUMENTS:
+        documents = {
+            f"{name}#{index}": part
+            for name, body in documents.items()
+            for index, part in enumerate(_cut_lines(body, PARTS_PER_DOCUMENT))
+        }
+    return text.split_documents(documents, seed=0)
+
+
+def _cut_lines(body: str, parts: int) -> list[str]:
+    """``body`` cut into up to ``parts`` consecutive pieces of about equal length at line breaks."""
+    lines = body.splitlines(keepends=True)
+    size = max(1, math.ceil(len(lines) / parts))
+    pieces = ["".join(lines[start : start + size]) for start in range(0, len(lines), size)]
+    return [piece for piece in pieces if piece.strip()]
+
+
+def text_tokenizer(config: TrainConfig, train_documents: dict[str, str]) -> Any:
+    """Presets: a byte-level BPE trained on the training documents; else the model's own."""
+    from .tasks import text
+
+    if config.model in PRESETS:
+        return text.train_bpe_tokenizer(train_documents.values(), vocab_size=config.vocab_size)
+    return AutoTokenizer.from_pretrained(config.model)
+
+
+def text_pairs(
+    config: TrainConfig, tokenizer: Any, splits: dict[str, dict[str, str]]
+) -> tuple[list[tuple[str, str]], ...]:
+    """``(train, valid, test)`` prompt/completion windows: training windows drawn with the
+    run's seed (``n_train``, 0 for all), held-out windows with seed 0."""
+    from .tasks import text
+
+    def cut(name: str, n: int, seed: int) -> list[tuple[str, str]]:
+        return text.cut_pairs(
+            tokenizer, splits[name].values(), prompt_tokens=config.prompt_tokens,
+            completion_tokens=config.completion_tokens, n=n or None, seed=seed,
+        )  # fmt: skip
+
+    return (
+        cut("train", config.n_train, config.seed),
+        cut("valid", config.n_valid, 0),
+        cut("test", config.n_test, 0),
+    )
+
+
 def prepare_run(config: TrainConfig) -> RunInputs:
     """Tokenizer, model, encoded training data and held-out texts for ``config``."""
-    train_pairs, valid_pairs, test_pairs = task_pairs(config)
-    tokenizer = build_tokenizer(config, train_pairs + valid_pairs + test_pairs)
+    if config.task == "text":
+        splits = text_splits(config.train_file)
+        tokenizer = text_tokenizer(config, splits["train"])
+        train_pairs, valid_pairs, test_pairs = text_pairs(config, tokenizer, splits)
+        task_info: dict[str, Any] = {
+            "task": "text", "corpus": config.train_file or "shakespeare",
+            "prompt_tokens": config.prompt_tokens,
+            "completion_tokens": config.completion_tokens,
+            "max_new_tokens": config.sample_length(),
+        }  # fmt: skip
+    else:
+        train_pairs, valid_pairs, test_pairs = task_pairs(config)
+        tokenizer = build_tokenizer(config, train_pairs + valid_pairs + test_pairs)
+        task_info = {"task": config.task, "prompt_separator": arithmetic.PROMPT_SEPARATOR,
+                     "max_new_tokens": config.sample_length()}  # fmt: skip
     model = build_model(config, tokenizer)
     train = [encode_example(tokenizer, prompt, completion) for prompt, completion in train_pairs]
-    task_info = {"task": config.task, "prompt_separator": arithmetic.PROMPT_SEPARATOR,
-                 "max_new_tokens": config.max_new_tokens}  # fmt: skip
     return RunInputs(model, tokenizer, train, valid_pairs, test_pairs, task_info)
 
 
@@ -124,3 +201,28 @@ def load_trained(folder: str | Path, device: str = "cpu") -> TrainedModel:
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return TrainedModel(model.eval(), tokenizer, backspace_id(model), info)
+
+
+def held_out_text_pairs(
+    trained: TrainedModel, data: str | None, n: int = 200, seed: int = 0
+) -> list[tuple[str, str]]:
+    """Prompt/completion pairs to evaluate a text model on: ``data`` as ``{"prompt",
+    "completion"}`` JSONL, or a text file / folder / ``{"text"}`` JSONL cut into windows of the
+    model's prompt and completion lengths; without ``data``, the held-out test split of the
+    corpus the model was trained on (the same windows as training's test split for the same
+    ``n``). ``seed`` picks the windows when there are more than ``n``."""
+    from .tasks import text
+
+    info = trained.task_info
+    if data is not None and str(data).endswith(".jsonl"):
+        first = next((line for line in Path(data).read_text().splitlines() if line.strip()), "")
+        if '"prompt"' in first or '"question"' in first:
+            return read_pairs(data)[:n] if n else read_pairs(data)
+    if data is None:
+        documents = text_splits(info.get("corpus"))["test"]
+    else:
+        documents = text.read_documents(data)
+    return text.cut_pairs(
+        trained.tokenizer, documents.values(), prompt_tokens=int(info.get("prompt_tokens", 32)),
+        completion_tokens=int(info.get("completion_tokens", 64)), n=n or None, seed=seed,
+    )  # fmt: skip

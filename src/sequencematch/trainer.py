@@ -302,7 +302,7 @@ class Trainer:
                 self.model,
                 [self.train_examples[i].prompt for i in mine],
                 bkspc_id=self.bkspc_id,
-                max_new_tokens=config.max_new_tokens,
+                max_new_tokens=config.sample_length(),
                 do_sample=config.sample_temperature > 0,
                 temperature=config.sample_temperature or 1.0,
                 eos_token_id=self.eos_id,
@@ -362,8 +362,11 @@ class Trainer:
 
     def sm_weight(self, step: int) -> float:
         """Weight of the SequenceMatch loss at ``step``: ``1 - lambda_mle``, reached linearly
-        over ``sm_ramp_steps`` after the warm-up (the rest of the total is MLE)."""
+        over ``sm_ramp_steps`` after the warm-up (the rest of the total is MLE); constant with
+        ``regularise_warmup``, whose warm-up already carries the data terms at that weight."""
         config = self.config
+        if config.regularise_warmup:
+            return 1.0 - config.lambda_mle
         ramp = min(1.0, (step - config.mle_warmup_steps) / max(1, config.sm_ramp_steps))
         return (1.0 - config.lambda_mle) * ramp
 
@@ -381,16 +384,25 @@ class Trainer:
         data = Batch(*(t[:data_count] for t in batch.__dict__.values()))
         data_logits = logits[:data_count]
         mle = mle_loss(data_logits, data, self.bkspc_id, 1.0, total=totals[0])
-        if phase == "mle":
+        warmup_terms = phase == "mle" and config.method == "sequencematch"
+        if phase == "mle" and not (warmup_terms and config.regularise_warmup):
             zero = torch.zeros((), device=logits.device)
             return {"loss": mle, "mle": mle, "imitation": zero, "value": zero, "regulariser": zero}
-        model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
-        terms = sequencematch_loss(
-            data_logits, data, logits[data_count:], model, self.bkspc_id, self.eos_id,
-            divergence=config.divergence, gamma=config.gamma, alpha=config.alpha,
-            beta=config.beta, totals=(totals[1], totals[2]),
-        )  # fmt: skip
-        weight = self.sm_weight(step)
+        if phase == "mle":  # data-only objective (beta 1): MLE plus the regulariser on data
+            terms = sequencematch_loss(
+                data_logits, data, None, None, self.bkspc_id, self.eos_id,
+                divergence=config.divergence, gamma=config.gamma, alpha=config.alpha,
+                beta=1.0, totals=(totals[1], None),
+            )  # fmt: skip
+            weight = 1.0 - config.lambda_mle
+        else:
+            model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
+            terms = sequencematch_loss(
+                data_logits, data, logits[data_count:], model, self.bkspc_id, self.eos_id,
+                divergence=config.divergence, gamma=config.gamma, alpha=config.alpha,
+                beta=config.beta, totals=(totals[1], totals[2]),
+            )  # fmt: skip
+            weight = self.sm_weight(step)
         total = (1.0 - weight) * mle + weight * terms.loss
         return {
             "loss": total, "mle": mle, "imitation": terms.imitation, "value": terms.value,

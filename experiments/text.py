@@ -1,0 +1,122 @@
+"""The paper's text comparison at CPU scale: several methods and seeds on Shakespeare.
+
+Each (method, seed) run trains one model with the text demo's settings (or ``--size
+large``) and records its evaluation on the held-out works (``--split test``) or on the
+validation works (``--split valid``, for tuning) in ``OUT/runs.jsonl``, one line per run,
+so an interrupted sweep resumes. ``--table`` prints the markdown table: each metric's mean
+over seeds with a 95% Student-t interval.
+
+    python -m experiments.text --out runs/exp-text --seeds 0 1 2
+    python -m experiments.text --out runs/exp-text --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sequencematch.metrics import mean_confidence_interval  # noqa: E402
+from sequencematch.text_demo import (  # noqa: E402
+    TextDemoSettings,
+    method_configs,
+    train_and_evaluate_text,
+)
+
+SIZES = {
+    "demo": {},
+    "large": {"hidden_size": 256, "num_layers": 6, "steps": 3000, "sm_steps": 1000,
+              "batch_size": 32, "vocab_size": 4096, "lr": 1e-3},
+}  # fmt: skip
+METRICS = (("MAUVE", ("mauve", "mean")), ("diversity", ("statistics", "diversity")),
+           ("rep-2", ("statistics", "rep_2")), ("entropy-4", ("statistics", "entropy_4")),
+           ("perplexity", ("perplexity",)), ("<bkspc> rate", ("bkspc_rate",)))  # fmt: skip
+
+
+def experiment_configs(settings: TextDemoSettings, out: Path) -> dict:
+    """The demo's three methods plus the ablations: SequenceMatch without <bkspc>, and kl."""
+    configs = method_configs(settings, out)
+    sm = configs["sequencematch-chi2-bkspc"]
+    configs["sequencematch-chi2"] = sm.replace(
+        backspace=False, p_noise=0.0, output_dir=str(out / "sequencematch-chi2")
+    )
+    configs["sequencematch-kl-bkspc"] = sm.replace(
+        divergence="kl", output_dir=str(out / "sequencematch-kl-bkspc")
+    )
+    return configs
+
+
+def run(args: argparse.Namespace) -> None:
+    from sequencematch.text_metrics import SentenceEncoder
+
+    log = args.out / "runs.jsonl"
+    done = set()
+    if log.exists():
+        done = {(r["method"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
+    encoder = SentenceEncoder()
+    for seed in args.seeds:
+        settings = replace(TextDemoSettings(), seed=seed, **SIZES[args.size])
+        folder = args.out / f"seed{seed}"
+        for method, config in experiment_configs(settings, folder).items():
+            if method not in args.methods or (method, seed) in done:
+                continue
+            shutil.rmtree(config.output_dir, ignore_errors=True)
+            print(f"== {method} seed {seed}", flush=True)
+            result, seconds = train_and_evaluate_text(
+                config, settings, progress=False, split=args.split, encoder=encoder
+            )
+            record = {"method": method, "seed": seed, "size": args.size, "split": args.split,
+                      "train_seconds": round(seconds, 1), "eval": result.as_dict()}  # fmt: skip
+            with open(log, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            print(f"MAUVE {result.mauve['mean']:.3f}, diversity "
+                  f"{result.statistics['diversity']:.3f}", flush=True)  # fmt: skip
+
+
+def _metric(record: dict, path: tuple[str, ...]) -> float:
+    value = record["eval"]
+    for key in path:
+        value = value[key]
+    return float(value)
+
+
+def table(out: Path) -> str:
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    lines = ["| method | seeds | " + " | ".join(name for name, _ in METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]  # fmt: skip
+    for method in dict.fromkeys(r["method"] for r in records):
+        runs = [r for r in records if r["method"] == method]
+        cells = []
+        for _, path in METRICS:
+            mean, low, high = mean_confidence_interval([_metric(r, path) for r in runs])
+            interval = f" [{low:.3f}, {high:.3f}]" if len(runs) > 1 else ""
+            cells.append(f"{mean:.3f}{interval}")
+        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("runs/exp-text"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--size", choices=list(SIZES), default="demo")
+    parser.add_argument("--split", choices=("test", "valid"), default="test")
+    parser.add_argument("--methods", nargs="+", default=[
+        "mle", "mle-bkspc", "sequencematch-chi2-bkspc", "sequencematch-chi2",
+        "sequencematch-kl-bkspc"])  # fmt: skip
+    parser.add_argument("--table", action="store_true", help="print the table and stop")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        run(args)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The text task end to end: configuration, splits, run preparation, evaluation, demo, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from sequencematch.cli import main
+from sequencematch.config import TrainConfig
+from sequencematch.experiment import load_trained, prepare_run, text_splits
+from sequencematch.text_evaluation import evaluate_text
+
+WORDS = (
+    "the",
+    "king",
+    "queen",
+    "night",
+    "day",
+    "sword",
+    "crown",
+    "love",
+    "death",
+    "fair",
+    "foul",
+    "heart",
+    "blood",
+    "lord",
+    "lady",
+    "speak",
+    "hear",
+    "thou",
+    "thee",
+    "doth",
+    "hath",
+    "not",
+    "what",
+    "where",
+    "when",
+    "shall",
+    "will",
+    "is",
+    "was",
+)
+
+
+def write_corpus(folder: Path, documents: int = 6, words: int = 500, seed: int = 0) -> Path:
+    """A folder of small English-like documents (lines of random words from a fixed list)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(documents):
+        lines = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).capitalize() + "."
+            for _ in range(words // 7)
+        ]
+        (folder / f"work{index}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def small_config(corpus: Path, out: Path, **changes) -> TrainConfig:
+    base = dict(
+        task="text", train_file=str(corpus), model="tiny_llama", hidden_size=32, num_layers=1,
+        num_heads=2, vocab_size=300, prompt_tokens=8, completion_tokens=12, n_train=40,
+        n_valid=8, n_test=8, steps=4, batch_size=4, warmup_steps=1, save_every=0,
+        log_every=1, progress=False, method="mle", backspace=True, p_noise=0.1,
+        output_dir=str(out),
+    )  # fmt: skip
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def test_text_configuration_rules():
+    with pytest.raises(ValueError, match="noise_source task"):
+        TrainConfig(task="text", noise_source="task").validate()
+    assert TrainConfig(task="text", completion_tokens=10).sample_length() == 10
+    assert TrainConfig(task="arithmetic").sample_length() == 24
+    assert TrainConfig(task="text", max_new_tokens=7).sample_length() == 7
+
+
+def test_a_single_file_is_cut_into_parts_so_every_split_gets_text(tmp_path):
+    corpus = write_corpus(tmp_path / "one", documents=1, words=2000)
+    splits = text_splits(str(corpus / "work0.txt"))
+    assert all(splits[name] for name in ("train", "valid", "test"))
+    names = [set(splits[name]) for name in ("train", "valid", "test")]
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    original = (corpus / "work0.txt").read_text()
+    pieces = {k: v for split in splits.values() for k, v in split.items()}
+    rebuilt = "".join(pieces[k] for k in sorted(pieces, key=lambda k: int(k.split("#")[1])))
+    assert rebuilt.split() == original.split()
+
+
+def test_prepare_run_trains_a_bpe_and_cuts_windows(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    inputs = prepare_run(small_config(corpus, tmp_path / "run"))
+    assert len(inputs.train) == 40
+    tokenizer = inputs.tokenizer
+    assert len(tokenizer) <= 300 + 1  # the BPE vocabulary (+ <bkspc> once added)
+    for example in inputs.train:
+        assert example.prompt[0] == tokenizer.bos_token_id
+        assert 7 <= len(example.prompt) - 1 <= 8  # re-encoding may merge one boundary token
+        assert example.completion[-1] == tokenizer.eos_token_id
+        assert 10 <= len(example.completion) - 1 <= 12
+    assert len(inputs.valid_pairs) == 8 and len(inputs.test_pairs) == 8
+    held_out = {p for p, _ in inputs.test_pairs}
+    assert not held_out & {p for p, _ in inputs.valid_pairs}
+    assert inputs.task_info["task"] == "text" and inputs.task_info["completion_tokens"] == 12
+
+
+def test_evaluate_text_reports_quality_and_usage(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    inputs = prepare_run(small_config(corpus, tmp_path / "run"))
+    from sequencematch.model import add_backspace
+
+    bkspc_id = add_backspace(inputs.model, inputs.tokenizer)
+    result = evaluate_text(
+        inputs.model, inputs.tokenizer, inputs.test_pairs, bkspc_id=bkspc_id,
+        max_new_tokens=12, with_mauve=False, seed=3,
+    )  # fmt: skip
+    assert result.n == 8 and len(result.completions) == 8
+    assert result.mauve is None
+    assert result.perplexity > 1.0
+    assert 0.0 <= result.bkspc_rate < 1.0  # an untrained model does press <bkspc> at random
+    assert set(result.statistics) >= {"rep_2", "rep_4", "diversity", "entropy_4"}
+    diversity = result.statistics["diversity"]  # NaN when no completion has four words
+    assert math.isnan(diversity) or 0.0 <= diversity <= 1.0
+    again = evaluate_text(
+        inputs.model, inputs.tokenizer, inputs.test_pairs, bkspc_id=bkspc_id,
+        max_new_tokens=12, with_mauve=False, seed=3,
+    )  # fmt: skip
+    assert again.completions == result.completions  # seeded
+
+
+def test_text_demo_quick_then_generate_and_eval(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "demo"
+    code = main(["demo", "--task", "text", "--quick", "--corpus", str(corpus), "--out", str(out),
+                 "--progress", "false"])  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["methods"]) == ["mle", "mle-bkspc", "sequencematch-chi2-bkspc"]
+    for entry in results["methods"].values():
+        mauve = entry["eval"]["mauve"]
+        assert 0.0 <= mauve["mean"] <= 1.0 and len(mauve["scores"]) == 2
+        low, high = entry["diversity_interval"]
+        assert low <= high
+    report = (out / "report.md").read_text()
+    assert "MAUVE" in report and "sequencematch-chi2-bkspc" in report
+    assert (out / "mauve_and_diversity.png").stat().st_size > 0
+    model_folder = out / "sequencematch-chi2-bkspc" / "model"
+    assert load_trained(model_folder).task_info["task"] == "text"
+    capsys.readouterr()
+
+    assert main(["generate", "--model", str(model_folder), "--prompt", "The king", "--json",
+                 "--sample", "--seed", "1"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert record["prompt"] == "The king" and isinstance(record["completion"], str)
+
+    assert main(["eval", "--model", str(model_folder), "--data", str(corpus), "--n", "12",
+                 "--json", "--no-mauve"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert record["n"] == 12 and record["mauve"] is None and record["perplexity"] > 1.0
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": "The king", "completion": " is dead."}) + "\n"
+                             for _ in range(3)))  # fmt: skip
+    assert main(["eval", "--model", str(model_folder), "--data", str(pairs), "--json",
+                 "--no-mauve"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+
+
+def test_text_demo_refuses_arithmetic_flags(tmp_path, capsys):
+    code = main(["demo", "--task", "text", "--difficulty", "2", "8", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--difficulty" in capsys.readouterr().err
