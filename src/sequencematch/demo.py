@@ -17,6 +17,7 @@ from typing import Any
 from .config import TrainConfig
 from .experiment import prepare_run, task_file
 from .metrics import ArithmeticEval, noise_sweep
+from .plotting import pyplot
 from .tasks.arithmetic import PROMPT_SEPARATOR, ArithmeticQuestion
 
 NOISE_LEVELS = (0.0, 0.05, 0.1, 0.2)
@@ -148,13 +149,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_sweep(results: dict[str, Any], path: Path) -> Path | None:
     """Accuracy against forced-noise level, one line per method, with 95% intervals."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return None
     figure, axes = plt.subplots(figsize=(6, 4))
     for name, entry in results["methods"].items():

@@ -388,7 +388,7 @@ def score_outputs(
     )
 
 
-def _concatenate(outputs: Sequence[GenerationOutput]) -> GenerationOutput:
+def concatenate_outputs(outputs: Sequence[GenerationOutput]) -> GenerationOutput:
     """One :class:`GenerationOutput` holding the rows of several, in order."""
     return GenerationOutput(
         sequences=[row for out in outputs for row in out.sequences],
@@ -447,7 +447,7 @@ def evaluate_arithmetic(
     return score_outputs(
         tokenizer,
         questions,
-        _concatenate(outputs),
+        concatenate_outputs(outputs),
         bkspc_id,
         noise_prob=noise_prob,
         num_examples=num_examples,

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .experiment import prepare_run, task_file
+from .plotting import pyplot
 from .text_evaluation import TextEval, evaluate_text
 
 METHODS = ("mle", "mle-bkspc", "sequencematch-chi2-bkspc")
@@ -188,13 +189,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 def plot_text_metrics(results: dict[str, Any], path: Path) -> Path | None:
     """Two panels: MAUVE (+- std over k-means seeds) and diversity (95% bootstrap interval)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return None
     names = list(results["methods"])
     evals = [results["methods"][name]["eval"] for name in names]

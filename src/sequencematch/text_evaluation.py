@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import encode_example, encode_prompt
-from .metrics import perplexity, strip_eos, trace_statistics
+from .metrics import concatenate_outputs, perplexity, strip_eos, trace_statistics
 from .sampling import GenerationOutput, generate
 
 
@@ -76,14 +76,7 @@ def sample_completions(
         )  # fmt: skip
         for start in range(0, len(encoded), batch_size)
     ]
-    output = GenerationOutput(
-        sequences=[row for part in parts for row in part.sequences],
-        actions=[row for part in parts for row in part.actions],
-        logprobs=[row for part in parts for row in part.logprobs],
-        forced=[row for part in parts for row in part.forced],
-        finished=[row for part in parts for row in part.finished],
-        prompts=[row for part in parts for row in part.prompts],
-    )
+    output = concatenate_outputs(parts)
     texts = [
         tokenizer.decode(strip_eos(row, tokenizer.eos_token_id), skip_special_tokens=True)
         for row in output.sequences
