@@ -36,6 +36,7 @@ def _write_folder(target: Path, write: Callable[[Path], None]) -> None:
     ``target`` only once the new one is complete); a failure leaves ``target`` as it was."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    staging.chmod(0o755)  # mkdtemp makes it private (0700); a model folder is for sharing
     try:
         write(staging)
         if target.exists():
