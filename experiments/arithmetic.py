@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -28,7 +28,8 @@ DIFFICULTIES = {"easy": [2.0, 8.0], "hard": [6.0, 12.0]}
 
 
 def experiment_configs(settings: DemoSettings, out: Path) -> dict:
-    """The demo's three methods plus the ablations: SequenceMatch without <bkspc>, and kl."""
+    """The demo's three methods plus the ablations: SequenceMatch without <bkspc>, with kl,
+    and its data-only objective for the whole run (no model samples)."""
     configs = method_configs(settings, out)
     sm = configs["sequencematch-chi2-bkspc"]
     configs["sequencematch-chi2"] = sm.replace(
@@ -37,11 +38,34 @@ def experiment_configs(settings: DemoSettings, out: Path) -> dict:
     configs["sequencematch-kl-bkspc"] = sm.replace(
         divergence="kl", output_dir=str(out / "sequencematch-kl-bkspc")
     )
+    # the regularised warm-up for the whole run: MLE + chi2 regulariser on data, no samples
+    configs["data-only-chi2-bkspc"] = sm.replace(
+        mle_warmup_steps=sm.steps, output_dir=str(out / "data-only-chi2-bkspc")
+    )
     return configs
+
+
+def import_demo(results_file: Path, log: Path) -> None:
+    """Record the runs of a ``sequencematch demo`` (the easy range with the demo's settings)
+    as that seed's runs, so the demo's models need not be trained twice. Refuses a demo run
+    with other settings than :class:`DemoSettings` at its seed."""
+    results = json.loads(results_file.read_text())
+    seed = results["settings"]["seed"]
+    expected = json.loads(json.dumps(asdict(replace(DemoSettings(), seed=seed))))
+    if results["settings"] != expected:
+        raise SystemExit(f"{results_file}: not run with the demo's default settings")
+    with open(log, "a") as handle:
+        for method, entry in results["methods"].items():
+            record = {"difficulty": "easy", "method": method, "seed": seed,
+                      "train_seconds": entry["train_seconds"], "sweep": entry["sweep"],
+                      "source": str(results_file)}  # fmt: skip
+            handle.write(json.dumps(record) + "\n")
 
 
 def run(args: argparse.Namespace) -> None:
     log = args.out / "runs.jsonl"
+    if args.from_demo is not None:
+        import_demo(args.from_demo, log)
     done = set()
     if log.exists():
         for line in log.read_text().splitlines():
@@ -99,8 +123,11 @@ def main() -> None:
     parser.add_argument("--difficulties", nargs="+", default=list(DIFFICULTIES))
     parser.add_argument("--methods", nargs="+", default=[
         "mle", "mle-bkspc", "sequencematch-chi2-bkspc", "sequencematch-chi2",
-        "sequencematch-kl-bkspc"])  # fmt: skip
+        "sequencematch-kl-bkspc", "data-only-chi2-bkspc"])  # fmt: skip
     parser.add_argument("--steps", type=int, default=None, help="override the demo's steps")
+    parser.add_argument("--from-demo", type=Path, default=None,
+                        help="results.json of a default `sequencematch demo` run to record as "
+                        "its seed's easy-range runs")  # fmt: skip
     parser.add_argument("--table", action="store_true", help="print the table and stop")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,8 @@ class DemoSettings:
     hidden_size: int = 128
     num_layers: int = 4
     n_train: int = 5000
-    n_test: int = 200
-    n_valid: int = 100
+    n_test: int = 1000
+    n_valid: int = 400
     difficulty: list[float] = field(default_factory=lambda: [2.0, 8.0])
     lr: float = 3e-3
     p_noise: float = 0.05
@@ -43,14 +43,15 @@ class DemoSettings:
     alpha: float = 1.0
     gamma: float = 0.998
     lambda_mle: float = 0.5
-    sm_ramp_steps: int = 200
+    sm_ramp_steps: int = 0
+    regularise_warmup: bool = True
     refresh_every: int = 25
     seed: int = 0
     levels: tuple[float, ...] = NOISE_LEVELS
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(steps=60, sm_steps=20, n_train=400, n_test=60, hidden_size=48,
+        return cls(steps=60, sm_steps=20, n_train=400, n_test=60, n_valid=20, hidden_size=48,
                    num_layers=2, refresh_every=10, sm_ramp_steps=5)  # fmt: skip
 
 
@@ -74,7 +75,7 @@ def method_configs(settings: DemoSettings, out: Path) -> dict[str, TrainConfig]:
             **common, method="sequencematch", backspace=True, p_noise=settings.p_noise,
             divergence="chi2", alpha=settings.alpha, gamma=settings.gamma,
             lambda_mle=settings.lambda_mle, mle_warmup_steps=settings.steps - settings.sm_steps,
-            sm_ramp_steps=settings.sm_ramp_steps,
+            sm_ramp_steps=settings.sm_ramp_steps, regularise_warmup=settings.regularise_warmup,
             refresh_every=settings.refresh_every, samples_per_refresh=64, replay_size=256,
             model_batch_size=16, output_dir=str(out / "sequencematch-chi2-bkspc"),
         ),
@@ -170,6 +171,12 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def _warmup_text(settings: dict[str, Any]) -> str:
+    if settings.get("regularise_warmup"):
+        return "its warm-up trained on MLE plus the chi2 regulariser on data transitions"
+    return f"its weight ramped in over {settings['sm_ramp_steps']} steps"
+
+
 def report_text(results: dict[str, Any], table: str, plot: Path | None) -> str:
     settings = results["settings"]
     timing = ", ".join(
@@ -185,9 +192,8 @@ def report_text(results: dict[str, Any], table: str, plot: Path | None) -> str:
         f"{settings['steps']} steps of {settings['batch_size']} sequences; SequenceMatch "
         f"spends its last {settings['sm_steps']} steps on the SequenceMatch-chi2 objective "
         f"(alpha {settings['alpha']}, gamma {settings['gamma']}, lambda_mle "
-        f"{settings['lambda_mle']}, its weight ramped in over {settings['sm_ramp_steps']} "
-        f"steps) with model samples refreshed every "
-        f"{settings['refresh_every']} steps. Noise-augmented demonstrations: p_noise "
+        f"{settings['lambda_mle']}, {_warmup_text(settings)}) with model samples refreshed "
+        f"every {settings['refresh_every']} steps. Noise-augmented demonstrations: p_noise "
         f"{settings['p_noise']}, source `{settings['noise_source']}`.",
         "",
         "Exact-match accuracy on the test split, greedy decoding, with 95% Wilson intervals; "

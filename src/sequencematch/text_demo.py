@@ -28,8 +28,8 @@ class TextDemoSettings:
     """Sizes of the text demo; :meth:`quick` is the short version used by the tests."""
 
     corpus: str | None = None  # None: Shakespeare; else a text file, folder or JSONL
-    steps: int = 900
-    sm_steps: int = 300
+    steps: int = 1200
+    sm_steps: int = 400
     batch_size: int = 16
     hidden_size: int = 128
     num_layers: int = 4
@@ -38,14 +38,15 @@ class TextDemoSettings:
     completion_tokens: int = 64
     n_train: int = 0  # 0: every training window
     n_valid: int = 200
-    n_test: int = 200
+    n_test: int = 300
     lr: float = 2e-3
     p_noise: float = 0.05
     noise_source: str = "uniform"
     alpha: float = 1.0
     gamma: float = 0.998
     lambda_mle: float = 0.5
-    sm_ramp_steps: int = 100
+    sm_ramp_steps: int = 0
+    regularise_warmup: bool = True
     refresh_every: int = 25
     mauve_seeds: int = 5
     seed: int = 0
@@ -79,7 +80,8 @@ def method_configs(settings: TextDemoSettings, out: Path) -> dict[str, TrainConf
             **common, method="sequencematch", backspace=True, p_noise=settings.p_noise,
             divergence="chi2", alpha=settings.alpha, gamma=settings.gamma,
             lambda_mle=settings.lambda_mle, mle_warmup_steps=settings.steps - settings.sm_steps,
-            sm_ramp_steps=settings.sm_ramp_steps, refresh_every=settings.refresh_every,
+            sm_ramp_steps=settings.sm_ramp_steps, regularise_warmup=settings.regularise_warmup,
+            refresh_every=settings.refresh_every,
             samples_per_refresh=32, replay_size=128, model_batch_size=8,
             output_dir=str(out / "sequencematch-chi2-bkspc"),
         ),
