@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -52,10 +52,27 @@ def experiment_configs(settings: TextDemoSettings, out: Path) -> dict:
     return configs
 
 
+def import_demo(results_file: Path, log: Path) -> None:
+    """Record the runs of a default ``sequencematch demo --task text`` as that seed's runs
+    (demo size, test split), so its models need not be trained twice."""
+    results = json.loads(results_file.read_text())
+    seed = results["settings"]["seed"]
+    if results["settings"] != asdict(replace(TextDemoSettings(), seed=seed)):
+        raise SystemExit(f"{results_file}: not run with the text demo's default settings")
+    with open(log, "a") as handle:
+        for method, entry in results["methods"].items():
+            record = {"method": method, "seed": seed, "size": "demo", "split": "test",
+                      "train_seconds": entry["train_seconds"], "eval": entry["eval"],
+                      "source": str(results_file)}  # fmt: skip
+            handle.write(json.dumps(record) + "\n")
+
+
 def run(args: argparse.Namespace) -> None:
     from sequencematch.text_metrics import SentenceEncoder
 
     log = args.out / "runs.jsonl"
+    if args.from_demo is not None:
+        import_demo(args.from_demo, log)
     done = set()
     if log.exists():
         done = {(r["method"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
@@ -110,6 +127,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[
         "mle", "mle-bkspc", "sequencematch-chi2-bkspc", "sequencematch-chi2",
         "sequencematch-kl-bkspc"])  # fmt: skip
+    parser.add_argument("--from-demo", type=Path, default=None,
+                        help="results.json of a default `sequencematch demo --task text` run "
+                        "to record as its seed's runs")  # fmt: skip
     parser.add_argument("--table", action="store_true", help="print the table and stop")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
