@@ -242,7 +242,13 @@ def report_text(results: dict[str, Any], table: str, plot: Path | None) -> str:
         f"{settings['steps']} steps of {settings['batch_size']} windows (seed "
         f"{settings['seed']}); SequenceMatch spends its last {settings['sm_steps']} steps on "
         f"SequenceMatch-chi2 (alpha {settings['alpha']}, gamma {settings['gamma']}, "
-        f"lambda_mle {settings['lambda_mle']}). Noise-augmented demonstrations: p_noise "
+        f"lambda_mle {settings['lambda_mle']}"
+        + (
+            ", its warm-up trained on MLE plus the chi2 regulariser on data transitions"
+            if settings.get("regularise_warmup")
+            else ""
+        )
+        + f"). Noise-augmented demonstrations: p_noise "
         f"{settings['p_noise']}, source `{settings['noise_source']}`.",
         "",
         f"Evaluation on {settings['n_test']} prompts from held-out works, one sampled "
