@@ -116,6 +116,45 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(out: Path) -> Path | None:
+    """Mean accuracy over seeds against forced noise, one line per method (95% t-intervals),
+    one panel per difficulty range: ``OUT/accuracy_vs_noise_seeds.png``."""
+    from sequencematch.plotting import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return None
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    ranges = [d for d in DIFFICULTIES if any(r["difficulty"] == d for r in records)]
+    figure, axes_list = plt.subplots(1, len(ranges), figsize=(6 * len(ranges), 4), squeeze=False)
+    for axes, difficulty in zip(axes_list[0], ranges, strict=True):
+        rows = [r for r in records if r["difficulty"] == difficulty]
+        levels = sorted({e["noise_prob"] for r in rows for e in r["sweep"]})
+        for method in dict.fromkeys(r["method"] for r in rows):
+            runs = [r for r in rows if r["method"] == method]
+            stats = [
+                mean_confidence_interval(
+                    [e["accuracy"] for r in runs for e in r["sweep"] if e["noise_prob"] == p]
+                )
+                for p in levels
+            ]
+            means = [m for m, _, _ in stats]
+            errors = [0.0 if len(runs) < 2 else m - low for m, low, _ in stats]
+            axes.errorbar(levels, means, yerr=errors, marker="o", capsize=3,
+                          label=f"{method} ({len(runs)} seeds)")  # fmt: skip
+        axes.set_title(f"{difficulty} ({DIFFICULTIES[difficulty]} bits)")
+        axes.set_xlabel("forced-noise probability per generated step")
+        axes.set_ylabel("exact-match accuracy (test split)")
+        axes.set_ylim(0, 1)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = out / "accuracy_vs_noise_seeds.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/experiments"))
@@ -134,6 +173,7 @@ def main() -> None:
     if not args.table:
         run(args)
     print(table(args.out))
+    print(f"plot: {plot(args.out)}")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,35 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(out: Path) -> Path | None:
+    """MAUVE and diversity per method: mean over seeds with 95% t-intervals, and each seed's
+    value as a dot: ``OUT/mauve_and_diversity_seeds.png``."""
+    from sequencematch.plotting import pyplot
+
+    plt = pyplot()
+    if plt is None:
+        return None
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    figure, panels = plt.subplots(1, 2, figsize=(10, 4))
+    for axes, (name, path) in zip(panels, METRICS[:2], strict=True):
+        for index, method in enumerate(methods):
+            values = [_metric(r, path) for r in records if r["method"] == method]
+            mean, low, _ = mean_confidence_interval(values)
+            error = 0.0 if len(values) < 2 else mean - low
+            axes.bar(index, mean, yerr=error, capsize=4, alpha=0.7)
+            axes.plot([index] * len(values), values, "k.", markersize=5)
+        axes.set_xticks(range(len(methods)), methods, rotation=15, fontsize=7)
+        axes.set_ylabel(f"{name} (higher is better)")
+        axes.set_ylim(0, 1)
+        axes.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    target = out / "mauve_and_diversity_seeds.png"
+    figure.savefig(target, dpi=120)
+    plt.close(figure)
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/exp-text"))
@@ -136,6 +165,7 @@ def main() -> None:
     if not args.table:
         run(args)
     print(table(args.out))
+    print(f"plot: {plot(args.out)}")
 
 
 if __name__ == "__main__":
