@@ -64,3 +64,24 @@ def test_generate_shows_text_and_edits(demo_folder, capsys):
 def test_missing_files_are_reported_clearly(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path), "--data", str(tmp_path / "q.jsonl")]) == 2
     assert "holds no saved model" in capsys.readouterr().err
+
+
+def test_a_second_demo_into_the_same_folder_replaces_the_first(tmp_path, capsys):
+    out = tmp_path / "demo"
+    arguments = ["demo", "--quick", "--out", str(out), "--progress", "false", "--steps", "8",
+                 "--sm-steps", "3"]  # fmt: skip
+    assert main(arguments) == 0
+    first = (out / "mle" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(arguments) == 0
+    assert "replacing the previous demo run" in capsys.readouterr().out
+    assert (out / "mle" / "metrics.jsonl").stat().st_mtime_ns != first
+
+
+def test_training_errors_are_reported_without_a_traceback(tmp_path, capsys):
+    run = ["train", "--output-dir", str(tmp_path / "run"), "--steps", "2", "--n-train", "16",
+           "--hidden-size", "16", "--num-layers", "1", "--method", "mle", "--progress", "false",
+           "--save-every", "1"]  # fmt: skip
+    assert main(run) == 0
+    capsys.readouterr()
+    assert main(run) == 2  # the folder already holds a run and --resume was not given
+    assert "already holds a run" in capsys.readouterr().err

@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
+    from .trainer import TrainingError
+
     hf_logging.disable_progress_bar()  # no per-file bars when saving or loading models
     try:
         if args.command == "train":
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "eval":
             return run_eval(args)
-    except (ValueError, OSError, ImportError) as error:
+    except (ValueError, OSError, ImportError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 2

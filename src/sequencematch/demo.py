@@ -17,7 +17,7 @@ from typing import Any
 from .config import TrainConfig
 from .experiment import prepare_run, task_file
 from .metrics import ArithmeticEval, noise_sweep
-from .plotting import pyplot
+from .plotting import clear_previous_runs, pyplot
 from .tasks.arithmetic import PROMPT_SEPARATOR, ArithmeticQuestion
 
 NOISE_LEVELS = (0.0, 0.05, 0.1, 0.2)
@@ -109,6 +109,7 @@ def train_and_evaluate(
 def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate the three methods; write report.md, the plot and results.json."""
     out.mkdir(parents=True, exist_ok=True)
+    clear_previous_runs(out, METHODS)
     results: dict[str, Any] = {"settings": asdict(settings), "methods": {}}
     for name, config in method_configs(settings, out).items():
         print(f"== {name}: training {config.steps} steps", flush=True)

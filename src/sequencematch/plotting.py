@@ -1,8 +1,21 @@
-"""Matplotlib, when it is installed: the demos' plots are optional extras."""
+"""What the demos share: optional matplotlib plots and a fresh output folder."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+
+def clear_previous_runs(out: Path, methods: Iterable[str]) -> None:
+    """Remove the method folders a previous demo left in ``out`` (a demo always trains from
+    scratch, and the trainer refuses to start over an existing run), saying so."""
+    for name in methods:
+        folder = out / name
+        if folder.exists():
+            print(f"replacing the previous demo run in {folder}", flush=True)
+            shutil.rmtree(folder)
 
 
 def pyplot() -> Any | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .experiment import prepare_run, task_file
-from .plotting import pyplot
+from .plotting import clear_previous_runs, pyplot
 from .text_evaluation import TextEval, evaluate_text
 
 METHODS = ("mle", "mle-bkspc", "sequencematch-chi2-bkspc")
@@ -133,6 +133,7 @@ def run_text_demo(out: Path, settings: TextDemoSettings, progress: bool = True) 
     from .text_metrics import SentenceEncoder
 
     out.mkdir(parents=True, exist_ok=True)
+    clear_previous_runs(out, METHODS)
     encoder = SentenceEncoder()
     results: dict[str, Any] = {"settings": asdict(settings), "methods": {}}
     for name, config in method_configs(settings, out).items():
