@@ -216,7 +216,11 @@ def held_out_text_pairs(
     info = trained.task_info
     if data is not None and str(data).endswith(".jsonl"):
         first = next((line for line in Path(data).read_text().splitlines() if line.strip()), "")
-        if '"prompt"' in first or '"question"' in first:
+        try:
+            record = json.loads(first)
+        except json.JSONDecodeError:
+            record = None  # read_documents reports the bad line with its number
+        if isinstance(record, dict) and ({"prompt", "question"} & record.keys()):
             return read_pairs(data)[:n] if n else read_pairs(data)
     if data is None:
         documents = text_splits(info.get("corpus"))["test"]
