@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sequencematch.demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
 from sequencematch.metrics import mean_confidence_interval  # noqa: E402
+from sequencematch.parallel import Job, describe_schedule, run_jobs  # noqa: E402
 
 DIFFICULTIES = {"easy": [2.0, 8.0], "hard": [6.0, 12.0]}
 
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> None:
         for line in log.read_text().splitlines():
             record = json.loads(line)
             done.add((record["difficulty"], record["method"], record["seed"]))
+    jobs, records = {}, {}
     for difficulty in args.difficulties:
         for seed in args.seeds:
             settings = replace(DemoSettings(), seed=seed, difficulty=DIFFICULTIES[difficulty])
@@ -81,14 +83,18 @@ def run(args: argparse.Namespace) -> None:
                 if method not in args.methods or (difficulty, method, seed) in done:
                     continue
                 shutil.rmtree(config.output_dir, ignore_errors=True)
-                print(f"== {difficulty} {method} seed {seed}", flush=True)
-                sweep, seconds = train_and_evaluate(config, settings.levels, progress=False)
-                record = {"difficulty": difficulty, "method": method, "seed": seed,
-                          "train_seconds": round(seconds, 1),
-                          "sweep": [e.as_dict() for e in sweep]}  # fmt: skip
-                with open(log, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                print({e.noise_prob: round(e.accuracy, 3) for e in sweep}, flush=True)
+                name = f"{difficulty}/{method}/seed{seed}"
+                jobs[name] = Job(train_and_evaluate, (config, settings.levels, False),
+                                 metrics_file=Path(config.output_dir) / "metrics.jsonl",
+                                 total_steps=config.steps)  # fmt: skip
+                records[name] = {"difficulty": difficulty, "method": method, "seed": seed}
+    print(describe_schedule({n: j.total_steps for n, j in jobs.items()}, args.workers), flush=True)
+    for name, (sweep, seconds) in run_jobs(jobs, args.workers):
+        record = {**records[name], "train_seconds": round(seconds, 1),
+                  "sweep": [e.as_dict() for e in sweep]}  # fmt: skip
+        with open(log, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(name, {e.noise_prob: round(e.accuracy, 3) for e in sweep}, flush=True)
 
 
 def table(out: Path) -> str:
@@ -167,6 +173,12 @@ def main() -> None:
     parser.add_argument("--from-demo", type=Path, default=None,
                         help="results.json of a default `sequencematch demo` run to record as "
                         "its seed's easy-range runs")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="runs trained at once, one process each (1: one after the other)",
+    )
     parser.add_argument("--table", action="store_true", help="print the table and stop")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sequencematch.metrics import mean_confidence_interval  # noqa: E402
+from sequencematch.parallel import Job, describe_schedule, run_jobs  # noqa: E402
 from sequencematch.text_demo import (  # noqa: E402
     TextDemoSettings,
     method_configs,
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> None:
     done = set()
     if log.exists():
         done = {(r["method"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
-    encoder = SentenceEncoder()
+    encoder = SentenceEncoder() if args.workers <= 1 else None  # else each worker loads one
+    jobs, records = {}, {}
     for seed in args.seeds:
         settings = replace(TextDemoSettings(), seed=seed, **SIZES[args.size])
         folder = args.out / f"seed{seed}"
@@ -84,16 +86,20 @@ def run(args: argparse.Namespace) -> None:
             if method not in args.methods or (method, seed) in done:
                 continue
             shutil.rmtree(config.output_dir, ignore_errors=True)
-            print(f"== {method} seed {seed}", flush=True)
-            result, seconds = train_and_evaluate_text(
-                config, settings, progress=False, split=args.split, encoder=encoder
-            )
-            record = {"method": method, "seed": seed, "size": args.size, "split": args.split,
-                      "train_seconds": round(seconds, 1), "eval": result.as_dict()}  # fmt: skip
-            with open(log, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            print(f"MAUVE {result.mauve['mean']:.3f}, diversity "
-                  f"{result.statistics['diversity']:.3f}", flush=True)  # fmt: skip
+            name = f"{method}/seed{seed}"
+            jobs[name] = Job(train_and_evaluate_text, (config, settings, False, args.split),
+                             {"encoder": encoder},
+                             metrics_file=Path(config.output_dir) / "metrics.jsonl",
+                             total_steps=config.steps)  # fmt: skip
+            records[name] = {"method": method, "seed": seed, "size": args.size,
+                             "split": args.split}  # fmt: skip
+    print(describe_schedule({n: j.total_steps for n, j in jobs.items()}, args.workers), flush=True)
+    for name, (result, seconds) in run_jobs(jobs, args.workers):
+        record = {**records[name], "train_seconds": round(seconds, 1), "eval": result.as_dict()}
+        with open(log, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(f"{name}: MAUVE {result.mauve['mean']:.3f}, diversity "
+              f"{result.statistics['diversity']:.3f}", flush=True)  # fmt: skip
 
 
 def _metric(record: dict, path: tuple[str, ...]) -> float:
@@ -152,6 +158,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/exp-text"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size", choices=list(SIZES), default="demo")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="runs trained at once, one process each (1: one after the other)",
+    )
     parser.add_argument("--split", choices=("test", "valid"), default="test")
     parser.add_argument("--methods", nargs="+", default=[
         "mle", "mle-bkspc", "sequencematch-chi2-bkspc", "sequencematch-chi2",

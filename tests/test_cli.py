@@ -26,6 +26,7 @@ def test_demo_writes_report_plot_results_and_three_models(demo_folder):
     assert all(name in report for name in METHODS) and "p=0.1" in report
     assert (demo_folder / "accuracy_vs_noise.png").stat().st_size > 1000
     results = json.loads((demo_folder / "results.json").read_text())
+    assert results["workers"] == len(METHODS) and list(results["methods"]) == list(METHODS)
     for entry in results["methods"].values():
         levels = [e["noise_prob"] for e in entry["sweep"]]
         assert levels == [0.0, 0.05, 0.1, 0.2]

@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hidden-size", type=int, default=None, help="model width")
     demo.add_argument("--num-layers", type=int, default=None, help="transformer blocks")
     demo.add_argument("--n-train", type=int, default=None, help="training questions")
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="methods trained at once, one process each (default: all; 1: in turn)",
+    )
     demo.add_argument("--progress", type=_flag, default=True, metavar="BOOL", help="bars")
     train = commands.add_parser(
         "train",
@@ -104,7 +110,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
     changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if "difficulty" in changes:
         changes["difficulty"] = list(changes["difficulty"])
-    run_demo(Path(args.out or "runs/demo"), replace(settings, **changes), progress=args.progress)
+    run_demo(
+        Path(args.out or "runs/demo"), replace(settings, **changes), progress=args.progress,
+        workers=args.workers,
+    )  # fmt: skip
     return 0
 
 
@@ -119,7 +128,9 @@ def run_text_demo_command(args: argparse.Namespace) -> int:
     names = ("seed", "steps", "sm_steps", "alpha", "lambda_mle", "p_noise", "noise_source",
              "hidden_size", "num_layers", "n_train", "corpus")  # fmt: skip
     settings = with_overrides(settings, **{n: getattr(args, n) for n in names})
-    run_text_demo(Path(args.out or "runs/demo-text"), settings, progress=args.progress)
+    run_text_demo(
+        Path(args.out or "runs/demo-text"), settings, progress=args.progress, workers=args.workers
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from .config import TrainConfig
 from .experiment import prepare_run, task_file
 from .metrics import ArithmeticEval, noise_sweep
+from .parallel import Job, describe_schedule, run_jobs, schedule_note, threads_per_worker
 from .plotting import clear_previous_runs, pyplot
 from .tasks.arithmetic import PROMPT_SEPARATOR, ArithmeticQuestion
 
@@ -106,19 +107,37 @@ def train_and_evaluate(
     return results, seconds
 
 
-def run_demo(out: Path, settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate the three methods; write report.md, the plot and results.json."""
+def run_demo(
+    out: Path, settings: DemoSettings, progress: bool = True, workers: int | None = None
+) -> dict[str, Any]:
+    """Train and evaluate the three methods; write report.md, the plot and results.json.
+
+    ``workers`` processes train the methods at once (default: all three; 1 = one after
+    the other in this process), see :mod:`sequencematch.parallel`.
+    """
     out.mkdir(parents=True, exist_ok=True)
     clear_previous_runs(out, METHODS)
-    results: dict[str, Any] = {"settings": asdict(settings), "methods": {}}
-    for name, config in method_configs(settings, out).items():
-        print(f"== {name}: training {config.steps} steps", flush=True)
-        evaluations, seconds = train_and_evaluate(config, settings.levels, progress)
-        results["methods"][name] = {
+    configs = method_configs(settings, out)
+    workers = len(configs) if workers is None else max(1, min(workers, len(configs)))
+    results: dict[str, Any] = {
+        "settings": asdict(settings), "methods": {}, "workers": workers,
+        "threads_per_worker": threads_per_worker(workers) if workers > 1 else None,
+    }  # fmt: skip
+    jobs = {
+        name: Job(train_and_evaluate, (config, settings.levels, progress and workers <= 1),
+                  metrics_file=Path(config.output_dir) / "metrics.jsonl",
+                  total_steps=config.steps)
+        for name, config in configs.items()
+    }  # fmt: skip
+    print(describe_schedule({n: c.steps for n, c in configs.items()}, workers), flush=True)
+    finished: dict[str, Any] = {}
+    for name, (evaluations, seconds) in run_jobs(jobs, workers, progress):
+        finished[name] = {
             "train_seconds": round(seconds, 1),
             "sweep": [e.as_dict() for e in evaluations],
         }
         print(format_row(name, evaluations), flush=True)
+    results["methods"] = {name: finished[name] for name in configs}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     table = format_table(results)
     plot_path = plot_sweep(results, out / "accuracy_vs_noise.png")
@@ -203,7 +222,7 @@ def report_text(results: dict[str, Any], table: str, plot: Path | None) -> str:
         "",
         table,
         "",
-        f"Training time: {timing}.",
+        f"Training time: {timing}{schedule_note(results)}.",
     ]
     if plot is not None:
         lines += ["", f"![accuracy against forced noise]({plot.name})"]

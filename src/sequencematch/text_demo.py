@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .experiment import prepare_run, task_file
+from .parallel import Job, describe_schedule, run_jobs, schedule_note, threads_per_worker
 from .plotting import clear_previous_runs, pyplot
 from .text_evaluation import TextEval, evaluate_text
 
@@ -128,24 +129,42 @@ def bootstrap_interval(
     return values[int(0.025 * (resamples - 1))], values[int(0.975 * (resamples - 1))]
 
 
-def run_text_demo(out: Path, settings: TextDemoSettings, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate the three methods; write report.md, the plots and results.json."""
+def run_text_demo(
+    out: Path, settings: TextDemoSettings, progress: bool = True, workers: int | None = None
+) -> dict[str, Any]:
+    """Train and evaluate the three methods; write report.md, the plots and results.json.
+
+    ``workers`` processes train the methods at once (default: all three; 1 = one after
+    the other in this process, sharing one sentence encoder), see
+    :mod:`sequencematch.parallel`.
+    """
     from .text_metrics import SentenceEncoder
 
     out.mkdir(parents=True, exist_ok=True)
     clear_previous_runs(out, METHODS)
-    encoder = SentenceEncoder()
-    results: dict[str, Any] = {"settings": asdict(settings), "methods": {}}
-    for name, config in method_configs(settings, out).items():
-        print(f"== {name}: training {config.steps} steps", flush=True)
-        evaluation, seconds = train_and_evaluate_text(config, settings, progress, encoder=encoder)
-        entry = {
+    configs = method_configs(settings, out)
+    workers = len(configs) if workers is None else max(1, min(workers, len(configs)))
+    encoder = SentenceEncoder() if workers <= 1 else None  # each worker loads its own
+    results: dict[str, Any] = {
+        "settings": asdict(settings), "methods": {}, "workers": workers,
+        "threads_per_worker": threads_per_worker(workers) if workers > 1 else None,
+    }  # fmt: skip
+    jobs = {
+        name: Job(train_and_evaluate_text, (config, settings, progress and workers <= 1),
+                  {"encoder": encoder}, metrics_file=Path(config.output_dir) / "metrics.jsonl",
+                  total_steps=config.steps)
+        for name, config in configs.items()
+    }  # fmt: skip
+    print(describe_schedule({n: c.steps for n, c in configs.items()}, workers), flush=True)
+    finished: dict[str, Any] = {}
+    for name, (evaluation, seconds) in run_jobs(jobs, workers, progress):
+        finished[name] = {
             "train_seconds": round(seconds, 1),
             "eval": evaluation.as_dict(),
             "diversity_interval": bootstrap_interval(evaluation.completions, "diversity"),
         }
-        results["methods"][name] = entry
-        print(format_row(name, entry), flush=True)
+        print(format_row(name, finished[name]), flush=True)
+    results["methods"] = {name: finished[name] for name in configs}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     table = format_table(results)
     plot_path = plot_text_metrics(results, out / "mauve_and_diversity.png")
@@ -260,7 +279,7 @@ def report_text(results: dict[str, Any], table: str, plot: Path | None) -> str:
         "",
         table,
         "",
-        f"Training time: {timing}.",
+        f"Training time: {timing}{schedule_note(results)}.",
     ]
     if plot is not None:
         lines += ["", f"![MAUVE and diversity]({plot.name})"]

@@ -1,0 +1,80 @@
+"""Jobs run in spawned processes: results come back by name, errors surface, training in a
+worker is the same computation as training here, and progress is read from metrics files."""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sequencematch.demo import DemoSettings, method_configs, train_and_evaluate
+from sequencematch.parallel import (
+    Job,
+    describe_schedule,
+    last_logged_step,
+    progress_line,
+    run_jobs,
+    threads_per_worker,
+)
+
+
+def test_results_come_back_under_their_names_with_workers_and_in_process():
+    jobs = {"sum": Job(operator.add, (2, 3)), "fact": Job(math.factorial, (6,)),
+            "pow": Job(pow, (2, 10))}  # fmt: skip
+    expected = {"sum": 5, "fact": 720, "pow": 1024}
+    assert dict(run_jobs(jobs, workers=2, progress=False)) == expected
+    in_order = list(run_jobs(jobs, workers=1, progress=False))
+    assert in_order == list(expected.items())
+
+
+def test_an_error_in_a_worker_is_raised_here():
+    jobs = {"fine": Job(operator.add, (1, 1)), "bad": Job(math.sqrt, (-1.0,))}
+    with pytest.raises(ValueError, match="math domain error"):
+        dict(run_jobs(jobs, workers=2, progress=False))
+
+
+def test_threads_are_shared_between_workers():
+    assert threads_per_worker(1) >= threads_per_worker(2) >= 1
+    assert threads_per_worker(10_000) == 1
+
+
+def test_training_in_a_worker_equals_training_here(tmp_path):
+    settings = DemoSettings.quick()
+    settings.steps, settings.sm_steps, settings.n_test = 12, 4, 8
+    here = method_configs(settings, tmp_path / "here")["sequencematch-chi2-bkspc"]
+    there = method_configs(settings, tmp_path / "there")["sequencematch-chi2-bkspc"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads_per_worker(2))
+    try:
+        local = train_and_evaluate(here, (0.0,), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    jobs = {"there": Job(train_and_evaluate, (there, (0.0,), False)),
+            "other": Job(operator.add, (1, 1))}  # fmt: skip
+    remote = dict(run_jobs(jobs, workers=2, progress=False))["there"]
+    assert local[0][0].as_dict() == remote[0][0].as_dict()
+    weights_here = load_file(Path(here.output_dir) / "model" / "model.safetensors")
+    weights_there = load_file(Path(there.output_dir) / "model" / "model.safetensors")
+    assert weights_here.keys() == weights_there.keys()
+    for name, tensor in weights_here.items():
+        assert torch.equal(tensor, weights_there[name]), name
+
+
+def test_progress_reads_the_last_complete_step(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    assert last_logged_step(metrics) == 0
+    metrics.write_text(json.dumps({"step": 25}) + "\n" + json.dumps({"step": 50}) + '\n{"st')
+    assert last_logged_step(metrics) == 50
+    line = progress_line({"mle": Job(abs, metrics_file=metrics, total_steps=100)}, 125.0)
+    assert line == "[2m05s] mle 50/100"
+
+
+def test_the_schedule_says_what_runs_and_how():
+    text = describe_schedule({"a": 10, "b": 10}, workers=1)
+    assert text == "== training a, b (10 steps each), one after the other"
+    assert "2 at a time" in describe_schedule({"a": 10, "b": 10, "c": 5}, workers=2)
