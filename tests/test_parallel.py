@@ -72,9 +72,14 @@ def test_progress_reads_the_last_complete_step(tmp_path):
     assert last_logged_step(metrics) == 50
     line = progress_line({"mle": Job(abs, metrics_file=metrics, total_steps=100)}, 125.0)
     assert line == "[2m05s] mle 50/100"
+    queued = {f"run{i}": Job(abs, metrics_file=tmp_path / f"none{i}") for i in range(5)}
+    line = progress_line({"mle": Job(abs, metrics_file=metrics), **queued}, 5.0)
+    assert line == "[0m05s] mle 50 | 5 waiting"
 
 
 def test_the_schedule_says_what_runs_and_how():
     text = describe_schedule({"a": 10, "b": 10}, workers=1)
     assert text == "== training a, b (10 steps each), one after the other"
     assert "2 at a time" in describe_schedule({"a": 10, "b": 10, "c": 5}, workers=2)
+    many = describe_schedule({f"r{i}": 3 for i in range(6)}, workers=2)
+    assert many.startswith("== training r0, r1, r2, r3 and 2 more (3 steps each)")

@@ -96,13 +96,19 @@ def run_jobs(
         pool.join()
 
 
-def progress_line(jobs: Mapping[str, Job], elapsed: float) -> str:
-    """``[2m05s] mle 400/1250 | mle-bkspc 375/1250``: the last logged step of each job."""
-    cells = []
+def progress_line(jobs: Mapping[str, Job], elapsed: float, shown: int = 4) -> str:
+    """``[2m05s] mle 400/1250 | mle-bkspc 375/1250 | 3 waiting``: the last logged step of
+    each job that has logged one (at most ``shown``), and how many have not yet."""
+    cells, waiting = [], 0
     for name, job in jobs.items():
         step = last_logged_step(job.metrics_file)
+        if step == 0 and len(jobs) > shown or len(cells) == shown:
+            waiting += 1
+            continue
         total = f"/{job.total_steps}" if job.total_steps else ""
         cells.append(f"{name} {step}{total}")
+    if waiting:
+        cells.append(f"{waiting} waiting")
     minutes, seconds = divmod(int(elapsed), 60)
     return f"[{minutes}m{seconds:02d}s] " + " | ".join(cells)
 
@@ -120,14 +126,18 @@ def last_logged_step(metrics_file: Path | None) -> int:
     return 0
 
 
-def describe_schedule(steps: Mapping[str, int], workers: int) -> str:
+def describe_schedule(steps: Mapping[str, int], workers: int, shown: int = 4) -> str:
     """``== training mle, mle-bkspc (1250 steps each), 2 at a time, 1 thread(s) each``."""
     counts = "/".join(str(n) for n in dict.fromkeys(steps.values()))
     how = "one after the other" if workers <= 1 else (
         f"{min(workers, len(steps))} at a time, "
         f"{threads_per_worker(min(workers, len(steps)))} thread(s) each"
     )  # fmt: skip
-    return f"== training {', '.join(steps)} ({counts} steps each), {how}"
+    names = list(steps)
+    listed = ", ".join(names[:shown]) + (
+        f" and {len(names) - shown} more" if len(names) > shown else ""
+    )
+    return f"== training {listed} ({counts} steps each), {how}"
 
 
 def schedule_note(results: Mapping[str, Any]) -> str:
