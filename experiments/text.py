@@ -32,8 +32,8 @@ from sequencematch.text_demo import (  # noqa: E402
 
 SIZES = {
     "demo": {},
-    # ~5.2 M parameters: on 2 cores, MLE ~30 min and SequenceMatch ~45 min when the two train
-    # side by side (one thread each); width 256 x 6 layers at batch 32 would take ~3.5 hours
+    # 5.2 M parameters: MLE 54 min, SequenceMatch 74 min, side by side on 2 cores (sharing
+    # them with two other runs for 55 min); width 256 x 6 layers at batch 32: ~3.5 hours
     "large": {"hidden_size": 256, "num_layers": 4, "steps": 2400, "sm_steps": 800,
               "batch_size": 16, "vocab_size": 4096, "lr": 1e-3},
 }  # fmt: skip
