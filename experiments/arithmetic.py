@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sequencematch.demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
 from sequencematch.metrics import mean_confidence_interval  # noqa: E402
-from sequencematch.parallel import Job, describe_schedule, run_jobs  # noqa: E402
+from sequencematch.parallel import describe_schedule, run_jobs, training_job  # noqa: E402
 
 DIFFICULTIES = {"easy": [2.0, 8.0], "hard": [6.0, 12.0]}
 
@@ -84,11 +84,9 @@ def run(args: argparse.Namespace) -> None:
                     continue
                 shutil.rmtree(config.output_dir, ignore_errors=True)
                 name = f"{difficulty}/{method}/seed{seed}"
-                jobs[name] = Job(train_and_evaluate, (config, settings.levels, False),
-                                 metrics_file=Path(config.output_dir) / "metrics.jsonl",
-                                 total_steps=config.steps)  # fmt: skip
+                jobs[name] = training_job(train_and_evaluate, config, settings.levels, False)
                 records[name] = {"difficulty": difficulty, "method": method, "seed": seed}
-    print(describe_schedule({n: j.total_steps for n, j in jobs.items()}, args.workers), flush=True)
+    print(describe_schedule(jobs, args.workers), flush=True)
     for name, (sweep, seconds) in run_jobs(jobs, args.workers):
         record = {**records[name], "train_seconds": round(seconds, 1),
                   "sweep": [e.as_dict() for e in sweep]}  # fmt: skip

@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sequencematch.metrics import mean_confidence_interval  # noqa: E402
-from sequencematch.parallel import Job, describe_schedule, run_jobs  # noqa: E402
+from sequencematch.parallel import describe_schedule, run_jobs, training_job  # noqa: E402
 from sequencematch.text_demo import (  # noqa: E402
     TextDemoSettings,
     method_configs,
@@ -89,13 +89,11 @@ def run(args: argparse.Namespace) -> None:
                 continue
             shutil.rmtree(config.output_dir, ignore_errors=True)
             name = f"{method}/seed{seed}"
-            jobs[name] = Job(train_and_evaluate_text, (config, settings, False, args.split),
-                             {"encoder": encoder},
-                             metrics_file=Path(config.output_dir) / "metrics.jsonl",
-                             total_steps=config.steps)  # fmt: skip
+            jobs[name] = training_job(train_and_evaluate_text, config, settings, False,
+                                      args.split, encoder=encoder)  # fmt: skip
             records[name] = {"method": method, "seed": seed, "size": args.size,
                              "split": args.split}  # fmt: skip
-    print(describe_schedule({n: j.total_steps for n, j in jobs.items()}, args.workers), flush=True)
+    print(describe_schedule(jobs, args.workers), flush=True)
     for name, (result, seconds) in run_jobs(jobs, args.workers):
         record = {**records[name], "train_seconds": round(seconds, 1), "eval": result.as_dict()}
         with open(log, "a") as handle:

@@ -19,6 +19,7 @@ from sequencematch.parallel import (
     last_logged_step,
     progress_line,
     run_jobs,
+    schedule_record,
     threads_per_worker,
 )
 
@@ -41,6 +42,10 @@ def test_an_error_in_a_worker_is_raised_here():
 def test_threads_are_shared_between_workers():
     assert threads_per_worker(1) >= threads_per_worker(2) >= 1
     assert threads_per_worker(10_000) == 1
+    assert schedule_record(None, 3)["workers"] == 3
+    assert schedule_record(10, 3)["workers"] == 3
+    assert schedule_record(1, 3) == {"workers": 1, "threads_per_worker": None}
+    assert schedule_record(0, 3)["workers"] == 1
 
 
 def test_training_in_a_worker_equals_training_here(tmp_path):
@@ -78,8 +83,11 @@ def test_progress_reads_the_last_complete_step(tmp_path):
 
 
 def test_the_schedule_says_what_runs_and_how():
-    text = describe_schedule({"a": 10, "b": 10}, workers=1)
+    def jobs(**steps):
+        return {name: Job(abs, total_steps=count) for name, count in steps.items()}
+
+    text = describe_schedule(jobs(a=10, b=10), workers=1)
     assert text == "== training a, b (10 steps each), one after the other"
-    assert "2 at a time" in describe_schedule({"a": 10, "b": 10, "c": 5}, workers=2)
-    many = describe_schedule({f"r{i}": 3 for i in range(6)}, workers=2)
+    assert "2 at a time" in describe_schedule(jobs(a=10, b=10, c=5), workers=2)
+    many = describe_schedule(jobs(**{f"r{i}": 3 for i in range(6)}), workers=2)
     assert many.startswith("== training r0, r1, r2, r3 and 2 more (3 steps each)")

@@ -126,14 +126,32 @@ def last_logged_step(metrics_file: Path | None) -> int:
     return 0
 
 
-def describe_schedule(steps: Mapping[str, int], workers: int, shown: int = 4) -> str:
+def training_job(function: Callable[..., Any], config: Any, *args: Any, **kwargs: Any) -> Job:
+    """``function(config, *args, **kwargs)`` for a :class:`~sequencematch.config.TrainConfig`,
+    its progress read from the run folder the trainer writes (``config.output_dir``)."""
+    return Job(function, (config, *args), kwargs,
+               metrics_file=Path(config.output_dir) / "metrics.jsonl",
+               total_steps=config.steps)  # fmt: skip
+
+
+def schedule_record(workers: int | None, n_jobs: int) -> dict[str, int | None]:
+    """Workers for ``n_jobs`` jobs (default: all at once; never more than jobs) and the
+    threads each gets, as a demo records them in its results."""
+    count = n_jobs if workers is None else max(1, min(workers, n_jobs))
+    return {
+        "workers": count,
+        "threads_per_worker": threads_per_worker(count) if count > 1 else None,
+    }
+
+
+def describe_schedule(jobs: Mapping[str, Job], workers: int, shown: int = 4) -> str:
     """``== training mle, mle-bkspc (1250 steps each), 2 at a time, 1 thread(s) each``."""
-    counts = "/".join(str(n) for n in dict.fromkeys(steps.values()))
+    counts = "/".join(str(n) for n in dict.fromkeys(job.total_steps for job in jobs.values()))
     how = "one after the other" if workers <= 1 else (
-        f"{min(workers, len(steps))} at a time, "
-        f"{threads_per_worker(min(workers, len(steps)))} thread(s) each"
+        f"{min(workers, len(jobs))} at a time, "
+        f"{threads_per_worker(min(workers, len(jobs)))} thread(s) each"
     )  # fmt: skip
-    names = list(steps)
+    names = list(jobs)
     listed = ", ".join(names[:shown]) + (
         f" and {len(names) - shown} more" if len(names) > shown else ""
     )

@@ -17,7 +17,13 @@ from typing import Any
 
 from .config import TrainConfig
 from .experiment import prepare_run, task_file
-from .parallel import Job, describe_schedule, run_jobs, schedule_note, threads_per_worker
+from .parallel import (
+    describe_schedule,
+    run_jobs,
+    schedule_note,
+    schedule_record,
+    training_job,
+)
 from .plotting import clear_previous_runs, pyplot
 from .text_evaluation import TextEval, evaluate_text
 
@@ -143,19 +149,16 @@ def run_text_demo(
     out.mkdir(parents=True, exist_ok=True)
     clear_previous_runs(out, METHODS)
     configs = method_configs(settings, out)
-    workers = len(configs) if workers is None else max(1, min(workers, len(configs)))
+    schedule = schedule_record(workers, len(configs))
+    workers = schedule["workers"]
     encoder = SentenceEncoder() if workers <= 1 else None  # each worker loads its own
-    results: dict[str, Any] = {
-        "settings": asdict(settings), "methods": {}, "workers": workers,
-        "threads_per_worker": threads_per_worker(workers) if workers > 1 else None,
-    }  # fmt: skip
+    results: dict[str, Any] = {"settings": asdict(settings), "methods": {}, **schedule}
+    bars = progress and workers <= 1  # parallel runs report through the status line
     jobs = {
-        name: Job(train_and_evaluate_text, (config, settings, progress and workers <= 1),
-                  {"encoder": encoder}, metrics_file=Path(config.output_dir) / "metrics.jsonl",
-                  total_steps=config.steps)
+        name: training_job(train_and_evaluate_text, config, settings, bars, encoder=encoder)
         for name, config in configs.items()
-    }  # fmt: skip
-    print(describe_schedule({n: c.steps for n, c in configs.items()}, workers), flush=True)
+    }
+    print(describe_schedule(jobs, workers), flush=True)
     finished: dict[str, Any] = {}
     for name, (evaluation, seconds) in run_jobs(jobs, workers, progress):
         finished[name] = {
