@@ -15,7 +15,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from sequencematch import add_backspace, char_tokenizer, tiny_model  # noqa: E402
+from sequencematch.models.backspace import add_backspace  # noqa: E402
+from sequencematch.models.presets import char_tokenizer, tiny_model  # noqa: E402
 
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz +-=?,."
 

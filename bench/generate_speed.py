@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sequencematch import generate
+from sequencematch.core.sampling import generate
 
 from .common import benchmark_model, interleaved_medians, parameter_count, parse_args, print_summary
 

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from sequencematch import state_logits
+from sequencematch.core.forward import state_logits
 
 from .common import benchmark_model, interleaved_medians, parameter_count, parse_args, print_summary
 

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from sequencematch.config import TrainConfig
-from sequencematch.experiment import prepare_run
-from sequencematch.trainer import Trainer
+from sequencematch.apps.setup import prepare_run
+from sequencematch.training.config import TrainConfig
+from sequencematch.training.trainer import Trainer
 
 from .common import interleaved_medians, parse_args, print_summary
 

@@ -21,9 +21,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sequencematch.demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
-from sequencematch.metrics import mean_confidence_interval  # noqa: E402
-from sequencematch.parallel import describe_schedule, run_jobs, training_job  # noqa: E402
+from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
+from sequencematch.apps.parallel import describe_schedule, run_jobs, training_job  # noqa: E402
+from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
 
 DIFFICULTIES = {"easy": [2.0, 8.0], "hard": [6.0, 12.0]}
 
@@ -123,7 +123,7 @@ def table(out: Path) -> str:
 def plot(out: Path) -> Path | None:
     """Mean accuracy over seeds against forced noise, one line per method (95% t-intervals),
     one panel per difficulty range: ``OUT/accuracy_vs_noise_seeds.png``."""
-    from sequencematch.plotting import pyplot
+    from sequencematch.apps.plotting import pyplot
 
     plt = pyplot()
     if plt is None:

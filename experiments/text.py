@@ -22,13 +22,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sequencematch.metrics import mean_confidence_interval  # noqa: E402
-from sequencematch.parallel import describe_schedule, run_jobs, training_job  # noqa: E402
-from sequencematch.text_demo import (  # noqa: E402
-    TextDemoSettings,
-    method_configs,
-    train_and_evaluate_text,
-)
+from sequencematch.apps.parallel import describe_schedule, run_jobs, training_job  # noqa: E402
+from sequencematch.apps.text_demo import TextDemoSettings, method_configs, train_and_evaluate_text
+from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
 
 SIZES = {
     "demo": {},
@@ -71,7 +67,7 @@ def import_demo(results_file: Path, log: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from sequencematch.text_metrics import SentenceEncoder
+    from sequencematch.evaluation.text_metrics import SentenceEncoder
 
     log = args.out / "runs.jsonl"
     if args.from_demo is not None:
@@ -127,7 +123,7 @@ def table(out: Path) -> str:
 def plot(out: Path) -> Path | None:
     """MAUVE and diversity per method: mean over seeds with 95% t-intervals, and each seed's
     value as a dot: ``OUT/mauve_and_diversity_seeds.png``."""
-    from sequencematch.plotting import pyplot
+    from sequencematch.apps.plotting import pyplot
 
     plt = pyplot()
     if plt is None:

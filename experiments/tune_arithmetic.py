@@ -20,8 +20,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sequencematch.demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
-from sequencematch.metrics import mean_confidence_interval  # noqa: E402
+from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
+from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
 
 SM = "sequencematch-chi2-bkspc"
 

@@ -9,14 +9,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sequencematch import (
+from sequencematch.core.actions import (
     UniformNoise,
     UnigramNoise,
     apply_backspaces,
     augment_with_noise,
     collate,
-    visible_lengths,
 )
+from sequencematch.core.layout import visible_lengths
 
 BK = 100
 
@@ -117,7 +117,7 @@ def test_collate_pads_and_marks_expert_actions():
 
 
 def test_model_sample_noise_follows_the_model_at_the_right_state():
-    from sequencematch.data import ModelSampleNoise
+    from sequencematch.training.model_noise import ModelSampleNoise
 
     probabilities = torch.zeros(4, 6)  # clean row [1, 2, 3, 4]: states after each element
     probabilities[0, 5] = 1.0  # after [1]: the model wants 5

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sequencematch.cli import main
-from sequencematch.demo import METHODS
+from sequencematch.apps.arithmetic_demo import METHODS
+from sequencematch.apps.cli import main
 from sequencematch.tasks.arithmetic import make_splits, write_jsonl
 
 

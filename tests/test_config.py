@@ -7,8 +7,8 @@ from dataclasses import fields
 
 import pytest
 
-from sequencematch.cli import build_parser, main
-from sequencematch.config import TrainConfig, add_config_arguments, config_from_arguments
+from sequencematch.apps.cli import build_parser, main
+from sequencematch.training.config import TrainConfig, add_config_arguments, config_from_arguments
 
 
 def test_defaults_are_valid():

@@ -8,7 +8,9 @@ from conftest import make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sequencematch import apply_backspaces, build_layout, state_logits, visible_lengths
+from sequencematch.core.actions import apply_backspaces
+from sequencematch.core.forward import state_logits
+from sequencematch.core.layout import build_layout, visible_lengths
 
 TOLERANCE = 1e-6
 

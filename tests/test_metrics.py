@@ -9,23 +9,24 @@ import pytest
 import torch
 from conftest import boost_logit, make_model
 
-from sequencematch import GenerationOutput, apply_backspaces, generate
-from sequencematch.forward import verify_layout_once
-from sequencematch.metrics import (
-    answer_token_ids,
-    encode_prompt,
-    evaluate_arithmetic,
-    format_trace,
+from sequencematch.core.actions import apply_backspaces
+from sequencematch.core.examples import encode_prompt
+from sequencematch.core.forward import verify_layout_once
+from sequencematch.core.sampling import GenerationOutput, generate
+from sequencematch.core.traces import format_trace, strip_eos, trace_statistics
+from sequencematch.evaluation.perplexity import perplexity
+from sequencematch.evaluation.statistics import (
     mean_confidence_interval,
-    noise_sweep,
-    perplexity,
-    score_outputs,
-    strip_eos,
     student_t_quantile,
-    trace_statistics,
     wilson_interval,
 )
 from sequencematch.tasks.arithmetic import ArithmeticQuestion, format_prompt, make_splits
+from sequencematch.tasks.arithmetic_eval import (
+    answer_token_ids,
+    evaluate_arithmetic,
+    noise_sweep,
+    score_outputs,
+)
 
 BK = 99  # a <bkspc> id for hand-made traces
 

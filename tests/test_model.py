@@ -7,14 +7,9 @@ import torch
 from conftest import ALPHABET, make_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sequencematch import (
-    BKSPC_TOKEN,
-    add_backspace,
-    backspace_id,
-    char_tokenizer,
-    check_backspace_support,
-    tiny_model,
-)
+from sequencematch.core.backspace import BKSPC_TOKEN, backspace_id, check_backspace_support
+from sequencematch.models.backspace import add_backspace
+from sequencematch.models.presets import char_tokenizer, tiny_model
 
 
 def test_char_tokenizer_round_trip_and_specials():
@@ -77,7 +72,7 @@ def test_flash_attention_is_refused_with_a_fix():
 
 
 def test_model_that_ignores_the_mask_is_caught_by_the_probe():
-    from sequencematch import state_logits
+    from sequencematch.core.forward import state_logits
 
     model, _, bk = make_model("tiny_gpt2", dtype=torch.float32, seed=1)
     original_forward = model.forward

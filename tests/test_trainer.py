@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sequencematch import add_backspace
-from sequencematch.checkpoint import CheckpointError, latest_checkpoint
-from sequencematch.config import TrainConfig
-from sequencematch.experiment import prepare_run
-from sequencematch.trainer import Trainer, TrainingError
+from sequencematch.apps.setup import prepare_run
+from sequencematch.models.backspace import add_backspace
+from sequencematch.training.checkpoints import CheckpointError, latest_checkpoint
+from sequencematch.training.config import TrainConfig
+from sequencematch.training.trainer import Trainer, TrainingError
 
 SMALL = dict(
     n_train=64, n_valid=8, n_test=8, difficulty=[2.0, 5.0], hidden_size=32, num_layers=2,
@@ -143,12 +143,12 @@ def test_torchrun_two_processes_match_one(tmp_path):
         "--progress", "false", "--p-noise", "0.2", "--save-every", "0", "--lr", "3e-3",
     ]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cli = [sys.executable, "-m", "sequencematch.cli", "train"]
+    cli = [sys.executable, "-m", "sequencematch.apps.cli", "train"]
     single = subprocess.run(cli + flags + ["--output-dir", str(tmp_path / "one")], env=env,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "sequencematch.cli", "train"]  # fmt: skip
+                "--nproc-per-node", "2", "-m", "sequencematch.apps.cli", "train"]  # fmt: skip
     double = subprocess.run(launcher + flags + ["--output-dir", str(tmp_path / "two")], env=env,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert double.returncode == 0, double.stderr[-2000:]

@@ -1,6 +1,6 @@
 """SequenceMatch: imitation learning with backtracking for Hugging Face causal LMs."""
 
-from .actions import (
+from .core.actions import (
     Batch,
     UniformNoise,
     UnigramNoise,
@@ -8,17 +8,12 @@ from .actions import (
     augment_with_noise,
     collate,
 )
-from .forward import state_logits
-from .layout import build_layout, visible_lengths
-from .model import (
-    BKSPC_TOKEN,
-    add_backspace,
-    backspace_id,
-    char_tokenizer,
-    check_backspace_support,
-    tiny_model,
-)
-from .sampling import GenerationOutput, generate
+from .core.backspace import BKSPC_TOKEN, backspace_id, check_backspace_support
+from .core.forward import state_logits
+from .core.layout import build_layout, visible_lengths
+from .core.sampling import GenerationOutput, generate
+from .models.backspace import add_backspace
+from .models.presets import char_tokenizer, tiny_model
 
 __all__ = [
     "BKSPC_TOKEN",

@@ -25,7 +25,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..files import atomic_write_text
+from ..core.files import atomic_write_text
 
 DIGITS = "0123456789abcdef"
 """Digit characters; base ``b`` uses the first ``b`` of them."""

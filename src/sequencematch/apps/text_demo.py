@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .experiment import prepare_run, task_file
+from ..evaluation.text_evaluation import TextEval, evaluate_text
+from ..training.config import TrainConfig
 from .parallel import (
     describe_schedule,
     run_jobs,
@@ -25,7 +25,7 @@ from .parallel import (
     training_job,
 )
 from .plotting import clear_previous_runs, pyplot
-from .text_evaluation import TextEval, evaluate_text
+from .setup import prepare_run, task_file
 
 METHODS = ("mle", "mle-bkspc", "sequencematch-chi2-bkspc")
 
@@ -103,12 +103,12 @@ def train_and_evaluate_text(
     encoder: Any = None,
 ) -> tuple[TextEval, float]:
     """Train one method, save it, and evaluate its samples on the held-out ``split``."""
-    from .trainer import Trainer
+    from ..training.trainer import Trainer
 
     inputs = prepare_run(config.replace(progress=progress))
     trainer = Trainer(
         config.replace(progress=progress), inputs.model, inputs.tokenizer, inputs.train,
-        model_files=task_file(inputs.task_info),
+        model_files=task_file(inputs.task_info), task_noise=inputs.task_noise,
     )  # fmt: skip
     started = time.perf_counter()
     trainer.train()
@@ -126,7 +126,7 @@ def bootstrap_interval(
     texts: list[str], statistic: str, resamples: int = 200, seed: int = 0
 ) -> tuple[float, float]:
     """95% percentile bootstrap interval of one :func:`text_statistics` entry over texts."""
-    from .text_metrics import text_statistics
+    from ..evaluation.text_metrics import text_statistics
 
     rng = random.Random(seed)
     values = sorted(
@@ -142,9 +142,9 @@ def run_text_demo(
 
     ``workers`` processes train the methods at once (default: all three; 1 = one after
     the other in this process, sharing one sentence encoder), see
-    :mod:`sequencematch.parallel`.
+    :mod:`sequencematch.apps.parallel`.
     """
-    from .text_metrics import SentenceEncoder
+    from ..evaluation.text_metrics import SentenceEncoder
 
     out.mkdir(parents=True, exist_ok=True)
     clear_previous_runs(out, METHODS)

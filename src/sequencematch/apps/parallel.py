@@ -127,7 +127,7 @@ def last_logged_step(metrics_file: Path | None) -> int:
 
 
 def training_job(function: Callable[..., Any], config: Any, *args: Any, **kwargs: Any) -> Job:
-    """``function(config, *args, **kwargs)`` for a :class:`~sequencematch.config.TrainConfig`,
+    """``function(config, *args, **kwargs)`` for a training configuration,
     its progress read from the run folder the trainer writes (``config.output_dir``)."""
     return Job(function, (config, *args), kwargs,
                metrics_file=Path(config.output_dir) / "metrics.jsonl",

@@ -2,7 +2,7 @@
 
 Every row feeds exactly one element per step into an append-only cache: the new token,
 or after ``<bkspc>`` a copy of the token that is now last, with the same position ids and
-attention rows as the one-pass layout (see :mod:`sequencematch.layout`), so sampling and
+attention rows as the one-pass layout (see :mod:`sequencematch.core.layout`), so sampling and
 training see identical computations. Deleted elements and copies stay in the cache but
 are never attended to again.
 """
@@ -16,9 +16,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .actions import Batch, collate
+from .backspace import check_backspace_support
 from .forward import as_lengths, cache_keyword, model_mask, verify_layout_once
 from .layout import build_layout
-from .model import check_backspace_support
 
 
 @dataclass

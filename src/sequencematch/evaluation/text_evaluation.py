@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import encode_example, encode_prompt
-from .metrics import concatenate_outputs, perplexity, strip_eos, trace_statistics
-from .sampling import GenerationOutput, generate
+from ..core.examples import encode_example, encode_prompt
+from ..core.sampling import GenerationOutput, generate
+from ..core.traces import concatenate_outputs, strip_eos, trace_statistics
+from .perplexity import perplexity
 
 
 @dataclass

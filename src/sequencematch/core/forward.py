@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from .backspace import check_backspace_support
 from .layout import build_layout, validate_rows
-from .model import check_backspace_support
 
 _VERIFIED_ATTRIBUTE = "_sequencematch_layout_verified"
 

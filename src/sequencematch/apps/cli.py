@@ -12,7 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Spinning OpenMP threads stall small ops 10-50x when a vCPU is descheduled; sleep instead.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .config import add_config_arguments, config_from_arguments  # noqa: E402
+from ..training.config import add_config_arguments, config_from_arguments  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +98,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from .demo import DemoSettings, run_demo
+    from .arithmetic_demo import DemoSettings, run_demo
 
     if args.task == "text":
         return run_text_demo_command(args)
@@ -139,10 +139,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .data import encode_prompt
-    from .experiment import load_trained
-    from .metrics import answer_token_ids, format_trace, strip_eos
-    from .sampling import generate
+    from ..core.examples import encode_prompt
+    from ..core.sampling import generate
+    from ..core.traces import format_trace, strip_eos
+    from ..tasks.arithmetic_eval import answer_token_ids
+    from .setup import load_trained
 
     trained = load_trained(args.model)
     tokenizer = trained.tokenizer
@@ -171,9 +172,9 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from .experiment import load_trained
-    from .metrics import evaluate_arithmetic
-    from .tasks.arithmetic import read_jsonl
+    from ..tasks.arithmetic import read_jsonl
+    from ..tasks.arithmetic_eval import evaluate_arithmetic
+    from .setup import load_trained
 
     trained = load_trained(args.model)
     task = args.task or ("text" if trained.task_info.get("task") == "text" else "arithmetic")
@@ -199,8 +200,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_text_eval(args: argparse.Namespace, trained: Any) -> int:
     import json
 
-    from .experiment import held_out_text_pairs
-    from .text_evaluation import evaluate_text
+    from ..evaluation.text_evaluation import evaluate_text
+    from .setup import held_out_text_pairs
 
     pairs = held_out_text_pairs(trained, args.data, n=args.n, seed=args.seed)
     result = evaluate_text(
@@ -229,9 +230,9 @@ def run_text_eval(args: argparse.Namespace, trained: Any) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .distributed import close_world, init_world
-    from .experiment import prepare_run, task_file
-    from .trainer import Trainer, resolve_device
+    from ..training.distributed import close_world, init_world
+    from ..training.trainer import Trainer, resolve_device
+    from .setup import prepare_run, task_file
 
     config = config_from_arguments(args)
     world = init_world(str(resolve_device(config.device)))
@@ -239,7 +240,7 @@ def run_train(args: argparse.Namespace) -> int:
         inputs = prepare_run(config)
         trainer = Trainer(
             config, inputs.model, inputs.tokenizer, inputs.train, world=world,
-            model_files=task_file(inputs.task_info),
+            model_files=task_file(inputs.task_info), task_noise=inputs.task_noise,
         )  # fmt: skip
         last = trainer.train()
         if world.is_main:
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    from .trainer import TrainingError
+    from ..training.trainer import TrainingError
 
     hf_logging.disable_progress_bar()  # no per-file bars when saving or loading models
     try:

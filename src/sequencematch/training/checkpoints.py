@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .files import atomic_write_text
+from ..core.files import atomic_write_text
 
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest"

@@ -11,10 +11,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .config import TrainConfig
-from .data import Example, encode_example, read_pairs
-from .model import char_tokenizer, tiny_model
-from .tasks import arithmetic
+from ..core.examples import Example, encode_example
+from ..models.presets import char_tokenizer, tiny_model
+from ..tasks import arithmetic
+from ..tasks.arithmetic_task import ArithmeticMistakes
+from ..tasks.jsonl import read_pairs
+from ..training.config import TrainConfig
 
 PRESETS = ("tiny_gpt2", "tiny_llama")
 TASK_FILE = "task.json"
@@ -30,6 +32,7 @@ class RunInputs:
     valid_pairs: list[tuple[str, str]]
     test_pairs: list[tuple[str, str]]
     task_info: dict[str, Any]
+    task_noise: Any = None  # the task's own plausible mistakes (noise_source task), if any
 
 
 def task_pairs(config: TrainConfig) -> tuple[list[tuple[str, str]], ...]:
@@ -93,7 +96,7 @@ def text_splits(corpus: str | None) -> dict[str, dict[str, str]]:
     ``"shakespeare"`` is the Shakespeare corpus. A corpus of fewer than three documents is cut
     into consecutive parts at line breaks first.
     """
-    from .tasks import text
+    from ..tasks import text
 
     if corpus in (None, "shakespeare"):
         documents = text.shakespeare_works()
@@ -118,7 +121,7 @@ def _cut_lines(body: str, parts: int) -> list[str]:
 
 def text_tokenizer(config: TrainConfig, train_documents: dict[str, str]) -> Any:
     """Presets: a byte-level BPE trained on the training documents; else the model's own."""
-    from .tasks import text
+    from ..tasks import text
 
     if config.model in PRESETS:
         return text.train_bpe_tokenizer(train_documents.values(), vocab_size=config.vocab_size)
@@ -130,7 +133,7 @@ def text_pairs(
 ) -> tuple[list[tuple[str, str]], ...]:
     """``(train, valid, test)`` prompt/completion windows: training windows drawn with the
     run's seed (``n_train``, 0 for all), held-out windows with seed 0."""
-    from .tasks import text
+    from ..tasks import text
 
     def cut(name: str, n: int, seed: int) -> list[tuple[str, str]]:
         return text.cut_pairs(
@@ -164,7 +167,8 @@ def prepare_run(config: TrainConfig) -> RunInputs:
                      "max_new_tokens": config.sample_length()}  # fmt: skip
     model = build_model(config, tokenizer)
     train = [encode_example(tokenizer, prompt, completion) for prompt, completion in train_pairs]
-    return RunInputs(model, tokenizer, train, valid_pairs, test_pairs, task_info)
+    task_noise = ArithmeticMistakes(tokenizer) if config.task == "arithmetic" else None
+    return RunInputs(model, tokenizer, train, valid_pairs, test_pairs, task_info, task_noise)
 
 
 def task_file(info: dict[str, Any]) -> dict[str, str]:
@@ -191,7 +195,7 @@ class TrainedModel:
 
 def load_trained(folder: str | Path, device: str = "cpu") -> TrainedModel:
     """Load a model folder written by training (``model/`` of a run, or a demo subfolder)."""
-    from .model import backspace_id
+    from ..core.backspace import backspace_id
 
     path = Path(folder)
     if not (path / "config.json").exists():
@@ -211,7 +215,7 @@ def held_out_text_pairs(
     model's prompt and completion lengths; without ``data``, the held-out test split of the
     corpus the model was trained on (the same windows as training's test split for the same
     ``n``). ``seed`` picks the windows when there are more than ``n``."""
-    from .tasks import text
+    from ..tasks import text
 
     info = trained.task_info
     if data is not None and str(data).endswith(".jsonl"):

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .experiment import prepare_run, task_file
-from .metrics import ArithmeticEval, noise_sweep
+from ..tasks.arithmetic import PROMPT_SEPARATOR, ArithmeticQuestion
+from ..tasks.arithmetic_eval import ArithmeticEval, noise_sweep
+from ..training.config import TrainConfig
 from .parallel import (
     describe_schedule,
     run_jobs,
@@ -25,7 +25,7 @@ from .parallel import (
     training_job,
 )
 from .plotting import clear_previous_runs, pyplot
-from .tasks.arithmetic import PROMPT_SEPARATOR, ArithmeticQuestion
+from .setup import prepare_run, task_file
 
 NOISE_LEVELS = (0.0, 0.05, 0.1, 0.2)
 METHODS = ("mle", "mle-bkspc", "sequencematch-chi2-bkspc")
@@ -94,12 +94,12 @@ def train_and_evaluate(
 ) -> tuple[list[ArithmeticEval], float]:
     """Train one method, save it, and evaluate it at every noise level on the held-out
     ``split`` (``"valid"`` for tuning, ``"test"`` for reported results)."""
-    from .trainer import Trainer
+    from ..training.trainer import Trainer
 
     inputs = prepare_run(config.replace(progress=progress))
     trainer = Trainer(
         config.replace(progress=progress), inputs.model, inputs.tokenizer, inputs.train,
-        model_files=task_file(inputs.task_info),
+        model_files=task_file(inputs.task_info), task_noise=inputs.task_noise,
     )  # fmt: skip
     started = time.perf_counter()
     trainer.train()
@@ -119,7 +119,7 @@ def run_demo(
     """Train and evaluate the three methods; write report.md, the plot and results.json.
 
     ``workers`` processes train the methods at once (default: all three; 1 = one after
-    the other in this process), see :mod:`sequencematch.parallel`.
+    the other in this process), see :mod:`sequencematch.apps.parallel`.
     """
     out.mkdir(parents=True, exist_ok=True)
     clear_previous_runs(out, METHODS)

@@ -25,8 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .actions import Batch, augment_with_noise, collate
-from .checkpoint import (
+from ..core.actions import Batch, NoiseSource, augment_with_noise, collate
+from ..core.backspace import check_backspace_support
+from ..core.examples import Example, special_ids
+from ..core.files import atomic_write_text
+from ..core.forward import state_logits, verify_layout_once
+from ..core.objectives import mle_loss, sequencematch_loss, weight_total
+from ..core.sampling import generate
+from ..models.backspace import add_backspace
+from .checkpoints import (
     CheckpointError,
     latest_checkpoint,
     load_state,
@@ -34,13 +41,9 @@ from .checkpoint import (
     save_model_folder,
 )
 from .config import TrainConfig
-from .data import Example, ModelSampleNoise, build_noise_source, special_ids
 from .distributed import World, all_gather_objects, all_ranks_true, barrier, sum_over_ranks
-from .files import atomic_write_text
-from .forward import state_logits, verify_layout_once
-from .model import add_backspace, check_backspace_support
-from .objectives import mle_loss, sequencematch_loss, weight_total
-from .sampling import generate
+from .model_noise import ModelSampleNoise
+from .noise import build_noise_source
 
 # Options that may differ between a run and its resumption; every other one must match.
 RESUMABLE_CHANGES = frozenset(
@@ -98,6 +101,7 @@ class Trainer:
         evaluate: Evaluator | None = None,
         world: World | None = None,
         model_files: dict[str, str] | None = None,
+        task_noise: NoiseSource | None = None,
     ) -> None:
         self.config = config.validate()
         self.world = world or World()
@@ -141,7 +145,7 @@ class Trainer:
         self.noise = None
         if config.backspace and config.p_noise > 0 and config.noise_source != "model":
             self.noise = build_noise_source(
-                config.noise_source, tokenizer, train, vocab, config.task, [self.bkspc_id]
+                config.noise_source, tokenizer, train, vocab, [self.bkspc_id], task_noise
             )
         verify_layout_once(self.model)
         self.optimizer = self._make_optimizer()

@@ -1,0 +1,4 @@
+"""The representation: sequences with ``<bkspc>``, the one-pass layout, sampling, objectives.
+
+Imports torch and transformers only; every other layer builds on it.
+"""

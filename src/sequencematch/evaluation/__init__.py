@@ -1,0 +1,1 @@
+"""Evaluation: statistics, perplexity, text metrics. Imports core and models only."""

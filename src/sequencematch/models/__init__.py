@@ -1,0 +1,1 @@
+"""Models: presets, loading, adding ``<bkspc>``. Imports :mod:`sequencematch.core` only."""
