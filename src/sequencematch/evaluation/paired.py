@@ -1,0 +1,191 @@
+"""Paired comparisons: two methods scored on the same items, and the same comparison over seeds.
+
+A claim "method B beats method A" rests on two kinds of evidence, reported separately:
+
+* within one seed, both methods answer the *same* questions (or continue the same prompts), so
+  the difference is tested on the items' pairs: McNemar's exact test for right/wrong outcomes,
+  and a paired bootstrap interval for any per-item statistic;
+* across seeds (each seed: its own warm-up, data order and initialisation, shared by both
+  methods), the per-seed differences get a Student-t interval of their mean, which also covers
+  what floating-point differences between machines do to a run.
+
+:func:`verdict` turns an interval into the words a report may use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .statistics import mean_confidence_interval
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``b - a`` on paired items, with its interval and (where defined) a p-value.
+
+    Attributes:
+        difference: the statistic of ``b`` minus that of ``a``.
+        low, high: the interval of the difference at ``confidence``.
+        p_value: two-sided p-value of "no difference" (``None`` where not computed).
+        n: items (or seeds) the difference is taken over.
+        confidence: the interval's level.
+        method: how the interval was made (``"mcnemar+newcombe"``, ``"bootstrap"``, ``"t"``).
+    """
+
+    difference: float
+    low: float
+    high: float
+    p_value: float | None
+    n: int
+    confidence: float
+    method: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self, digits: int = 3) -> str:
+        """``+0.052 [+0.013, +0.091]`` (p = 0.012)."""
+        text = f"{self.difference:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+        if self.p_value is not None:
+            text += f" (p = {self.p_value:.3g})"
+        return text
+
+
+def _check_pairs(a: Sequence[Any], b: Sequence[Any]) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    if not a:
+        raise ValueError("paired samples are empty")
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+
+
+def mcnemar(
+    a_correct: Sequence[bool], b_correct: Sequence[bool], confidence: float = 0.95
+) -> PairedDifference:
+    """Accuracy of ``b`` minus accuracy of ``a`` on the same items.
+
+    The p-value is McNemar's exact test (a binomial test on the discordant pairs: items that
+    exactly one method gets right); the interval is Newcombe's hybrid score interval for a
+    difference of paired proportions (method 10 of Newcombe, 1998), which stays inside
+    [-1, 1] and does not collapse when the discordant counts are small.
+    """
+    _check_pairs(a_correct, b_correct)
+    _check_confidence(confidence)
+    n = len(a_correct)
+    only_b = sum(1 for x, y in zip(a_correct, b_correct, strict=True) if y and not x)
+    only_a = sum(1 for x, y in zip(a_correct, b_correct, strict=True) if x and not y)
+    both = sum(1 for x, y in zip(a_correct, b_correct, strict=True) if x and y)
+    discordant = only_a + only_b
+    p_value = 1.0 if discordant == 0 else stats.binomtest(only_b, discordant, 0.5).pvalue
+    p_a, p_b = (both + only_a) / n, (both + only_b) / n
+    difference = p_b - p_a
+    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
+    low_a, high_a = _wilson(both + only_a, n, z)
+    low_b, high_b = _wilson(both + only_b, n, z)
+    neither = n - both - discordant
+    # correlation term of Newcombe's method 10 (phi of the 2x2 table, 0 when undefined)
+    denominator = (both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a)
+    phi = 0.0
+    if denominator > 0:
+        phi = (both * neither - only_a * only_b) / math.sqrt(denominator)
+    d_low = math.sqrt(
+        max(
+            0.0, (p_b - low_b) ** 2 - 2 * phi * (p_b - low_b) * (high_a - p_a) + (high_a - p_a) ** 2
+        )
+    )
+    d_high = math.sqrt(
+        max(
+            0.0, (high_b - p_b) ** 2 - 2 * phi * (high_b - p_b) * (p_a - low_a) + (p_a - low_a) ** 2
+        )
+    )
+    return PairedDifference(
+        difference, max(-1.0, difference - d_low), min(1.0, difference + d_high), float(p_value),
+        n, confidence, "mcnemar+newcombe",
+    )  # fmt: skip
+
+
+def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
+    p = successes / n
+    denominator = 1.0 + z * z / n
+    center = (p + z * z / (2.0 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def paired_bootstrap(
+    a: Sequence[Any],
+    b: Sequence[Any],
+    statistic: Callable[[Sequence[Any]], float] | None = None,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """``statistic(b) - statistic(a)`` with a percentile bootstrap interval over items.
+
+    Each resample draws the same item indices for both methods (the pairing is kept), so an
+    item that is hard for both does not widen the interval. ``statistic`` maps a list of
+    per-item values (or items) to a number; the default is the mean. The p-value is the
+    two-sided bootstrap fraction of resampled differences on the other side of zero.
+    """
+    _check_pairs(a, b)
+    _check_confidence(confidence)
+    if resamples < 100:
+        raise ValueError(f"resamples must be at least 100, got {resamples}")
+    measure = statistic or (lambda values: float(np.mean(values)))
+    a_items, b_items = list(a), list(b)
+    n = len(a_items)
+    observed = measure(b_items) - measure(a_items)
+    rng = np.random.default_rng(seed)
+    differences = np.empty(resamples)
+    for index in range(resamples):
+        picked = rng.integers(0, n, size=n)
+        differences[index] = measure([b_items[i] for i in picked]) - measure(
+            [a_items[i] for i in picked]
+        )
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(differences, [tail, 1.0 - tail])
+    below, above = float(np.mean(differences <= 0)), float(np.mean(differences >= 0))
+    p_value = min(1.0, 2.0 * min(below, above))
+    return PairedDifference(
+        float(observed), float(low), float(high), p_value, n, confidence, "bootstrap"
+    )
+
+
+def seed_difference(differences: Sequence[float], confidence: float = 0.95) -> PairedDifference:
+    """Mean over seeds of per-seed paired differences, with a Student-t interval and the
+    one-sample t-test p-value (NaN interval and no p-value for a single seed)."""
+    values = [float(v) for v in differences]
+    if not values:
+        raise ValueError("seed_difference needs at least one seed")
+    mean, low, high = mean_confidence_interval(values, confidence)
+    p_value = None
+    if len(values) > 1:
+        spread = float(np.std(values, ddof=1))
+        if spread == 0.0:
+            p_value = 1.0 if mean == 0.0 else 0.0
+        else:
+            p_value = float(stats.ttest_1samp(values, 0.0).pvalue)
+    return PairedDifference(mean, low, high, p_value, len(values), confidence, "t")
+
+
+def verdict(result: PairedDifference, higher_is_better: bool = True) -> str:
+    """What an interval supports, in words: ``better``, ``worse`` or ``no significant
+    difference`` (also for a single seed, whose interval is undefined)."""
+    if math.isnan(result.low) or math.isnan(result.high):
+        return "no significant difference (one seed: no interval)"
+    if result.low > 0:
+        return "better" if higher_is_better else "worse"
+    if result.high < 0:
+        return "worse" if higher_is_better else "better"
+    return "no significant difference"
