@@ -47,7 +47,7 @@ def load_gguf(
     if not path.is_file():
         raise ValueError(f"GGUF file {path} does not exist")
     folder, name = str(path.resolve().parent), path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)  # a local folder: no hub
     model = AutoModelForCausalLM.from_pretrained(
         folder,
         gguf_file=name,

@@ -209,9 +209,7 @@ def _load_folder(
     )
     if load_in_4bit:
         keep_four_bit_training_path(model)
-    tokenizer = (
-        AutoTokenizer.from_pretrained(folder, local_files_only=True) if needs_tokenizer else None
-    )
+    tokenizer = AutoTokenizer.from_pretrained(folder) if needs_tokenizer else None
     return model, tokenizer
 
 
