@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
 from ..core.examples import Example, encode_example
-from ..models.presets import char_tokenizer, tiny_model
+from ..models.loading import PRESETS, load_model
+from ..models.presets import char_tokenizer
 from ..tasks import arithmetic
 from ..tasks.arithmetic_task import ArithmeticMistakes
 from ..tasks.jsonl import read_pairs
 from ..training.config import TrainConfig
 
-PRESETS = ("tiny_gpt2", "tiny_llama")
 TASK_FILE = "task.json"
 
 
@@ -62,25 +62,24 @@ def build_tokenizer(config: TrainConfig, pairs: list[tuple[str, str]]) -> Any:
 
 
 def build_model(config: TrainConfig, tokenizer: Any) -> PreTrainedModel:
-    """A preset built from its config (seeded), or a saved model folder."""
+    """A preset built from its config (seeded), or a saved model folder, in float32 (the
+    master weights; bf16/fp16 precision is autocast on top)."""
     torch.manual_seed(config.seed)
+    overrides: dict[str, int] = {}
     if config.model in PRESETS:
-        return tiny_model(
-            config.model, tokenizer, attn_implementation=config.attn_implementation,
+        overrides = dict(
             hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
             num_attention_heads=config.num_heads,
-            **({"num_key_value_heads": config.num_heads} if config.model == "tiny_llama" else {}),
-            **({"intermediate_size": 4 * config.hidden_size} if config.model == "tiny_llama"
-               else {}),
         )  # fmt: skip
-    if not Path(config.model).is_dir():
-        raise ValueError(
-            f"model {config.model!r} is neither a preset ({', '.join(PRESETS)}) nor a folder "
-            "holding a saved model"
-        )
-    return AutoModelForCausalLM.from_pretrained(
-        config.model, attn_implementation=config.attn_implementation
-    )
+        if config.model == "tiny_llama":
+            overrides |= dict(
+                num_key_value_heads=config.num_heads, intermediate_size=4 * config.hidden_size
+            )
+    model, _ = load_model(
+        config.model, tokenizer=tokenizer, dtype="float32",
+        attn_implementation=config.attn_implementation, preset_overrides=overrides or None,
+    )  # fmt: skip
+    return model
 
 
 MIN_DOCUMENTS = 3
@@ -202,8 +201,8 @@ def load_trained(folder: str | Path, device: str = "cpu") -> TrainedModel:
         raise ValueError(f"{path} holds no saved model (no config.json); pass a model folder")
     info_file = path / TASK_FILE
     info = json.loads(info_file.read_text()) if info_file.exists() else {"task": "text"}
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_model(path, dtype="float32", attn_implementation="sdpa")
+    model = model.to(device)
     return TrainedModel(model.eval(), tokenizer, backspace_id(model), info)
 
 

@@ -2,14 +2,16 @@
 which models can run the one-pass layout (a per-row 4-D mask with explicit position ids).
 
 Any Hugging Face causal LM whose attention takes an arbitrary 4-D mask and explicit
-``position_ids`` (eager or SDPA attention) can be used; :func:`check_backspace_support`
-refuses the others with a message that says what to change.
+``position_ids`` (eager or SDPA attention) can be used, also inside a
+``DistributedDataParallel`` or peft (LoRA) wrapper; :func:`check_backspace_support` refuses
+the others with a message that says what to change.
 """
 
 from __future__ import annotations
 
 import inspect
 
+import torch
 from transformers import PreTrainedModel
 
 BKSPC_TOKEN = "<bkspc>"
@@ -18,14 +20,32 @@ BKSPC_TOKEN = "<bkspc>"
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
-def backspace_id(model: PreTrainedModel) -> int | None:
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face causal LM inside a ``DistributedDataParallel`` and/or peft wrapper.
+
+    peft injects its adapter layers (LoRA, trainable token rows) into the wrapped model's
+    modules, so the model returned computes exactly what the wrapper does; the wrapper itself
+    hides the model's ``forward`` signature and config behind ``*args, **kwargs``.
+    """
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    get_base_model = getattr(model, "get_base_model", None)  # peft's PeftModel
+    if callable(get_base_model) and not isinstance(model, PreTrainedModel):
+        model = get_base_model()
+    return model
+
+
+def backspace_id(model: torch.nn.Module) -> int | None:
     """The ``<bkspc>`` id recorded by :func:`add_backspace`, or ``None``."""
-    value = getattr(model.config, "bkspc_token_id", None)
+    value = getattr(causal_lm(model).config, "bkspc_token_id", None)
     return None if value is None else int(value)
 
 
-def check_backspace_support(model: PreTrainedModel) -> None:
-    """Refuse models whose attention cannot follow an arbitrary 4-D mask with position ids."""
+def check_backspace_support(model: torch.nn.Module) -> None:
+    """Refuse models whose attention cannot follow an arbitrary 4-D mask with position ids.
+
+    Wrappers (``DistributedDataParallel``, a peft ``PeftModel``) are looked through.
+    """
+    model = causal_lm(model)
     name = type(model).__name__
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"{name} is not a Hugging Face PreTrainedModel causal LM")

@@ -12,9 +12,8 @@ import inspect
 from collections.abc import Sequence
 
 import torch
-from transformers import PreTrainedModel
 
-from .backspace import check_backspace_support
+from .backspace import causal_lm, check_backspace_support
 from .layout import build_layout, validate_rows
 
 _VERIFIED_ATTRIBUTE = "_sequencematch_layout_verified"
@@ -25,12 +24,13 @@ def as_lengths(values: torch.Tensor | Sequence[int], device: torch.device) -> to
     return torch.as_tensor(values, dtype=torch.long, device=device).reshape(-1)
 
 
-def model_mask(model: PreTrainedModel, mask: torch.Tensor) -> torch.Tensor:
+def model_mask(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
     """Turn a boolean ``[B, Q, K]`` mask into the 4-D ``[B, 1, Q, K]`` form the model takes.
 
     SDPA takes booleans (``True`` attends); eager attention adds the mask to its scores,
     so it gets ``0`` where attending and the dtype's minimum elsewhere.
     """
+    model = causal_lm(model)
     mask = mask[:, None]  # [B, 1, Q, K]
     if getattr(model.config, "_attn_implementation", "eager") == "sdpa":
         return mask
@@ -39,14 +39,14 @@ def model_mask(model: PreTrainedModel, mask: torch.Tensor) -> torch.Tensor:
     return bias.masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def cache_keyword(model: PreTrainedModel) -> str:
+def cache_keyword(model: torch.nn.Module) -> str:
     """The name of the KV-cache argument (``cache`` from transformers 5.24 on)."""
-    parameters = inspect.signature(model.forward).parameters
+    parameters = inspect.signature(causal_lm(model).forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
 def state_logits(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     sequences: torch.Tensor,
     prompt_lengths: torch.Tensor | Sequence[int],
     lengths: torch.Tensor | Sequence[int],
@@ -57,8 +57,8 @@ def state_logits(
     """Logits of the state reached after every element, in one forward pass.
 
     Args:
-        model: a causal LM (eager or SDPA attention), or a ``DistributedDataParallel``
-            wrapper of one.
+        model: a causal LM (eager or SDPA attention), or a ``DistributedDataParallel`` or
+            peft (LoRA) wrapper of one.
         sequences: ``[B, T]`` prompt tokens then actions (``bkspc_id`` inside), right-padded.
         prompt_lengths: ``[B]`` prompt length of each row (at least 1).
         lengths: ``[B]`` real length of each row (prompt + actions).
@@ -72,7 +72,7 @@ def state_logits(
     device = sequences.device
     prompt_lengths = as_lengths(prompt_lengths, device)
     lengths = as_lengths(lengths, device)
-    core = getattr(model, "module", model)  # the causal LM inside a DDP wrapper
+    core = causal_lm(model)  # the causal LM inside a DDP or peft wrapper
     if validate:
         check_backspace_support(core)
         vocab_size = core.get_input_embeddings().weight.shape[0]
@@ -89,12 +89,14 @@ def state_logits(
 
 
 @torch.no_grad()
-def verify_layout_once(model: PreTrainedModel) -> None:
+def verify_layout_once(model: torch.nn.Module) -> None:
     """Check once per model, on a short probe, that the layout reproduces plain forwards.
 
     Catches models that accept a 4-D mask but do not follow it (or rebuild their own
-    positions), which would otherwise train on wrong logits without any error.
+    positions), which would otherwise train on wrong logits without any error. A wrapped
+    model (DDP, peft) is checked through the causal LM inside it.
     """
+    model = causal_lm(model)
     if getattr(model, _VERIFIED_ATTRIBUTE, False):
         return
     device = model.get_input_embeddings().weight.device

