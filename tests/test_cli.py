@@ -86,3 +86,16 @@ def test_training_errors_are_reported_without_a_traceback(tmp_path, capsys):
     capsys.readouterr()
     assert main(run) == 2  # the folder already holds a run and --resume was not given
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_eval_without_data_scores_the_generated_test_split(demo_folder, capsys):
+    model = demo_folder / "mle" / "model"
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--json", "--n", "10"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["n"] == 10 and 0.0 <= record["accuracy"] <= 1.0
+
+
+def test_demo_options_of_another_task_are_refused(tmp_path, capsys):
+    assert main(["demo", "--corpus", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "--corpus does not apply to the arithmetic demo" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def test_defaults_are_valid():
         ({"beta": -0.1}, "beta must lie in"),
         ({"batch_size": 10, "grad_accum": 3}, "multiple of grad_accum"),
         ({"precision": "fp8"}, "precision must be one of"),
-        ({"task": "jsonl"}, "task jsonl needs train_file"),
+        ({"task": ""}, "task must name a task"),
         ({"backspace": False, "p_noise": 0.1}, "p_noise needs backspace"),
         ({"replay_size": 8, "samples_per_refresh": 16}, "replay_size must be at least"),
     ],

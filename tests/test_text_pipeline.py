@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from sequencematch.apps.cli import main
-from sequencematch.apps.setup import load_trained, prepare_run, text_splits
+from sequencematch.apps.setup import load_trained, prepare_run
 from sequencematch.evaluation.text_evaluation import evaluate_text
+from sequencematch.tasks.text_task import text_splits
 from sequencematch.training.config import TrainConfig
 
 WORDS = (
@@ -72,12 +73,15 @@ def small_config(corpus: Path, out: Path, **changes) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def test_text_configuration_rules():
-    with pytest.raises(ValueError, match="noise_source task"):
-        TrainConfig(task="text", noise_source="task").validate()
-    assert TrainConfig(task="text", completion_tokens=10).sample_length() == 10
-    assert TrainConfig(task="arithmetic").sample_length() == 24
-    assert TrainConfig(task="text", max_new_tokens=7).sample_length() == 7
+def test_text_configuration_rules(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    with pytest.raises(ValueError, match="noise_source task needs the task's own mistakes"):
+        prepare_run(small_config(corpus, tmp_path / "run", noise_source="task"))
+    inputs = prepare_run(small_config(corpus, tmp_path / "run"))
+    assert inputs.sample_length == 12  # the completion tokens of a window
+    assert inputs.task_info["max_new_tokens"] == 12
+    inputs = prepare_run(small_config(corpus, tmp_path / "run", max_new_tokens=7))
+    assert inputs.sample_length == 7
 
 
 def test_a_single_file_is_cut_into_parts_so_every_split_gets_text(tmp_path):
@@ -98,11 +102,13 @@ def test_prepare_run_trains_a_bpe_and_cuts_windows(tmp_path):
     assert len(inputs.train) == 40
     tokenizer = inputs.tokenizer
     assert len(tokenizer) <= 300 + 1  # the BPE vocabulary (+ <bkspc> once added)
-    for example in inputs.train:
-        assert example.prompt[0] == tokenizer.bos_token_id
-        assert 7 <= len(example.prompt) - 1 <= 8  # re-encoding may merge one boundary token
-        assert example.completion[-1] == tokenizer.eos_token_id
-        assert 10 <= len(example.completion) - 1 <= 12
+    for example in inputs.train:  # windows are cut from the token ids: exact lengths
+        assert example.prompt[0] == tokenizer.bos_token_id and len(example.prompt) == 1 + 8
+        if example.completion[-1] == tokenizer.eos_token_id:  # the window ends its work
+            assert 1 <= len(example.completion) - 1 <= 12
+        else:  # cut from the middle of a work: no <eos>, the row bootstraps
+            assert len(example.completion) == 12
+    assert any(e.completion[-1] != tokenizer.eos_token_id for e in inputs.train)
     assert len(inputs.valid_pairs) == 8 and len(inputs.test_pairs) == 8
     held_out = {p for p, _ in inputs.test_pairs}
     assert not held_out & {p for p, _ in inputs.valid_pairs}

@@ -399,14 +399,24 @@ def test_bpe_rejects_tiny_vocab():
         train_bpe_tokenizer(["abc"], vocab_size=200)
 
 
-# --- cut_pairs ----------------------------------------------------------------------------
+# --- cut_windows, cut_pairs ----------------------------------------------------------------
 
 
-def test_pairs_from_consecutive_windows():
+def test_only_windows_that_end_their_document_are_final():
     tokenizer = char_tokenizer("abcdefghij")
-    documents = ["abcdefghij" * 2, "abc", "jihgfedcba"]
+    documents = ["abcdefghij" * 2, "abc", "jihgfedcba", "abcdefg"]
+    windows = text.cut_windows(tokenizer, documents, prompt_tokens=3, completion_tokens=4)
+    got = [(*window.texts(tokenizer), window.final) for window in windows]
+    assert got == [
+        ("abc", "defg", False),  # cut from the middle: no end, its row bootstraps
+        ("hij", "abcd", False),
+        ("efg", "hij", True),  # the tail: shorter, and the document's real end
+        ("jih", "gfed", False),  # the tail "cba" is no longer than a prompt: dropped
+        ("abc", "defg", True),  # a complete window that ends its document
+    ]
+    assert [len(w.prompt) for w in windows] == [3] * 5
     pairs = cut_pairs(tokenizer, documents, prompt_tokens=3, completion_tokens=4)
-    assert pairs == [("abc", "defg"), ("hij", "abcd"), ("jih", "gfed")]
+    assert pairs == [(p, c) for p, c, _ in got]  # the same windows, as text
 
 
 def test_pairs_token_lengths_with_bpe(bpe):
@@ -418,7 +428,11 @@ def test_pairs_token_lengths_with_bpe(bpe):
             p + c for p, c in cut_pairs(bpe, [document], prompt_tokens=8, completion_tokens=16)
         )
         assert document.startswith(joined)
-    lengths = [len(bpe.encode(c)) for _, c in pairs]
+    windows = text.cut_windows(bpe, documents, prompt_tokens=8, completion_tokens=16)
+    assert [w.texts(bpe) for w in windows] == pairs
+    assert sum(w.final for w in windows) == len(documents)  # one tail per document
+    assert all(len(w.completion) == 16 for w in windows if not w.final)
+    lengths = [len(bpe.encode(w.texts(bpe)[1])) for w in windows if not w.final]
     assert all(abs(length - 16) <= 2 for length in lengths)
     assert sum(length == 16 for length in lengths) >= 0.8 * len(lengths)
     assert all(len(bpe.encode(p)) <= 10 for p, _ in pairs)
@@ -450,8 +464,11 @@ def test_pairs_subset_is_seeded_and_ordered():
 
 def test_pairs_need_a_long_enough_document():
     tokenizer = char_tokenizer("ab")
-    with pytest.raises(ValueError, match="longest of 2 documents has 5 tokens"):
-        cut_pairs(tokenizer, ["ab", "ababa"], prompt_tokens=2, completion_tokens=4)
+    with pytest.raises(ValueError, match="longest of 2 documents has 2 tokens"):
+        cut_pairs(tokenizer, ["ab", "a"], prompt_tokens=2, completion_tokens=4)
+    assert cut_pairs(tokenizer, ["ab", "aba"], prompt_tokens=2, completion_tokens=4) == [
+        ("ab", "a")  # a short document is one window: its prompt and its (final) rest
+    ]
     with pytest.raises(ValueError, match="longest of 0 documents"):
         cut_pairs(tokenizer, [])
     with pytest.raises(ValueError, match="must be >= 1"):

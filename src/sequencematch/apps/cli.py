@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -22,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train and compare MLE and SequenceMatch models")
-    demo.add_argument("--task", choices=("arithmetic", "text"), default="arithmetic",
+    demo.add_argument("--task", choices=tuple(DEMOS), default="arithmetic",
                       help="arithmetic (default) or text (Shakespeare, or --corpus)")  # fmt: skip
     demo.add_argument("--corpus", default=None, help="text: a text file, folder or JSONL")
     demo.add_argument("--out", default=None, help="output folder (default: runs/demo[-text])")
@@ -69,18 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="seed of sampling and noise")
 
     evaluate = commands.add_parser(
-        "eval", help="arithmetic accuracy on a question file, or text quality (MAUVE, diversity)"
+        "eval",
+        help="evaluate a trained model as its task does: exact match of answers (arithmetic, "
+        "jsonl) or text quality (MAUVE, diversity)",
     )
     evaluate.add_argument("--model", required=True, help="model folder (e.g. RUN/model)")
-    evaluate.add_argument("--task", choices=("arithmetic", "text"), default=None,
+    evaluate.add_argument("--task", default=None,
                           help="default: the task the model was trained on")  # fmt: skip
     evaluate.add_argument(
         "--data", default=None,
-        help='arithmetic: JSONL of {"question", "answer"}; text: JSONL of {"prompt", '
-        '"completion"}, or a text file/folder to cut into windows (default: the held-out '
-        "split of the model's corpus)",
+        help='arithmetic: JSONL of {"question", "answer"} (default: the generated test '
+        'split); jsonl: JSONL of {"prompt", "completion"}; text: such pairs, or a text '
+        "file/folder to cut into windows (default: the held-out split of the model's corpus)",
     )  # fmt: skip
-    evaluate.add_argument("--n", type=int, default=200, help="text: windows to evaluate")
+    evaluate.add_argument("--n", type=int, default=None,
+                          help="pairs to evaluate (default: all; text: 200 windows)")  # fmt: skip
     evaluate.add_argument("--temperature", type=float, default=1.0, help="text: sampling")
     evaluate.add_argument("--no-mauve", action="store_true", help="text: skip MAUVE")
     evaluate.add_argument("--noise", type=float, default=0.0, help="forced-noise probability")
@@ -94,43 +96,26 @@ def _flag(text: str) -> bool:
     return text.lower() in ("1", "true", "yes", "on")
 
 
+DEMOS = {"arithmetic": "arithmetic_demo:DemoSettings", "text": "text_demo:TextDemoSettings"}
+"""Each demo's settings: ``module:class`` in this package."""
+DEMO_OPTIONS = ("seed", "steps", "sm_steps", "alpha", "lambda_mle", "p_noise", "noise_source",
+                "difficulty", "hidden_size", "num_layers", "n_train", "corpus")  # fmt: skip
+
+
 def run_demo_command(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    import importlib
     from pathlib import Path
 
-    from .arithmetic_demo import DemoSettings, run_demo
+    from .comparison import run_comparison, with_overrides
 
-    if args.task == "text":
-        return run_text_demo_command(args)
-    if args.corpus is not None:
-        raise ValueError("--corpus belongs to --task text")
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
-    names = ("seed", "steps", "sm_steps", "alpha", "lambda_mle", "p_noise", "noise_source",
-             "difficulty", "hidden_size", "num_layers", "n_train")  # fmt: skip
-    changes = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    if "difficulty" in changes:
-        changes["difficulty"] = list(changes["difficulty"])
-    run_demo(
-        Path(args.out or "runs/demo"), replace(settings, **changes), progress=args.progress,
+    module, _, name = DEMOS[args.task].partition(":")
+    settings_class = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    settings = settings_class.quick() if args.quick else settings_class()
+    settings = with_overrides(settings, **{n: getattr(args, n) for n in DEMO_OPTIONS})
+    run_comparison(
+        Path(args.out or settings.default_out), settings, progress=args.progress,
         workers=args.workers,
     )  # fmt: skip
-    return 0
-
-
-def run_text_demo_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .text_demo import TextDemoSettings, run_text_demo, with_overrides
-
-    if args.difficulty is not None:
-        raise ValueError("--difficulty belongs to the arithmetic demo, not --task text")
-    settings = TextDemoSettings.quick() if args.quick else TextDemoSettings()
-    names = ("seed", "steps", "sm_steps", "alpha", "lambda_mle", "p_noise", "noise_source",
-             "hidden_size", "num_layers", "n_train", "corpus")  # fmt: skip
-    settings = with_overrides(settings, **{n: getattr(args, n) for n in names})
-    run_text_demo(
-        Path(args.out or "runs/demo-text"), settings, progress=args.progress, workers=args.workers
-    )
     return 0
 
 
@@ -142,19 +127,17 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..core.examples import encode_prompt
     from ..core.sampling import generate
     from ..core.traces import format_trace, strip_eos
-    from ..tasks.arithmetic_eval import answer_token_ids
     from .setup import load_trained
 
     trained = load_trained(args.model)
     tokenizer = trained.tokenizer
     prompt = encode_prompt(tokenizer, trained.prompt_text(args.prompt))
-    arithmetic_task = trained.task_info.get("task") == "arithmetic"
     output = generate(
         trained.model, [prompt], bkspc_id=trained.bkspc_id,
-        max_new_tokens=args.max_new_tokens or trained.task_info.get("max_new_tokens", 64),
-        do_sample=args.sample, temperature=args.temperature, eos_token_id=tokenizer.eos_token_id,
+        max_new_tokens=args.max_new_tokens or trained.sample_length, do_sample=args.sample,
+        temperature=args.temperature, eos_token_id=tokenizer.eos_token_id,
         noise_prob=args.noise, generator=torch.Generator().manual_seed(args.seed),
-        noise_token_ids=answer_token_ids(tokenizer) if arithmetic_task else None,
+        noise_token_ids=trained.task.forced_noise_ids(tokenizer) if args.noise else None,
     )  # fmt: skip
     text = tokenizer.decode(strip_eos(output.sequences[0], tokenizer.eos_token_id))
     trace = format_trace(tokenizer, output.actions[0], trained.bkspc_id, output.forced[0])
@@ -172,60 +155,24 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from ..tasks.arithmetic import read_jsonl
-    from ..tasks.arithmetic_eval import evaluate_arithmetic
+    from ..tasks.base import EvalOptions
+    from ..tasks.registry import task_from_info
     from .setup import load_trained
 
     trained = load_trained(args.model)
-    task = args.task or ("text" if trained.task_info.get("task") == "text" else "arithmetic")
-    if task == "text":
-        return run_text_eval(args, trained)
-    if args.data is None:
-        raise ValueError('--data is required for arithmetic: a JSONL of {"question", "answer"}')
-    questions = read_jsonl(args.data)
-    result = evaluate_arithmetic(
-        trained.model, trained.tokenizer, questions, bkspc_id=trained.bkspc_id,
-        noise_prob=args.noise, seed=args.seed, batch_size=args.batch_size,
-        max_new_tokens=trained.task_info.get("max_new_tokens", 16),
+    task = trained.task
+    if args.task is not None and args.task != trained.task_info.get("task"):
+        task = task_from_info({**trained.task_info, "task": args.task})
+    pairs = task.held_out(trained.tokenizer, args.data, n=args.n, seed=args.seed)
+    options = EvalOptions(
+        seed=args.seed, noise_prob=args.noise, temperature=args.temperature,
+        batch_size=args.batch_size, with_mauve=not args.no_mauve,
     )  # fmt: skip
-    if args.json:
-        print(json.dumps(result.as_dict()))
-    else:
-        print(f"accuracy {result.accuracy:.3f} [{result.ci_low:.3f}, {result.ci_high:.3f}] "
-              f"on {result.n} questions (forced noise {args.noise}); <bkspc> rate "
-              f"{result.bkspc_rate:.3f}")  # fmt: skip
-    return 0
-
-
-def run_text_eval(args: argparse.Namespace, trained: Any) -> int:
-    import json
-
-    from ..evaluation.text_evaluation import evaluate_text
-    from .setup import held_out_text_pairs
-
-    pairs = held_out_text_pairs(trained, args.data, n=args.n, seed=args.seed)
-    result = evaluate_text(
+    result = task.evaluate(
         trained.model, trained.tokenizer, pairs, bkspc_id=trained.bkspc_id,
-        max_new_tokens=trained.task_info.get("max_new_tokens", 64), seed=args.seed,
-        temperature=args.temperature, batch_size=args.batch_size, with_mauve=not args.no_mauve,
+        max_new_tokens=trained.sample_length, options=options,
     )  # fmt: skip
-    record = result.as_dict()
-    record.pop("completions")
-    if args.json:
-        print(json.dumps(record))
-        return 0
-    mauve = result.mauve
-    stats = result.statistics
-    if mauve is not None:
-        print(f"MAUVE {mauve['mean']:.3f} +- {mauve['std']:.3f} over {len(mauve['seeds'])} "
-              "k-means seeds")  # fmt: skip
-    human = result.reference_statistics["diversity"]
-    print(f"diversity {stats['diversity']:.3f} (human {human:.3f}), rep-2 {stats['rep_2']:.3f}, "
-          f"rep-4 {stats['rep_4']:.3f}, entropy-4 "
-          f"{stats['entropy_4']:.2f}; perplexity {result.perplexity:.2f}; <bkspc> rate "
-          f"{result.bkspc_rate:.3f}; on {result.n} prompts")  # fmt: skip
-    for example in result.examples[:1]:
-        print(f"\nprompt: {example['prompt']!r}\nmodel:  {example['completion']!r}")
+    print(json.dumps(task.record(result)) if args.json else task.summary(result))
     return 0
 
 
@@ -240,7 +187,8 @@ def run_train(args: argparse.Namespace) -> int:
         inputs = prepare_run(config)
         trainer = Trainer(
             config, inputs.model, inputs.tokenizer, inputs.train, world=world,
-            model_files=task_file(inputs.task_info), task_noise=inputs.task_noise,
+            evaluate=inputs.evaluate, model_files=task_file(inputs.task_info),
+            task_noise=inputs.task_noise,
         )  # fmt: skip
         last = trainer.train()
         if world.is_main:

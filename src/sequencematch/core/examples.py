@@ -1,7 +1,15 @@
-"""Prompt/completion pairs as token ids: the unit of data every task produces."""
+"""Prompt/completion pairs as token ids: the unit of data every task produces.
+
+A completion that reaches a real end (the end of an answer, of a document) ends with
+``<eos>``: the episode is over there. A completion cut short (a window from the middle of
+a text, a row cut at the maximum length) has no ``<eos>``: the objectives bootstrap from the
+value of its last state, exactly as they do for a model sample cut at its maximum length
+(SPEC section 3), so data rows and model rows follow one rule.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -9,7 +17,8 @@ from transformers import PreTrainedTokenizerBase
 
 @dataclass(frozen=True)
 class Example:
-    """One demonstration: prompt ids (never empty) and completion ids (ending in ``<eos>``)."""
+    """One demonstration: prompt ids (never empty) and completion ids (ending in ``<eos>``
+    when the completion reaches a real end, cut without it otherwise)."""
 
     prompt: list[int]
     completion: list[int]
@@ -22,6 +31,12 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     least one prompt token); evaluation and training share this encoding.
     """
     ids = [int(token) for token in tokenizer(text, add_special_tokens=False).input_ids]
+    return with_bos(tokenizer, ids)
+
+
+def with_bos(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[int]:
+    """``ids`` after the tokenizer's BOS token (if it has one); refuses an empty result."""
+    ids = [int(token) for token in ids]
     if tokenizer.bos_token_id is not None:
         ids = [int(tokenizer.bos_token_id), *ids]
     if not ids:
@@ -29,12 +44,57 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return ids
 
 
-def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str) -> Example:
-    """Tokenise one pair; the completion ends with ``<eos>``."""
+def make_example(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[int],
+    completion_ids: Sequence[int],
+    *,
+    final: bool = True,
+    max_completion_tokens: int | None = None,
+) -> Example:
+    """An :class:`Example` from token ids (the prompt without BOS, the completion without
+    ``<eos>``).
+
+    ``final``: the completion reaches a real end, so ``<eos>`` follows it. A completion longer
+    than ``max_completion_tokens`` (``<eos>`` included) is cut to that many tokens and has no
+    ``<eos>``: a cut row is not terminal.
+    """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token first")
+    if max_completion_tokens is not None and max_completion_tokens < 1:
+        raise ValueError(f"max_completion_tokens must be at least 1, got {max_completion_tokens}")
+    completion = [int(token) for token in completion_ids]
+    if final:
+        completion.append(int(tokenizer.eos_token_id))
+    if max_completion_tokens is not None and len(completion) > max_completion_tokens:
+        completion = completion[:max_completion_tokens]
+    return Example(with_bos(tokenizer, prompt_ids), completion)
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    completion: str,
+    *,
+    final: bool = True,
+    max_completion_tokens: int | None = None,
+) -> Example:
+    """Tokenise one pair; the completion ends with ``<eos>`` when ``final`` (see
+    :func:`make_example` for the cut at ``max_completion_tokens``)."""
     completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
-    return Example(encode_prompt(tokenizer, prompt), [*completion_ids, tokenizer.eos_token_id])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    return make_example(
+        tokenizer, prompt_ids, completion_ids, final=final,
+        max_completion_tokens=max_completion_tokens,
+    )  # fmt: skip
+
+
+def longest_completion(examples: Sequence[Example]) -> int:
+    """Tokens of the longest completion (``<eos>`` included): how far a model sample of the
+    same data needs to go."""
+    if not examples:
+        raise ValueError("no examples: the longest completion is undefined")
+    return max(len(example.completion) for example in examples)
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

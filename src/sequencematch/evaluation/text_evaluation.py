@@ -100,11 +100,16 @@ def evaluate_text(
     mauve_seeds: Sequence[int] = (0, 1, 2, 3, 4),
     encoder: Any = None,
     num_examples: int = 3,
+    final: Sequence[bool] | None = None,
 ) -> TextEval:
     """Sample completions for the prompts of ``pairs`` and compare them with the pairs'
     human completions (MAUVE, repetition, diversity, entropy), plus perplexity of the
     human completions and ``<bkspc>`` usage. ``encoder`` is reused across calls when given
-    (loading it is the slow part of MAUVE)."""
+    (loading it is the slow part of MAUVE).
+
+    Perplexity scores an ``<eos>`` after a human completion only where ``final`` says the
+    completion ends its text (default: none does; a window cut from the middle of a text
+    has no end to score)."""
     from .text_metrics import mauve_score, text_statistics
 
     if not pairs:
@@ -115,7 +120,13 @@ def evaluate_text(
         model, tokenizer, prompts, bkspc_id=bkspc_id, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
     )  # fmt: skip
-    examples = [encode_example(tokenizer, prompt, completion) for prompt, completion in pairs]
+    ends = [False] * len(pairs) if final is None else list(final)
+    if len(ends) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(ends)} final flags")
+    examples = [
+        encode_example(tokenizer, prompt, completion, final=end)
+        for (prompt, completion), end in zip(pairs, ends, strict=True)
+    ]
     ppl = perplexity(
         model, [e.prompt for e in examples], [e.completion for e in examples],
         batch_size=batch_size,

@@ -1,26 +1,25 @@
 """Evaluation of the arithmetic task: exact-match accuracy and the forced-noise sweep.
 
 Accuracy is exact match of the visible answer (after backspaces, without ``<eos>``), with
-a Wilson score interval over questions. The forced-noise sweep (SPEC section 9, our
-addition to the paper) forces a plausible random answer character with probability ``p``
-per generation step and measures how often the model deletes it again, a direct test of
-recovery from compounding error.
+a Wilson score interval over questions (:mod:`sequencematch.tasks.exact_match`). The
+forced-noise sweep (SPEC section 9, our addition to the paper) forces a plausible random
+answer character with probability ``p`` per generation step and measures how often the
+model deletes it again, a direct test of recovery from compounding error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..core.examples import encode_prompt
-from ..core.sampling import GenerationOutput, generate
-from ..core.traces import concatenate_outputs, format_trace, strip_eos, trace_statistics
-from ..evaluation.statistics import wilson_interval
-from .arithmetic import DIGITS, ArithmeticQuestion, format_prompt, score
+from ..core.sampling import GenerationOutput
+from .arithmetic import DIGITS, ArithmeticQuestion, format_prompt
+from .exact_match import ExactMatchEval, evaluate_exact_match, score_exact_match
+
+ArithmeticEval = ExactMatchEval
+"""Exact-match accuracy of generated answers, with trace statistics."""
 
 
 def answer_token_ids(
@@ -43,46 +42,6 @@ def answer_token_ids(
     return ids
 
 
-@dataclass
-class ArithmeticEval:
-    """Exact-match accuracy of generated answers, with trace statistics.
-
-    Attributes:
-        n: questions evaluated.
-        correct: exactly right answers.
-        accuracy: ``correct / n``.
-        ci_low, ci_high: 95% Wilson score interval of the accuracy.
-        noise_prob: probability of forcing a random answer character per step.
-        bkspc_rate: fraction of actions that are ``<bkspc>``.
-        forced_rate: fraction of actions that were forced noise.
-        forced_deleted_rate: of the forced tokens, the fraction a later ``<bkspc>`` deleted
-            (``None`` when nothing was forced).
-        mean_actions: mean actions per question, ``<bkspc>`` included.
-        finished_rate: fraction of answers that ended with ``<eos>`` (others were cut).
-        examples: the first few questions with answer, prediction and rendered trace.
-    """
-
-    n: int
-    correct: int
-    accuracy: float
-    ci_low: float
-    ci_high: float
-    noise_prob: float
-    bkspc_rate: float
-    forced_rate: float
-    forced_deleted_rate: float | None
-    mean_actions: float
-    finished_rate: float
-    examples: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self, include_examples: bool = False) -> dict[str, Any]:
-        """A JSON-ready dict of the metrics (examples only when asked)."""
-        result = asdict(self)
-        if not include_examples:
-            del result["examples"]
-        return result
-
-
 def score_outputs(
     tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[ArithmeticQuestion],
@@ -92,52 +51,11 @@ def score_outputs(
     noise_prob: float = 0.0,
     num_examples: int = 5,
 ) -> ArithmeticEval:
-    """Score generated answers (row ``i`` answers ``questions[i]``) and collect statistics.
-
-    The prediction is the visible sequence (backspaces applied by the sampler) without its
-    final ``<eos>``, decoded with special tokens kept, so a stray special token makes an
-    answer wrong rather than disappearing; it is compared with :func:`arithmetic.score`.
-    """
-    if len(output.sequences) != len(questions):
-        raise ValueError(f"{len(questions)} questions but {len(output.sequences)} generated rows")
-    eos = tokenizer.eos_token_id
-    correct = 0
-    examples: list[dict[str, Any]] = []
-    for row, question in enumerate(questions):
-        prediction = tokenizer.decode(
-            strip_eos(output.sequences[row], eos),
-            skip_special_tokens=False,
-            clean_up_tokenization_spaces=False,
-        )
-        right = score(prediction, question.answer)
-        correct += right
-        if row < num_examples:
-            trace = format_trace(tokenizer, output.actions[row], bkspc_id, output.forced[row])
-            examples.append(
-                {
-                    "question": question.question,
-                    "answer": question.answer,
-                    "prediction": prediction,
-                    "correct": right,
-                    "trace": trace,
-                }
-            )
-    n = len(questions)
-    low, high = wilson_interval(correct, n)
-    stats = trace_statistics(output.actions, output.forced, bkspc_id)
-    return ArithmeticEval(
-        n=n,
-        correct=correct,
-        accuracy=correct / n if n else 0.0,
-        ci_low=low,
-        ci_high=high,
-        noise_prob=float(noise_prob),
-        bkspc_rate=stats.bkspc_rate,
-        forced_rate=stats.forced_rate,
-        forced_deleted_rate=stats.forced_deleted_rate,
-        mean_actions=stats.mean_actions,
-        finished_rate=sum(output.finished) / n if n else 0.0,
-        examples=examples,
+    """Score generated answers (row ``i`` answers ``questions[i]``) and collect statistics
+    (see :func:`sequencematch.tasks.exact_match.score_exact_match`)."""
+    pairs = [(question.question, question.answer) for question in questions]
+    return score_exact_match(
+        tokenizer, pairs, output, bkspc_id, noise_prob=noise_prob, num_examples=num_examples
     )
 
 
@@ -156,43 +74,21 @@ def evaluate_arithmetic(
 ) -> ArithmeticEval:
     """Generate an answer to every question (greedy by default) and score exact matches.
 
-    Prompts are :func:`encode_prompt` of :func:`arithmetic.format_prompt`. With
-    ``noise_prob > 0``, each step forces, with that probability, a token drawn uniformly
-    from :func:`answer_token_ids` (digits ``0-9a-f`` and ``-``): a plausible wrong answer
-    character, never ``<eos>`` or ``<bkspc>``. One generator seeded with ``seed`` drives
-    sampling and noise over all batches, so results are reproducible for a given
+    Prompts are :func:`arithmetic.format_prompt` of the questions. With ``noise_prob > 0``,
+    each step forces, with that probability, a token drawn uniformly from
+    :func:`answer_token_ids` (digits ``0-9a-f`` and ``-``): a plausible wrong answer
+    character, never ``<eos>`` or ``<bkspc>``. Reproducible for a given
     ``(seed, batch_size)``.
     """
     if not questions:
         raise ValueError("questions is empty: nothing to evaluate")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    prompts = [encode_prompt(tokenizer, format_prompt(q.question)) for q in questions]
-    noise_ids = answer_token_ids(tokenizer) if noise_prob > 0 else None
-    device = model.get_input_embeddings().weight.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    outputs = [
-        generate(
-            model,
-            prompts[start : start + batch_size],
-            bkspc_id=bkspc_id,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            eos_token_id=tokenizer.eos_token_id,
-            noise_prob=noise_prob,
-            noise_token_ids=noise_ids,
-            generator=generator,
-        )
-        for start in range(0, len(prompts), batch_size)
-    ]
-    return score_outputs(
-        tokenizer,
-        questions,
-        concatenate_outputs(outputs),
-        bkspc_id,
-        noise_prob=noise_prob,
+    pairs = [(format_prompt(q.question), q.answer) for q in questions]
+    return evaluate_exact_match(
+        model, tokenizer, pairs, bkspc_id=bkspc_id, noise_prob=noise_prob,
+        noise_token_ids=answer_token_ids(tokenizer) if noise_prob > 0 else None,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample,
         num_examples=num_examples,
-    )
+    )  # fmt: skip
 
 
 def noise_sweep(

@@ -1,12 +1,31 @@
-"""The arithmetic task's plausible mistakes (its "task" noise source)."""
+"""The arithmetic task: generated ``add_or_sub_in_base`` questions, scored by exact match.
+
+Without ``train_file`` the questions are generated (:func:`arithmetic.make_splits`, seeded,
+disjoint splits); with it, they are read from JSONL (``{"question", "answer"}`` or
+``{"prompt", "completion"}``), and ``valid_file`` gives the validation questions. Its own
+noise source is plausible mistakes (a wrong digit of the question's base, a wrong sign);
+its forced noise draws answer characters.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..core.examples import encode_example
+from ..core.tokenizers import char_tokenizer
 from . import arithmetic
+from .arithmetic_eval import answer_token_ids
+from .base import EvalOptions, Pair, Task, TaskData, choose_pairs
+from .exact_match import ExactMatchEval, evaluate_exact_match
+from .jsonl_task import read_pair_file
+
+if TYPE_CHECKING:
+    from .comparison import Comparison
 
 
 class ArithmeticMistakes:
@@ -25,3 +44,101 @@ class ArithmeticMistakes:
         mistake = arithmetic.plausible_mistake(question, answer_prefix, correct_char, rng)
         (token,) = self.tokenizer(mistake, add_special_tokens=False).input_ids
         return int(token)
+
+
+class ArithmeticTask(Task):
+    """Signed addition and subtraction in bases 2-16 (see :mod:`.arithmetic`)."""
+
+    name = "arithmetic"
+    option_names = ("train_file", "valid_file", "n_train", "n_valid", "n_test", "difficulty",
+                    "max_completion_tokens", "seed")  # fmt: skip
+
+    @cached_property
+    def splits(self) -> dict[str, list[Pair]]:
+        """``train``, ``valid`` and ``test`` pairs (prompt = question + separator)."""
+        options = self.options
+        if options.train_file:
+            splits = {"train": read_pair_file(options.train_file), "valid": [], "test": []}
+        else:
+            questions = arithmetic.make_splits(
+                options.n_train, options.n_valid, options.n_test,
+                difficulty=options.difficulty, seed=options.seed,
+            )  # fmt: skip
+            splits = {
+                name: [Pair(arithmetic.format_prompt(q.question), q.answer) for q in items]
+                for name, items in questions.items()
+            }
+        if options.valid_file:
+            splits["valid"] = read_pair_file(options.valid_file)
+        return splits
+
+    def preset_tokenizer(self) -> PreTrainedTokenizerBase:
+        """Characters: the task's alphabet, then any other character of the data."""
+        alphabet = arithmetic.ALPHABET
+        seen = {c for pairs in self.splits.values() for p in pairs for c in p.prompt + p.completion}
+        return char_tokenizer(alphabet + "".join(sorted(seen - set(alphabet))))
+
+    def data(self, tokenizer: PreTrainedTokenizerBase) -> TaskData:
+        cap = self.options.max_completion_tokens
+        train = [
+            encode_example(tokenizer, p.prompt, p.completion, max_completion_tokens=cap)
+            for p in self.splits["train"]
+        ]
+        return TaskData(train, self.splits["valid"], self.splits["test"])
+
+    def noise_source(self, tokenizer: PreTrainedTokenizerBase) -> ArithmeticMistakes:
+        return ArithmeticMistakes(tokenizer)
+
+    def format_prompt(self, text: str) -> str:
+        """The question followed by the separator (added once)."""
+        separator = arithmetic.PROMPT_SEPARATOR
+        return text if text.endswith(separator) else text + separator
+
+    def forced_noise_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        return answer_token_ids(tokenizer)
+
+    def evaluate(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        pairs: Sequence[Pair],
+        *,
+        bkspc_id: int | None,
+        max_new_tokens: int,
+        options: EvalOptions,
+    ) -> ExactMatchEval:
+        """Greedy answers, exact match, at forced noise ``options.noise_prob``."""
+        return evaluate_exact_match(
+            model, tokenizer, [(p.prompt, p.completion) for p in pairs], bkspc_id=bkspc_id,
+            noise_prob=options.noise_prob,
+            noise_token_ids=self.forced_noise_ids(tokenizer) if options.noise_prob else None,
+            batch_size=options.batch_size, max_new_tokens=max_new_tokens, seed=options.seed,
+        )  # fmt: skip
+
+    def metrics(self, result: ExactMatchEval) -> dict[str, float]:
+        return {"accuracy": result.accuracy, "bkspc_rate": result.bkspc_rate}
+
+    def summary(self, result: ExactMatchEval) -> str:
+        return result.summary()
+
+    def held_out(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        data: str | None,
+        *,
+        n: int | None = None,
+        seed: int = 0,
+    ) -> list[Pair]:
+        """Questions of ``data`` (JSONL), or the generated test split of this task's options;
+        all of them unless ``n`` says otherwise."""
+        pairs = read_pair_file(data) if data is not None else self.splits["test"]
+        if not pairs:
+            raise ValueError(
+                'no test questions: pass --data, a JSONL file of {"question", "answer"} lines'
+            )
+        return choose_pairs(pairs, n, seed)
+
+    def comparison(self) -> Comparison:
+        from .arithmetic_report import ArithmeticComparison
+
+        return ArithmeticComparison()

@@ -15,6 +15,7 @@ import json
 import os
 import random
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -195,7 +196,28 @@ def train_bpe_tokenizer(
     )
 
 
-def cut_pairs(
+@dataclass(frozen=True)
+class Window:
+    """One prompt/completion window of a document, as token ids (no special tokens).
+
+    ``final``: the completion ends where the document ends, so ``<eos>`` follows it; a
+    window cut from the middle of a document is not final (a row built from it has no
+    ``<eos>`` and bootstraps from the value of its last state).
+    """
+
+    prompt: list[int]
+    completion: list[int]
+    final: bool
+
+    def texts(self, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+        """``(prompt, completion)`` decoded back to text."""
+        options = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+        return tokenizer.decode(self.prompt, **options), tokenizer.decode(
+            self.completion, **options
+        )
+
+
+def cut_windows(
     tokenizer: PreTrainedTokenizerBase,
     documents: Iterable[str],
     *,
@@ -203,15 +225,15 @@ def cut_pairs(
     completion_tokens: int = 64,
     n: int | None = None,
     seed: int = 0,
-) -> list[tuple[str, str]]:
-    """(prompt, completion) texts from consecutive, non-overlapping windows of
-    ``prompt_tokens + completion_tokens`` tokens of each document (a trailing partial window
-    is dropped). The completion starts with the token right after the prompt; both are decoded
-    back to text. With ``n``, a seeded random subset of ``n`` windows (all if fewer), kept in
-    document-then-position order. Raises ValueError if no document is long enough.
+) -> list[Window]:
+    """Consecutive, non-overlapping windows of ``prompt_tokens + completion_tokens`` tokens of
+    each document; the document's tail after its last complete window is one more, shorter
+    window when it has more than ``prompt_tokens`` tokens. A window that ends where its
+    document ends is ``final``; every other one was cut from the middle of a text.
 
-    With a byte-level tokenizer, re-encoding a completion on its own gives back its tokens in
-    almost every window (a word split across the prompt boundary can re-merge differently).
+    With ``n``, a seeded random subset of ``n`` windows (all if fewer), kept in
+    document-then-position order. Raises ValueError if no document has more than
+    ``prompt_tokens`` tokens.
     """
     if prompt_tokens < 1 or completion_tokens < 1:
         raise ValueError(
@@ -222,21 +244,49 @@ def cut_pairs(
         raise ValueError(f"n must be >= 0 or None, got {n}")
     encoded = _encode_documents(tokenizer, documents)
     window = prompt_tokens + completion_tokens
-    starts = [
-        (doc, start) for doc, ids in enumerate(encoded) for start in _starts(len(ids), window)
+    spans = [
+        (doc, start, end)
+        for doc, ids in enumerate(encoded)
+        for start, end in _spans(len(ids), window, prompt_tokens)
     ]
-    if not starts:
+    if not spans:
         longest = max((len(ids) for ids in encoded), default=0)
         raise ValueError(
-            f"no document has {window} tokens (prompt_tokens {prompt_tokens} + completion_tokens "
-            f"{completion_tokens}); the longest of {len(encoded)} documents has {longest} tokens"
+            f"no document has more than prompt_tokens ({prompt_tokens}) tokens; the longest "
+            f"of {len(encoded)} documents has {longest} tokens"
         )
-    if n is not None and n < len(starts):
-        picked = random.Random(seed).sample(range(len(starts)), n)
-        starts = [starts[i] for i in sorted(picked)]
+    if n is not None and n < len(spans):
+        picked = random.Random(seed).sample(range(len(spans)), n)
+        spans = [spans[i] for i in sorted(picked)]
     return [
-        _decode_pair(tokenizer, encoded[doc][s : s + window], prompt_tokens) for doc, s in starts
+        Window(
+            prompt=list(encoded[doc][start : start + prompt_tokens]),
+            completion=list(encoded[doc][start + prompt_tokens : end]),
+            final=end == len(encoded[doc]),
+        )
+        for doc, start, end in spans
     ]
+
+
+def cut_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    documents: Iterable[str],
+    *,
+    prompt_tokens: int = 32,
+    completion_tokens: int = 64,
+    n: int | None = None,
+    seed: int = 0,
+) -> list[tuple[str, str]]:
+    """(prompt, completion) texts of :func:`cut_windows` (same windows, same arguments).
+
+    With a byte-level tokenizer, re-encoding a completion on its own gives back its tokens in
+    almost every window (a word split across the prompt boundary can re-merge differently).
+    """
+    windows = cut_windows(
+        tokenizer, documents, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        n=n, seed=seed,
+    )  # fmt: skip
+    return [window.texts(tokenizer) for window in windows]
 
 
 def _encode_documents(
@@ -249,17 +299,11 @@ def _encode_documents(
     return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
 
-def _starts(length: int, window: int) -> range:
-    """Start offsets of the complete, non-overlapping windows in a sequence of ``length``."""
-    return range(0, length - window + 1, window)
-
-
-def _decode_pair(
-    tokenizer: PreTrainedTokenizerBase, ids: list[int], prompt_tokens: int
-) -> tuple[str, str]:
-    """Decode one window into (prompt text, completion text)."""
-    options = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
-    return (
-        tokenizer.decode(ids[:prompt_tokens], **options),
-        tokenizer.decode(ids[prompt_tokens:], **options),
-    )
+def _spans(length: int, window: int, prompt_tokens: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of the complete, non-overlapping windows of a sequence of ``length``,
+    then of its tail when the tail holds more than ``prompt_tokens`` tokens."""
+    spans = [(start, start + window) for start in range(0, length - window + 1, window)]
+    tail = spans[-1][1] if spans else 0
+    if length - tail > prompt_tokens:
+        spans.append((tail, length))
+    return spans

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..core.actions import Batch, NoiseSource, augment_with_noise, collate
 from ..core.backspace import check_backspace_support
-from ..core.examples import Example, special_ids
+from ..core.examples import Example, longest_completion, special_ids
 from ..core.files import atomic_write_text
 from ..core.forward import state_logits, verify_layout_once
 from ..core.objectives import mle_loss, sequencematch_loss, weight_total
@@ -122,6 +122,7 @@ class Trainer:
             )
         self.run_dir = Path(config.output_dir)
         self.train_examples = train
+        self.sample_length = config.sample_length(longest_completion(train))
         self.evaluate = evaluate
         self.model_files = dict(model_files or {})
         self.step = 0
@@ -306,7 +307,7 @@ class Trainer:
                 self.model,
                 [self.train_examples[i].prompt for i in mine],
                 bkspc_id=self.bkspc_id,
-                max_new_tokens=config.sample_length(),
+                max_new_tokens=self.sample_length,
                 do_sample=config.sample_temperature > 0,
                 temperature=config.sample_temperature or 1.0,
                 eos_token_id=self.eos_id,

@@ -1,0 +1,87 @@
+"""Tasks by name: the built-in ones, the ones a user registers, and ``module:Class`` paths.
+
+A user's own task is a :class:`~sequencematch.tasks.base.Task` subclass. Register it
+(``register_task(MyTask)``) and name it in a configuration (``task: my-task``), write its
+import path (``task: my_package.tasks:MyTask``, which the command line can use too), or
+pass an instance from Python (``prepare_run(config, task=MyTask(options))``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from .base import Task, TaskOptions
+
+_BUILTIN = {
+    "arithmetic": ("sequencematch.tasks.arithmetic_task", "ArithmeticTask"),
+    "jsonl": ("sequencematch.tasks.jsonl_task", "JsonlTask"),
+    "text": ("sequencematch.tasks.text_task", "TextTask"),
+}
+_REGISTERED: dict[str, type[Task]] = {}
+
+
+def register_task(task_class: type[Task], name: str | None = None) -> type[Task]:
+    """Make ``task_class`` available under ``name`` (default: its ``name`` attribute);
+    usable as a class decorator. Refuses a name already taken by another class."""
+    if not (isinstance(task_class, type) and issubclass(task_class, Task)):
+        raise ValueError(f"{task_class!r} is not a subclass of sequencematch.tasks.base.Task")
+    key = name or task_class.name
+    if not key:
+        raise ValueError(f"{task_class.__name__} has no name: set its name attribute or pass one")
+    taken = _REGISTERED.get(key)
+    if key in _BUILTIN or (taken is not None and taken is not task_class):
+        raise ValueError(f"a task named {key!r} exists already; register this one under another")
+    _REGISTERED[key] = task_class
+    return task_class
+
+
+def task_names() -> list[str]:
+    """Names of the built-in and registered tasks."""
+    return [*_BUILTIN, *_REGISTERED]
+
+
+def task_class(name: str) -> type[Task]:
+    """The task class called ``name``: built-in, registered, or a ``module:Class`` path."""
+    if name in _BUILTIN:
+        module, attribute = _BUILTIN[name]
+        return getattr(importlib.import_module(module), attribute)
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if ":" in name:
+        module, _, attribute = name.partition(":")
+        try:
+            found = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"cannot import task {name!r}: {error}") from None
+        if not (isinstance(found, type) and issubclass(found, Task)):
+            raise ValueError(f"{name} is not a subclass of sequencematch.tasks.base.Task")
+        return found
+    raise ValueError(
+        f"unknown task {name!r}; choose one of {', '.join(task_names())}, or give a task "
+        "class as module:Class"
+    )
+
+
+def task_reference(task: type[Task]) -> str:
+    """How a saved model names its task: the name it is built in or registered under, else
+    its import path ``module:Class`` (so that loading the model finds the class again)."""
+    for name in (task.name, *_REGISTERED):
+        if name and (_BUILTIN.get(name) == (task.__module__, task.__qualname__)
+                     or _REGISTERED.get(name) is task):  # fmt: skip
+            return name
+    return f"{task.__module__}:{task.__qualname__}"
+
+
+def build_task(name: str, options: TaskOptions) -> Task:
+    """An instance of the task called ``name`` for these options."""
+    return task_class(name)(options)
+
+
+def task_from_info(info: Mapping[str, Any]) -> Task:
+    """The task a saved model's ``task.json`` describes."""
+    name = info.get("task")
+    if not isinstance(name, str) or not name:
+        raise ValueError("task.json names no task (expected a 'task' entry)")
+    return task_class(name).from_info(info)
