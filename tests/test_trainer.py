@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sequencematch.apps.setup import prepare_run
+from sequencematch.core.examples import Example
+from sequencematch.core.sampling import generate
+from sequencematch.core.traces import trace_statistics
 from sequencematch.models.backspace import add_backspace
+from sequencematch.models.presets import char_tokenizer, tiny_model
 from sequencematch.training.checkpoints import CheckpointError, latest_checkpoint
 from sequencematch.training.config import TrainConfig
 from sequencematch.training.model_noise import model_noise_sources
@@ -115,33 +120,83 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_sequencematch_learns_to_backspace_on_noisy_prefixes(tmp_path):
-    """SequenceMatch on noise-augmented data lowers its loss and deletes wrong tokens more
-    readily than an MLE model trained with the same compute."""
-    common = dict(steps=40, n_train=128, difficulty=[2.0, 4.0], lr=1e-2, log_every=1,
-                  hidden_size=48, refresh_every=10)  # fmt: skip
-    mle = run(small_config(tmp_path, "mle", method="mle", p_noise=0.0, **common))
-    sm = run(small_config(tmp_path, "sm", method="sequencematch", p_noise=0.25, alpha=1.0,
-                          mle_warmup_steps=0, **common))  # fmt: skip
-    lines = (Path(sm.config.output_dir) / "metrics.jsonl").read_text().splitlines()
-    losses = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+def counting_task(seed: int) -> tuple:
+    """A task a tiny model learns in tens of steps: ``"start+stride"`` -> the next six digits
+    (mod 10). A fresh tokenizer each call: training adds ``<bkspc>`` to it."""
+    tokenizer = char_tokenizer("0123456789+")
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(200):
+        start, stride = rng.randrange(10), rng.choice((1, 2, 3))
+        digits = "".join(str((start + stride * (i + 1)) % 10) for i in range(6))
+        prompt = tokenizer(f"{start}+{stride}", add_special_tokens=False).input_ids
+        completion = tokenizer(digits, add_special_tokens=False).input_ids
+        examples.append(
+            Example([tokenizer.bos_token_id, *prompt], [*completion, tokenizer.eos_token_id])
+        )
+    return tokenizer, examples
 
-    def bkspc_probability(trainer) -> float:
-        model, bk = trainer.model.eval(), trainer.bkspc_id
-        probabilities = []
-        for example in trainer.train_examples[:32]:
-            correct = example.completion[0]
-            wrong = (correct + 1) if correct + 1 < bk else correct - 1  # a different token
-            state = torch.tensor([example.prompt + [wrong]])
-            with torch.no_grad():
-                logits = model(input_ids=state).logits[0, -1]
-            probabilities.append(logits.softmax(-1)[bk].item())
-        return sum(probabilities) / len(probabilities)
 
-    mle_bk = mle.bkspc_id
-    assert mle_bk is not None  # the MLE model has the action, but never saw it used
-    assert bkspc_probability(sm) > bkspc_probability(mle) + 0.05
+def deletions_under_forced_noise(trainer: Trainer, examples: list[Example]) -> tuple[float, float]:
+    """Greedy answers with a random digit forced at each step with probability 0.2.
+
+    Returns the fraction of forced digits that the model deletes again (the recovery measure
+    of the demo, docs/RESULTS.md) and the fraction of right digits (on the path of the
+    answer) that it deletes right away, which a model that deletes everything would fail."""
+    digits = trainer.tokenizer("0123456789", add_special_tokens=False).input_ids
+    output = generate(
+        trainer.model, [e.prompt for e in examples[:100]], bkspc_id=trainer.bkspc_id,
+        max_new_tokens=8, do_sample=False, eos_token_id=trainer.eos_id, noise_prob=0.2,
+        noise_token_ids=digits, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    right = right_deleted = 0
+    for actions, example in zip(output.actions, examples, strict=False):
+        visible: list[int] = []
+        for index, action in enumerate(actions):
+            if action == trainer.bkspc_id:
+                visible.pop()
+                continue
+            depth = len(visible)
+            if visible == example.completion[:depth] and action == example.completion[depth]:
+                right += 1
+                right_deleted += actions[index + 1 : index + 2] == [trainer.bkspc_id]
+            visible.append(action)
+    stats = trace_statistics(output.actions, output.forced, trainer.bkspc_id)
+    return stats.forced_deleted_rate, right_deleted / right
+
+
+def test_sequencematch_deletes_forced_tokens_more_than_mle_bkspc_on_the_same_noisy_data(
+    tmp_path,
+):
+    """Same model, same noise-augmented data batches (uniform noise, p 0.2), same 80 steps:
+    SequenceMatch with its defaults (regularised warm-up, then its own samples) deletes more
+    of the wrong digits forced into its answers than MLE+<bkspc>, without deleting right
+    digits wholesale. Margins (SM - MLE+<bkspc>, forced digits deleted) for seeds 0-7:
+    +0.28, +0.10, +0.14, +0.13, -0.01, +0.23, +0.12, +0.13. At this size SequenceMatch also
+    deletes more right digits (0.01-0.07 of them, against 0.00-0.03) and is less accurate
+    without noise on most seeds: this shows more recovery, not better answers."""
+    common = dict(steps=80, p_noise=0.2, lr=1e-2, seed=0, batch_size=16, model_batch_size=8,
+                  samples_per_refresh=16, replay_size=32, refresh_every=5, max_new_tokens=8,
+                  warmup_steps=5, log_every=10, save_every=0, progress=False)  # fmt: skip
+
+    def train(method: str) -> tuple[Trainer, list[Example]]:
+        tokenizer, examples = counting_task(0)
+        torch.manual_seed(0)
+        model = tiny_model("tiny_llama", tokenizer, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=2,
+                           intermediate_size=128)  # fmt: skip
+        config = TrainConfig(output_dir=str(tmp_path / method), method=method, **common)
+        trainer = Trainer(config, model, tokenizer, examples)
+        trainer.train()
+        return trainer, examples
+
+    mle, examples = train("mle")
+    sm, _ = train("sequencematch")
+    assert mle._data_rows(7) == sm._data_rows(7)  # the same noisy data
+    mle_forced, _ = deletions_under_forced_noise(mle, examples)
+    sm_forced, sm_right = deletions_under_forced_noise(sm, examples)
+    assert sm_forced > mle_forced + 0.1
+    assert sm_right < 0.15
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
