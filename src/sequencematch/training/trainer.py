@@ -248,8 +248,10 @@ class Trainer:
 
     def _model_noise(self, examples: list[Example], step: int) -> list[ModelSampleNoise]:
         """One no-grad pass (eval mode) over the clean rows; wrong tokens sampled on device."""
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(hash((self.config.seed, "model-noise", step)) % (2**63))
+        generator = torch.Generator(device=self.device)  # the same on every process
+        generator.manual_seed(
+            random.Random(f"{self.config.seed}-model-noise-{step}").getrandbits(63)
+        )
         return model_noise_sources(
             self.model, examples, pad_id=self.pad_id, vocab_size=self.vocab_size,
             exclude=[*special_ids(self.tokenizer), self.bkspc_id],
