@@ -309,6 +309,37 @@ def test_model_sample_noise_samples_the_model_in_eval_mode(tmp_path):
     assert tuple(sources[0].samples.shape) == (len(example.prompt) + len(example.completion), 3)
 
 
+def test_model_noise_never_draws_the_correct_or_an_excluded_token(tmp_path):
+    config = small_config(tmp_path, "run", steps=1, method="mle", noise_source="model")
+    trainer = make_trainer(config)
+    examples = trainer._data_examples(1)
+    eos, bkspc = trainer.eos_id, trainer.bkspc_id
+    boosted = {"ids": [eos]}
+
+    def prefer(module, inputs, output):
+        output = output.clone()
+        output[..., boosted["ids"]] += 30.0
+        return output
+
+    trainer.model.get_output_embeddings().register_forward_hook(prefer)
+    kwargs = dict(pad_id=trainer.pad_id, vocab_size=trainer.vocab_size, max_run=2)
+    sources = model_noise_sources(trainer.model, examples, exclude=[eos, bkspc], **kwargs)
+    assert all(eos not in source.samples.flatten().tolist() for source in sources)
+    # a token the model prefers everywhere is drawn, except where it is the correct next one
+    favourite = examples[0].completion[0]
+    boosted["ids"] = [favourite]
+    sources = model_noise_sources(trainer.model, examples, exclude=[eos, bkspc], **kwargs)
+    for example, source in zip(examples, sources, strict=True):
+        row = [*example.prompt, *example.completion]
+        for state in range(len(example.prompt) - 1, len(row) - 1):
+            first, later = source.samples[state].tolist()
+            assert later == favourite
+            assert (first == favourite) == (row[state + 1] != favourite)
+    everything_but = [i for i in range(trainer.vocab_size) if i != favourite]
+    with pytest.raises(ValueError, match="no allowed wrong token"):
+        model_noise_sources(trainer.model, examples, exclude=everything_but, **kwargs)
+
+
 def test_model_rows_reach_the_loss_and_receive_gradient(tmp_path):
     """In the SequenceMatch phase every step's forward holds the data rows and then the
     replayed model rows, and the loss sends gradient into the model rows' logits."""
