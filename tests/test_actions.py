@@ -116,19 +116,14 @@ def test_collate_pads_and_marks_expert_actions():
     assert isinstance(batch.to("cpu").sequences, torch.Tensor)
 
 
-def test_model_sample_noise_follows_the_model_at_the_right_state():
+def test_model_sample_noise_reads_the_sample_of_the_right_state():
     from sequencematch.training.model_noise import ModelSampleNoise
 
-    probabilities = torch.zeros(4, 6)  # clean row [1, 2, 3, 4]: states after each element
-    probabilities[0, 5] = 1.0  # after [1]: the model wants 5
-    probabilities[1, 3] = 0.9  # after [1, 2]: wants 3 (the data token) ...
-    probabilities[1, 4] = 0.1  # ... or 4
-    probabilities[2, 0] = 1.0  # after [1, 2, 3]: only an excluded token
-    source = ModelSampleNoise(probabilities, [1, 2, 3, 4], exclude=[0])
+    # samples[t, k]: the k-th wrong token of a run inserted after element t of [1, 2, 3, 4]
+    samples = torch.tensor([[5, 6], [4, 7], [8, 9], [0, 0]])
+    source = ModelSampleNoise(samples, [1, 2, 3, 4])
     rng = random.Random(0)
-    assert source([1], 2, rng) == 5
-    assert {source([1, 2], 3, rng) for _ in range(50)} == {4}  # never the correct token
-    # inside a run the run's first state is reused; any token is wrong there
-    assert {source([1, 2, 5], -1, rng) for _ in range(100)} == {3, 4}
-    with pytest.raises(ValueError, match="no probability"):
-        source([1, 2, 3], 4, rng)
+    assert source([1], 2, rng) == 5  # the state after [1]
+    assert source([1, 2], 3, rng) == 4  # the state after [1, 2]
+    # inside a run the run's first state is reused, with the run's next sample
+    assert source([1, 2, 4], -1, rng) == 7

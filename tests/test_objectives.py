@@ -14,6 +14,7 @@ from sequencematch.core.objectives import (
     get_phi,
     mle_loss,
     sequencematch_loss,
+    training_loss,
     transitions,
     weight_total,
 )
@@ -828,3 +829,73 @@ def test_shards_with_whole_batch_totals_sum_to_the_whole_loss(divergence):
         mle_sum = mle_sum + mle_loss(d_logits, d_batch, bkspc, gamma, total=totals[0])
     assert torch.allclose(shard_sum, whole.loss, atol=1e-12)
     assert torch.allclose(mle_sum, mle_loss(data_logits, data, bkspc, gamma), atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# training_loss: the combination a training step minimises
+# --------------------------------------------------------------------------------------
+
+
+def _loss_inputs():
+    data, model = make_batch(DATA_ROWS), make_batch(MODEL_ROWS)
+    return random_logits(data, seed=1), data, random_logits(model, seed=2), model
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_training_loss_mixes_mle_and_sequencematch_linearly(weight):
+    data_logits, data, model_logits, model = _loss_inputs()
+    kwargs = dict(divergence="chi2", gamma=0.9, alpha=0.7, beta=0.4)
+    terms = training_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=weight,
+                          **kwargs)  # fmt: skip
+    mle = mle_loss(data_logits, data, BK, 1.0)
+    sm = sequencematch_loss(data_logits, data, model_logits, model, BK, EOS, **kwargs)
+    assert num(terms.mle) == pytest.approx(num(mle), abs=1e-12)
+    assert num(terms.loss) == pytest.approx((1 - weight) * num(mle) + weight * num(sm.loss))
+    if weight == 0.0:  # MLE alone: the SequenceMatch terms are not even computed
+        assert num(terms.imitation) == num(terms.value) == num(terms.regulariser) == 0.0
+        assert terms.v_mean is None and set(terms.as_dict()) == {
+            "loss", "mle", "imitation", "value", "regulariser"
+        }  # fmt: skip
+    else:
+        assert num(terms.regulariser) == pytest.approx(num(sm.regulariser))
+        assert num(terms.r_std) == pytest.approx(num(sm.r_std))
+        assert not terms.as_dict()["r_mean"].requires_grad
+
+
+def test_training_loss_without_model_rows_is_the_data_only_objective():
+    data_logits, data, _, _ = _loss_inputs()
+    terms = training_loss(data_logits, data, None, None, BK, EOS, sm_weight=0.5, beta=0.2)
+    data_only = sequencematch_loss(data_logits, data, None, None, BK, EOS, beta=1.0, alpha=1.0)
+    mle = mle_loss(data_logits, data, BK, 1.0)
+    assert num(terms.loss) == pytest.approx(0.5 * num(mle) + 0.5 * num(data_only.loss))
+
+
+def test_model_rows_get_gradient_through_the_training_loss():
+    data_logits, data, model_logits, model = _loss_inputs()
+    training_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=0.5).loss.backward()
+    assert model_logits.grad is not None and model_logits.grad.abs().sum() > 0
+    model_logits.grad = None
+    training_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=0.0).loss.backward()
+    assert model_logits.grad is None  # MLE never reads model rows
+
+
+def test_training_loss_micro_batches_sum_to_the_whole_step():
+    data_logits, data, model_logits, model = _loss_inputs()
+    gamma = 0.9
+    kwargs = dict(sm_weight=0.6, gamma=gamma, alpha=0.8, beta=0.5)
+    whole = training_loss(data_logits, data, model_logits, model, BK, EOS, **kwargs)
+    totals = (weight_total(data, 1.0), weight_total(data, gamma), weight_total(model, gamma))
+    parts = 0.0
+    for d_rows, m_rows in ((slice(0, 1), slice(0, 2)), (slice(1, 4), slice(2, 3))):
+        d_batch, m_batch = make_batch(DATA_ROWS[d_rows]), make_batch(MODEL_ROWS[m_rows])
+        d_logits = data_logits[d_rows, : d_batch.sequences.shape[1]]
+        m_logits = model_logits[m_rows, : m_batch.sequences.shape[1]]
+        parts = parts + training_loss(d_logits, d_batch, m_logits, m_batch, BK, EOS,
+                                      totals=totals, **kwargs).loss  # fmt: skip
+    assert num(parts) == pytest.approx(num(whole.loss), abs=1e-10)
+
+
+def test_training_loss_refuses_a_weight_outside_zero_one():
+    data_logits, data, _, _ = _loss_inputs()
+    with pytest.raises(ValueError, match="sm_weight must lie in"):
+        training_loss(data_logits, data, None, None, BK, EOS, sm_weight=1.5)

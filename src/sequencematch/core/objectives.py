@@ -458,3 +458,88 @@ def sequencematch_loss(
         r_data_mean=r_parts[0].mean(),
         r_model_mean=r_parts[1].mean() if len(r_parts) > 1 else nan,
     )
+
+
+# --------------------------------------------------------------------------------------
+# The training loss: MLE and SequenceMatch combined
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingLoss:
+    """``loss = (1 - w) * mle + w * (imitation + value + regulariser)`` and its parts.
+
+    The SequenceMatch terms are zero when ``w = 0`` (they are not computed then); the
+    statistics ``v_mean``, ``r_mean`` and ``r_std`` are ``None`` then.
+    """
+
+    loss: torch.Tensor
+    mle: torch.Tensor
+    imitation: torch.Tensor
+    value: torch.Tensor
+    regulariser: torch.Tensor
+    v_mean: torch.Tensor | None = None
+    r_mean: torch.Tensor | None = None
+    r_std: torch.Tensor | None = None
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """The terms by name; statistics detached, and left out when not computed."""
+        terms = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            name: value if name in ("loss", "mle", "imitation", "value", "regulariser")
+            else value.detach()
+            for name, value in terms.items()
+            if value is not None
+        }  # fmt: skip
+
+
+def training_loss(
+    data_logits: torch.Tensor,
+    data: Batch,
+    model_logits: torch.Tensor | None,
+    model: Batch | None,
+    bkspc_id: int | None,
+    eos_id: int | None,
+    *,
+    sm_weight: float,
+    divergence: str = "chi2",
+    gamma: float = 0.998,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+    totals: tuple[float | None, float | None, float | None] | None = None,
+) -> TrainingLoss:
+    """The loss a training step minimises: ``(1 - w) * MLE + w * L_SM`` with ``w = sm_weight``.
+
+    ``MLE`` is :func:`mle_loss` on the data rows (``gamma = 1``: the plain per-action mean);
+    ``L_SM`` is :func:`sequencematch_loss` on the data rows and, when given, the model rows
+    (without them: the data-only objective, ``beta = 1``). With ``w = 1 - lambda_mle`` this is
+    SPEC section 4's ``lambda_mle * L_MLE + (1 - lambda_mle) * L_SM``; ``w = 0`` is MLE alone.
+
+    ``totals``: ``(mle_total, data_total, model_total)`` normalisers of the whole step when
+    these rows are one micro-batch of it (:func:`weight_total`; gamma 1 for the first).
+
+    Raises:
+        ValueError: ``sm_weight`` outside ``[0, 1]``, or whatever the two losses refuse.
+    """
+    if not (isinstance(sm_weight, (int, float)) and 0.0 <= sm_weight <= 1.0):
+        raise ValueError(f"sm_weight must lie in [0, 1], got {sm_weight!r}")
+    mle_total, data_total, model_total = (None, None, None) if totals is None else totals
+    mle = mle_loss(data_logits, data, bkspc_id, 1.0, total=mle_total)
+    if sm_weight == 0.0:
+        zero = torch.zeros((), dtype=mle.dtype, device=mle.device)
+        return TrainingLoss(mle, mle, zero, zero, zero)
+    terms = sequencematch_loss(
+        data_logits, data, model_logits, model, bkspc_id, eos_id, divergence=divergence,
+        gamma=gamma, alpha=alpha, beta=beta if model is not None else 1.0,
+        totals=(data_total, model_total),
+    )  # fmt: skip
+    return TrainingLoss(
+        loss=(1.0 - sm_weight) * mle + sm_weight * terms.loss,
+        mle=mle,
+        imitation=terms.imitation,
+        value=terms.value,
+        regulariser=terms.regulariser,
+        v_mean=terms.v_mean.detach(),
+        r_mean=terms.r_mean.detach(),
+        r_std=terms.r_std.detach(),
+    )

@@ -114,6 +114,7 @@ def generate(
     noise_token_ids: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     block_deleted: bool | None = None,
+    vocab_size: int | None = None,
 ) -> GenerationOutput:
     """Generate with backtracking: sample (or pick greedily) a token or ``<bkspc>`` per step.
 
@@ -137,6 +138,10 @@ def generate(
             on for greedy decoding, where returning to a state would otherwise repeat the
             same choice and loop insert/delete until ``max_steps``; off for sampling, so
             samples follow the model's policy exactly. Forced noise ignores it.
+        vocab_size: actions are the ids below this (default: every row of the model's
+            embedding matrix). Pass the tokenizer's length for a model whose embedding
+            matrix is padded beyond it: the padding rows' logits are then never sampled,
+            never forced as noise and never part of the policy's normaliser.
     """
     _check_arguments(max_new_tokens, temperature, top_p, noise_prob)
     check_backspace_support(model)
@@ -146,7 +151,15 @@ def generate(
     if any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("every prompt needs at least one token (prepend a BOS token)")
     embeddings = model.get_input_embeddings().weight
-    device, vocab_size = embeddings.device, embeddings.shape[0]
+    device, rows = embeddings.device, embeddings.shape[0]
+    if vocab_size is None:
+        vocab_size = rows
+    if not 0 < vocab_size <= rows:
+        raise ValueError(
+            f"vocab_size {vocab_size} must lie in [1, {rows}] (the embedding matrix's rows)"
+        )
+    if bkspc_id is not None and not 0 <= bkspc_id < vocab_size:
+        raise ValueError(f"bkspc_id {bkspc_id} lies outside the vocabulary of size {vocab_size}")
     if any(not 0 <= token < vocab_size for prompt in prompts for token in prompt):
         raise ValueError(f"a prompt holds a token id outside the vocabulary of size {vocab_size}")
     if bkspc_id is not None and any(bkspc_id in prompt for prompt in prompts):
@@ -163,7 +176,7 @@ def generate(
         return _run(
             model, prompts, device, bkspc_id, eos_ids, max_new_tokens, max_steps,
             do_sample, temperature, top_k, top_p, noise_prob, noise_pool, generator,
-            (not do_sample) if block_deleted is None else block_deleted,
+            (not do_sample) if block_deleted is None else block_deleted, vocab_size,
         )  # fmt: skip
     finally:
         model.train(was_training)
@@ -247,6 +260,7 @@ def _run(
     noise_pool: torch.Tensor | None,
     generator: torch.Generator | None,
     block_deleted: bool,
+    vocab_size: int,
 ) -> GenerationOutput:
     batch = len(prompts)
     rows = torch.arange(batch, device=device)
@@ -268,7 +282,7 @@ def _run(
         use_cache=True,
         **cache_argument,
     )
-    logits = _upcast(output.logits[rows, prompt_lengths - 1])  # [B, V]
+    logits = _upcast(output.logits[rows, prompt_lengths - 1, :vocab_size])  # [B, V]
 
     # The visible stack of each row: its tokens and the cache slots of their originals.
     alive = torch.zeros(batch, capacity, dtype=torch.bool, device=device)  # [B, C]
@@ -346,7 +360,7 @@ def _run(
             use_cache=True,
             **cache_argument,
         )
-        logits = _upcast(output.logits[:, -1])  # [B, V]
+        logits = _upcast(output.logits[:, -1, :vocab_size])  # [B, V]
         slot += 1
 
     sequences = [

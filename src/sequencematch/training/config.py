@@ -19,6 +19,8 @@ import yaml
 METHODS = ("mle", "sequencematch")
 NOISE_SOURCES = ("uniform", "unigram", "task", "model")
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "per_phase")
+REPLAY_DRAWS = ("uniform", "fresh")
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -81,22 +83,37 @@ class TrainConfig:
     noise_in_loss: bool = _field(False, "also train on the inserted wrong tokens (BC reading)")
     divergence: str = _field("chi2", "chi2, kl, reverse_kl, js, hellinger or tv")
     gamma: float = _field(0.998, "discount of the occupancy measure")
-    alpha: float = _field(0.01, "chi2 regulariser scale: larger alpha, weaker regulariser")
+    alpha: float = _field(
+        1.0, "chi2 regulariser scale: larger alpha, weaker regulariser (0.01 lets it dominate)"
+    )
     beta: float = _field(0.5, "weight of data transitions in the mixture (1 - beta: model)")
     lambda_mle: float = _field(0.5, "weight of the MLE loss in the total after warm-up")
-    mle_warmup_steps: int = _field(0, "MLE-only steps before SequenceMatch starts")
+    mle_warmup_steps: int | None = _field(
+        None, "warm-up steps before model samples join (unset: mle_warmup_fraction of steps)"
+    )
+    mle_warmup_fraction: float = _field(
+        0.66, "warm-up length as a fraction of steps when mle_warmup_steps is unset"
+    )
     regularise_warmup: bool = _field(
-        False,
+        True,
         "sequencematch: train the warm-up on the data-only objective (MLE plus the chi2 "
-        "regulariser on data), so logit levels start where SequenceMatch wants them",
+        "regulariser on data), so logit levels start where SequenceMatch wants them; false: "
+        "plain MLE warm-up",
     )
     sm_ramp_steps: int = _field(
-        0, "steps over which the SequenceMatch weight rises to 1-lambda_mle"
+        0, "steps over which the SequenceMatch weight rises to 1-lambda_mle after a plain warm-up"
     )
     # model samples (replay buffer)
-    refresh_every: int = _field(50, "steps between refills of the replay buffer")
+    refresh_every: int = _field(25, "steps between refills of the replay buffer")
     samples_per_refresh: int = _field(64, "sequences sampled from the model per refill")
-    replay_size: int = _field(256, "sequences kept in the replay buffer (newest first out last)")
+    replay_size: int = _field(
+        256, "sequences kept in the replay buffer; when it is full the oldest leave first"
+    )
+    replay_draw: str = _field(
+        "uniform",
+        "how each step picks its model rows: uniform (over the whole buffer, with "
+        "replacement) or fresh (without replacement, newest refill first)",
+    )
     model_batch_size: int = _field(16, "model-sampled sequences per step")
     sample_temperature: float = _field(1.0, "temperature of the refills (0: greedy)")
     max_new_tokens: int = _field(
@@ -111,6 +128,11 @@ class TrainConfig:
     lr: float = _field(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = _field(0.01, "AdamW weight decay")
     warmup_steps: int = _field(50, "linear learning-rate warm-up steps")
+    lr_schedule: str = _field(
+        "cosine",
+        "cosine (one warm-up and cosine over all steps) or per_phase (warm-up and cosine "
+        "restarted when SequenceMatch starts)",
+    )
     min_lr_ratio: float = _field(0.1, "final learning rate as a fraction of lr (cosine)")
     clip_grad: float = _field(1.0, "gradient-norm clip (0: none)")
     precision: str = _field("fp32", "fp32, bf16 (CPU/GPU autocast) or fp16 (GPU only)")
@@ -130,6 +152,16 @@ class TrainConfig:
         if longest_completion is None:
             return self.max_completion_tokens
         return max(1, min(longest_completion, self.max_completion_tokens))
+
+    def mle_warmup(self) -> int:
+        """Steps before model samples join: ``mle_warmup_steps``, or ``mle_warmup_fraction``
+        of ``steps`` when it is unset (so the warm-up scales with the run; changing ``steps``
+        on resume moves it). 0 for method ``mle``, which never samples."""
+        if self.method == "mle":
+            return 0
+        if self.mle_warmup_steps is not None:
+            return self.mle_warmup_steps
+        return round(self.mle_warmup_fraction * self.steps)
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field and what to change; return ``self``."""
@@ -164,7 +196,16 @@ class TrainConfig:
         need(self.log_every >= 1, "log_every must be at least 1")
         need(self.save_every >= 0 and self.eval_every >= 0, "save_every/eval_every must be >= 0")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
-        need(self.mle_warmup_steps >= 0, "mle_warmup_steps must be >= 0")
+        need(
+            self.mle_warmup_steps is None or self.mle_warmup_steps >= 0,
+            "mle_warmup_steps must be >= 0 (or unset: mle_warmup_fraction of steps)",
+        )
+        need(
+            0.0 <= self.mle_warmup_fraction <= 1.0,
+            f"mle_warmup_fraction must lie in [0, 1], got {self.mle_warmup_fraction}",
+        )
+        need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}")
+        need(self.replay_draw in REPLAY_DRAWS, f"replay_draw must be one of {REPLAY_DRAWS}")
         need(self.sm_ramp_steps >= 0, "sm_ramp_steps must be >= 0")
         need(self.sample_temperature >= 0, "sample_temperature must be >= 0 (0: greedy)")
         need(self.vocab_size >= 300, "vocab_size must be at least 300 (256 bytes + merges)")
@@ -256,8 +297,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             )
         elif isinstance(default, list):
             parser.add_argument(*flags, type=float, nargs=2, default=None, help=help_text)
-        elif default is None:
-            parser.add_argument(*flags, default=None, help=help_text)
+        elif default is None:  # optional: the type named in the annotation ("int | None")
+            kind = {"int": int, "float": float}.get(str(item.type).split(" |")[0], str)
+            parser.add_argument(*flags, type=kind, default=None, help=help_text)
         else:
             parser.add_argument(*flags, type=type(default), default=None, help=help_text)
 

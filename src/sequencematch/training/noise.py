@@ -21,7 +21,15 @@ def build_noise_source(
 ) -> NoiseSource:
     """The noise source named in the configuration (``uniform``, ``unigram`` or ``task``);
     special tokens and ``exclude`` (e.g. ``<bkspc>``) are never drawn. ``task`` is the
-    task's own source of plausible mistakes, ``task_noise``, which the task provides."""
+    task's own source of plausible mistakes, ``task_noise``, which the task provides.
+
+    ``vocab_size`` is the number of valid ids, ``len(tokenizer)``: only ids below it are drawn,
+    never the padding rows of an embedding matrix padded beyond the tokenizer."""
+    if vocab_size > len(tokenizer):
+        raise ValueError(
+            f"vocab_size {vocab_size} exceeds the tokenizer's {len(tokenizer)} entries: pass "
+            "len(tokenizer) so that padding rows of the embedding matrix are never noise"
+        )
     excluded = sorted({*special_ids(tokenizer), *exclude})
     if kind == "uniform":
         return UniformNoise(vocab_size, exclude=excluded)

@@ -1,4 +1,8 @@
-"""The training loop: MLE and SequenceMatch phases, replay buffer, checkpoints, DDP.
+"""The training loop: MLE and SequenceMatch phases, refills, checkpoints, DDP.
+
+The loop composes parts that live in their own modules: what each step does
+(:mod:`.schedule`), its batches (:mod:`.batches`), the model samples (:mod:`.replay`) and
+the loss (:func:`sequencematch.core.objectives.training_loss`).
 
 Every random choice of a step (which examples, which noise, which replayed samples) is
 derived from ``(seed, step)``, and every process builds the same global batch before
@@ -15,8 +19,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +28,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..core.actions import Batch, NoiseSource, augment_with_noise, collate
+from ..core.actions import Batch, NoiseSource
 from ..core.backspace import check_backspace_support
 from ..core.examples import Example, longest_completion, special_ids
 from ..core.files import atomic_write_text
 from ..core.forward import state_logits, verify_layout_once
-from ..core.objectives import mle_loss, sequencematch_loss, weight_total
+from ..core.objectives import training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
+from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
 from .checkpoints import (
     CheckpointError,
     latest_checkpoint,
@@ -42,8 +46,10 @@ from .checkpoints import (
 )
 from .config import TrainConfig
 from .distributed import World, all_gather_objects, all_ranks_true, barrier, sum_over_ranks
-from .model_noise import ModelSampleNoise
+from .model_noise import ModelSampleNoise, model_noise_sources
 from .noise import build_noise_source
+from .replay import ReplayBuffer, Trace
+from .schedule import lr_at, phase_at, sm_weight
 
 # Options that may differ between a run and its resumption; every other one must match.
 RESUMABLE_CHANGES = frozenset(
@@ -59,12 +65,14 @@ class TrainingError(RuntimeError):
     """Training stopped: a non-finite loss or an unusable set-up."""
 
 
-@dataclass
-class Trace:
-    """One replayed model sample: prompt ids and the action trace after it."""
+def valid_vocabulary(model: PreTrainedModel, tokenizer: Any) -> int:
+    """Number of ids that are real actions: the tokenizer's entries (``<bkspc>`` included).
 
-    prompt: list[int]
-    actions: list[int]
+    Embedding matrices are often padded beyond the tokenizer (to a multiple of 64 or 128);
+    the logits of those rows are never an action, so noise, sampling and the objectives'
+    ``V`` (a logsumexp over actions) must ignore them.
+    """
+    return min(len(tokenizer), model.get_input_embeddings().weight.shape[0])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,14 +81,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available; use cpu")
     return torch.device(name)
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class Trainer:
@@ -123,11 +123,11 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         self.train_examples = train
         self.sample_length = config.sample_length(longest_completion(train))
+        self.order = DataOrder(train, config.seed, config.batch_size)
         self.evaluate = evaluate
         self.model_files = dict(model_files or {})
         self.step = 0
-        self.replay: list[Trace] = []
-        self._orders: dict[int, list[int]] = {}
+        self.replay = ReplayBuffer(config.replay_size, config.seed)
         self._writer: Any = None
 
         resume_from = self._find_resume_point()
@@ -142,17 +142,17 @@ class Trainer:
         self.bkspc_id = add_backspace(self.model, tokenizer) if config.backspace else None
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        vocab = self.model.get_input_embeddings().weight.shape[0]
+        self.vocab_size = valid_vocabulary(self.model, tokenizer)
         self.noise = None
         if config.backspace and config.p_noise > 0 and config.noise_source != "model":
             self.noise = build_noise_source(
-                config.noise_source, tokenizer, train, vocab, [self.bkspc_id], task_noise
-            )
+                config.noise_source, tokenizer, train, self.vocab_size, [self.bkspc_id],
+                task_noise,
+            )  # fmt: skip
         verify_layout_once(self.model)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(s, config.warmup_steps, config.steps, config.min_lr_ratio),
+            self.optimizer, lambda index: lr_at(self.config, index)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         self.network: torch.nn.Module = self.model
@@ -211,7 +211,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {error}") from error
         self.step = int(state["step"])
         self._drop_metrics_after(self.step)
-        self.replay = [Trace(*entry) for entry in state["replay"]]
+        self.replay.load_state_dict(state["replay"], self.step)
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -228,68 +228,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ batches
 
-    def _order(self, epoch: int) -> list[int]:
-        if epoch not in self._orders:
-            order = list(range(len(self.train_examples)))
-            random.Random(f"{self.config.seed}-order-{epoch}").shuffle(order)
-            self._orders = {epoch: order}
-        return self._orders[epoch]
-
     def _data_examples(self, step: int) -> list[Example]:
         """The global data batch of ``step`` (epoch-wise shuffled, identical on all ranks)."""
-        size, count = self.config.batch_size, len(self.train_examples)
-        picked = []
-        for position in range((step - 1) * size, step * size):
-            epoch, offset = divmod(position, count)
-            picked.append(self.train_examples[self._order(epoch)[offset]])
-        return picked
+        return self.order.examples_at(step)
 
-    def _data_rows(self, step: int) -> tuple[list[list[int]], list[list[int]], list[list[bool]]]:
+    def _data_rows(self, step: int) -> DataRows:
         """Prompts, (noise-augmented) actions and expert masks of the global data batch."""
-        rng = random.Random(f"{self.config.seed}-noise-{step}")
+        config = self.config
         examples = self._data_examples(step)
-        sources = self._model_noise(examples) if self._uses_model_noise() else None
-        prompts, actions, experts = [], [], []
-        for index, example in enumerate(examples):
-            source = sources[index] if sources is not None else self.noise
-            if source is None:
-                row, expert = list(example.completion), [True] * len(example.completion)
-            else:
-                row, expert = augment_with_noise(
-                    example.prompt, example.completion, self.bkspc_id, self.config.p_noise,
-                    source, rng, self.config.max_noise_run,
-                )  # fmt: skip
-                if self.config.noise_in_loss:
-                    expert = [True] * len(row)
-            prompts.append(example.prompt)
-            actions.append(row)
-            experts.append(expert)
-        return prompts, actions, experts
+        noise = self._model_noise(examples, step) if self._uses_model_noise() else self.noise
+        return data_rows(
+            examples, step=step, seed=config.seed, bkspc_id=self.bkspc_id,
+            p_noise=config.p_noise if config.backspace else 0.0, noise=noise,
+            max_noise_run=config.max_noise_run, noise_in_loss=config.noise_in_loss,
+        )  # fmt: skip
 
     def _uses_model_noise(self) -> bool:
         config = self.config
         return config.backspace and config.p_noise > 0 and config.noise_source == "model"
 
-    @torch.no_grad()
-    def _model_noise(self, examples: list[Example]) -> list[ModelSampleNoise]:
-        """One no-grad pass over the clean rows; a noise source per row from its logits."""
-        batch = collate([e.prompt for e in examples], [e.completion for e in examples],
-                        pad_id=self.pad_id).to(self.device)  # fmt: skip
-        logits = state_logits(self.model, batch.sequences, batch.prompt_lengths, batch.lengths,
-                              None, validate=False)  # fmt: skip
-        probabilities = logits.float().softmax(dim=-1).cpu()  # [B, T, V]
-        exclude = [*special_ids(self.tokenizer), self.bkspc_id]
-        return [
-            ModelSampleNoise(probabilities[row], [*e.prompt, *e.completion], exclude)
-            for row, e in enumerate(examples)
-        ]
+    def _model_noise(self, examples: list[Example], step: int) -> list[ModelSampleNoise]:
+        """One no-grad pass (eval mode) over the clean rows; wrong tokens sampled on device."""
+        generator = torch.Generator(device=self.device)  # the same on every process
+        generator.manual_seed(
+            random.Random(f"{self.config.seed}-model-noise-{step}").getrandbits(63)
+        )
+        return model_noise_sources(
+            self.model, examples, pad_id=self.pad_id, vocab_size=self.vocab_size,
+            exclude=[*special_ids(self.tokenizer), self.bkspc_id],
+            max_run=self.config.max_noise_run, generator=generator,
+        )  # fmt: skip
 
     def _model_rows(self, step: int) -> list[Trace]:
-        rng = random.Random(f"{self.config.seed}-replay-{step}")
-        return [
-            self.replay[rng.randrange(len(self.replay))]
-            for _ in range(self.config.model_batch_size)
-        ]
+        """The step's model rows from the replay buffer (``replay_draw``)."""
+        return self.replay.draw(self.config.model_batch_size, step, self.config.replay_draw)
 
     def _refresh(self, step: int) -> dict[str, float]:
         """Refill the replay buffer with samples of the current model on data prompts."""
@@ -308,29 +280,29 @@ class Trainer:
                 [self.train_examples[i].prompt for i in mine],
                 bkspc_id=self.bkspc_id,
                 max_new_tokens=self.sample_length,
+                vocab_size=self.vocab_size,
                 do_sample=config.sample_temperature > 0,
                 temperature=config.sample_temperature or 1.0,
                 eos_token_id=self.eos_id,
                 generator=generator,
             )
             traces = list(zip(output.prompts, output.actions, strict=True))
-        gathered = [Trace(p, a) for part in all_gather_objects(self.world, traces) for p, a in part]
-        self.replay = (self.replay + gathered)[-config.replay_size :]
-        actions = [a for trace in gathered for a in trace.actions]
+        gathered = [trace for part in all_gather_objects(self.world, traces) for trace in part]
+        self.replay.add(gathered, step)
+        actions = [a for _, trace_actions in gathered for a in trace_actions]
         bkspc = sum(1 for a in actions if a == self.bkspc_id) if self.bkspc_id is not None else 0
-        ended = sum(1 for trace in gathered if trace.actions and trace.actions[-1] == self.eos_id)
+        ended = sum(1 for _, acts in gathered if acts and acts[-1] == self.eos_id)
         return {
             "sample/bkspc_rate": bkspc / max(1, len(actions)),
             "sample/eos_rate": ended / max(1, len(gathered)),
             "sample/mean_actions": len(actions) / max(1, len(gathered)),
+            "replay/size": float(len(self.replay)),
         }
 
     # ------------------------------------------------------------------ the step
 
     def _phase(self, step: int) -> str:
-        if self.config.method == "mle" or step <= self.config.mle_warmup_steps:
-            return "mle"
-        return "sequencematch"
+        return phase_at(self.config, step)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.precision == "fp32":
@@ -338,42 +310,17 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _micro_batches(
-        self, step: int, phase: str
-    ) -> Iterator[tuple[Batch, Batch | None, tuple[float, float, float | None]]]:
-        """This rank's micro-batches of the step and the global normalisers."""
-        config = self.config
-        prompts, actions, experts = self._data_rows(step)
-        data_all = collate(prompts, actions, experts, self.pad_id)
-        totals = (weight_total(data_all, 1.0), weight_total(data_all, config.gamma), None)
-        traces: list[Trace] = []
-        if phase == "sequencematch":
-            traces = self._model_rows(step)
-            totals = (*totals[:2], weight_total(
-                collate([t.prompt for t in traces], [t.actions for t in traces]), config.gamma
-            ))  # fmt: skip
-        data_share = list(range(len(prompts)))[self.world.shard(len(prompts))]
-        model_share = traces[self.world.shard(len(traces))]
-        for part in range(config.grad_accum):
-            data_rows = data_share[part :: config.grad_accum]
-            model_part = model_share[part :: config.grad_accum]
-            batch = collate(
-                [prompts[i] for i in data_rows] + [t.prompt for t in model_part],
-                [actions[i] for i in data_rows] + [t.actions for t in model_part],
-                [experts[i] for i in data_rows] + [[True] * len(t.actions) for t in model_part],
-                self.pad_id,
-            )
-            yield batch, len(data_rows), totals
+    def _micro_batches(self, step: int, phase: str) -> list[MicroBatch]:
+        """This rank's micro-batches of the step (each with the whole step's normalisers)."""
+        traces = self._model_rows(step) if phase == "sequencematch" else []
+        return micro_batches(
+            self._data_rows(step), traces, gamma=self.config.gamma,
+            grad_accum=self.config.grad_accum, world=self.world, pad_id=self.pad_id,
+        )  # fmt: skip
 
     def sm_weight(self, step: int) -> float:
-        """Weight of the SequenceMatch loss at ``step``: ``1 - lambda_mle``, reached linearly
-        over ``sm_ramp_steps`` after the warm-up (the rest of the total is MLE); constant with
-        ``regularise_warmup``, whose warm-up already carries the data terms at that weight."""
-        config = self.config
-        if config.regularise_warmup:
-            return 1.0 - config.lambda_mle
-        ramp = min(1.0, (step - config.mle_warmup_steps) / max(1, config.sm_ramp_steps))
-        return (1.0 - config.lambda_mle) * ramp
+        """Weight of the SequenceMatch loss at ``step`` (see :func:`.schedule.sm_weight`)."""
+        return sm_weight(self.config, step)
 
     def _loss(
         self, batch: Batch, data_count: int, totals, phase: str, step: int
@@ -385,35 +332,17 @@ class Trainer:
                 self.network, batch.sequences, batch.prompt_lengths, batch.lengths,
                 self.bkspc_id, validate=False,
             )  # fmt: skip
-        logits = logits.float()  # [B, T, V] objectives need float32 at least
+        # [B, T, V] float32 at least (objectives need it), padding rows of the vocabulary cut
+        logits = logits[..., : self.vocab_size].float()
         data = Batch(*(t[:data_count] for t in batch.__dict__.values()))
-        data_logits = logits[:data_count]
-        mle = mle_loss(data_logits, data, self.bkspc_id, 1.0, total=totals[0])
-        warmup_terms = phase == "mle" and config.method == "sequencematch"
-        if phase == "mle" and not (warmup_terms and config.regularise_warmup):
-            zero = torch.zeros((), device=logits.device)
-            return {"loss": mle, "mle": mle, "imitation": zero, "value": zero, "regulariser": zero}
-        if phase == "mle":  # data-only objective (beta 1): MLE plus the regulariser on data
-            terms = sequencematch_loss(
-                data_logits, data, None, None, self.bkspc_id, self.eos_id,
-                divergence=config.divergence, gamma=config.gamma, alpha=config.alpha,
-                beta=1.0, totals=(totals[1], None),
-            )  # fmt: skip
-            weight = 1.0 - config.lambda_mle
-        else:
-            model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
-            terms = sequencematch_loss(
-                data_logits, data, logits[data_count:], model, self.bkspc_id, self.eos_id,
-                divergence=config.divergence, gamma=config.gamma, alpha=config.alpha,
-                beta=config.beta, totals=(totals[1], totals[2]),
-            )  # fmt: skip
-            weight = self.sm_weight(step)
-        total = (1.0 - weight) * mle + weight * terms.loss
-        return {
-            "loss": total, "mle": mle, "imitation": terms.imitation, "value": terms.value,
-            "regulariser": terms.regulariser, "v_mean": terms.v_mean.detach(),
-            "r_mean": terms.r_mean.detach(), "r_std": terms.r_std.detach(),
-        }  # fmt: skip
+        model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
+        with_model = phase == "sequencematch"
+        return training_loss(
+            logits[:data_count], data, logits[data_count:] if with_model else None,
+            model if with_model else None, self.bkspc_id, self.eos_id,
+            sm_weight=self.sm_weight(step), divergence=config.divergence, gamma=config.gamma,
+            alpha=config.alpha, beta=config.beta, totals=totals,
+        ).as_dict()  # fmt: skip
 
     def _train_step(self, step: int) -> dict[str, float]:
         phase = self._phase(step)
@@ -466,6 +395,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
+        if phase == "sequencematch":  # mean steps since the step's model rows were sampled
+            sums["sample/age"] = ReplayBuffer.mean_age(self._model_rows(step), step)
         return {**sums, "grad_norm": grad_norm, "lr": lr, "phase": phase}
 
     # ------------------------------------------------------------------ the loop
@@ -486,7 +417,7 @@ class Trainer:
             step = self.step + 1
             extra: dict[str, float] = {}
             if self._phase(step) == "sequencematch":
-                since = step - config.mle_warmup_steps - 1
+                since = step - config.mle_warmup() - 1
                 if not self.replay or since % config.refresh_every == 0:
                     extra = self._refresh(step)
                     self.model.train()
@@ -567,7 +498,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "replay": [(t.prompt, t.actions) for t in self.replay],
+                "replay": self.replay.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "config": self.config.to_dict(),
