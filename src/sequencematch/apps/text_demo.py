@@ -136,7 +136,11 @@ def bootstrap_interval(
 
 
 def run_text_demo(
-    out: Path, settings: TextDemoSettings, progress: bool = True, workers: int | None = None
+    out: Path,
+    settings: TextDemoSettings,
+    progress: bool = True,
+    workers: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate the three methods; write report.md, the plots and results.json.
 
@@ -147,7 +151,7 @@ def run_text_demo(
     from ..evaluation.text_metrics import SentenceEncoder
 
     out.mkdir(parents=True, exist_ok=True)
-    clear_previous_runs(out, METHODS)
+    clear_previous_runs(out, METHODS, overwrite)
     configs = method_configs(settings, out)
     schedule = schedule_record(workers, len(configs))
     workers = schedule["workers"]
