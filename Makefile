@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sequencematch demo --out runs/demo
+	$(BIN)/sequencematch demo --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench experiments)

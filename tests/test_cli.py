@@ -73,7 +73,10 @@ def test_a_second_demo_into_the_same_folder_replaces_the_first(tmp_path, capsys)
                  "--sm-steps", "3"]  # fmt: skip
     assert main(arguments) == 0
     first = (out / "mle" / "metrics.jsonl").stat().st_mtime_ns
-    assert main(arguments) == 0
+    capsys.readouterr()
+    assert main(arguments) == 2  # an earlier demo is replaced only when asked
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*arguments, "--overwrite"]) == 0
     assert "replacing the previous demo run" in capsys.readouterr().out
     assert (out / "mle" / "metrics.jsonl").stat().st_mtime_ns != first
 

@@ -85,3 +85,51 @@ def test_flags_accept_underscores_too():
     args = build_parser().parse_args(["train", "--p_noise", "0.2", "--mle-warmup-steps", "3"])
     config = config_from_arguments(args)
     assert (config.p_noise, config.mle_warmup_steps) == (0.2, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('steps: "three"\n', "steps must be a whole number, got the text 'three'"),
+        ('lr: "1e-3"\n', r"lr must be a finite number, got the text '1e-3' \(write it without"),
+        ("steps: 3.7\n", "steps must be a whole number, got 3.7"),
+        ('backspace: "no"\n', "backspace must be true or false, got the text 'no'"),
+        ('backspace: "false"\n', "backspace must be true or false, got the text 'false'"),
+        ("output_dir: null\n", "output_dir must be text, got null"),
+        ("grad_accum: 0\n", "grad_accum must be at least 1"),
+        ("lr: .inf\n", "lr must be a finite number, got inf"),
+        ("difficulty: [1, two]\n", "difficulty must be a list of two numbers"),
+        ("steps: [3\n", r"run.yaml: not valid YAML \(line 2, column 1"),
+        ("- steps\n", "expected a YAML mapping"),
+    ],
+)
+def test_yaml_values_of_the_wrong_type_are_refused_in_one_line(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        TrainConfig.from_yaml(path).validate()
+    assert "\n" not in str(error.value)
+
+
+def test_yaml_numbers_are_read_as_numbers_when_exact(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nsteps: 1e3\nalpha: 1\nbackspace: no\np_noise: 0\n")
+    config = TrainConfig.from_yaml(path).validate()
+    assert (config.lr, config.steps, config.alpha, config.backspace) == (1e-3, 1000, 1.0, False)
+    assert isinstance(config.steps, int) and isinstance(config.alpha, float)
+
+
+def test_python_callers_get_the_same_type_checks():
+    with pytest.raises(ValueError, match="batch_size must be a whole number, got the text '8'"):
+        TrainConfig(batch_size="8").validate()
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        TrainConfig(resume=True, overwrite=True).validate()
+
+
+def test_bad_flags_are_one_line_errors_with_exit_code_2(capsys):
+    for argv in (["train", "--steps", "3.7"], ["train", "--backspace", "maybe"], ["trian"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), err

@@ -23,6 +23,7 @@ from sequencematch.models.presets import char_tokenizer, tiny_model
 from sequencematch.training.checkpoints import CheckpointError, latest_checkpoint
 from sequencematch.training.config import TrainConfig
 from sequencematch.training.model_noise import model_noise_sources
+from sequencematch.training.run_folder import RunFolderError
 from sequencematch.training.trainer import Trainer, TrainingError
 
 SMALL = dict(
@@ -79,7 +80,7 @@ def test_resume_continues_exactly(tmp_path, method, draw):
 def test_a_run_folder_is_never_reused_without_resume(tmp_path):
     config = small_config(tmp_path, "run", steps=2, method="mle")
     run(config)
-    with pytest.raises(TrainingError, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a run"):
         run(config)
 
 
@@ -96,8 +97,8 @@ def test_corrupt_checkpoint_is_refused_and_left_untouched(tmp_path):
 def test_incompatible_checkpoint_is_refused(tmp_path):
     config = small_config(tmp_path, "run", steps=4, stop_at=2, method="mle")
     run(config)
-    with pytest.raises(CheckpointError, match="lr: 0.003 -> 0.1"):
-        run(config.replace(resume=True, lr=0.1))
+    with pytest.raises(CheckpointError, match="weight_decay: 0.01 -> 0.1"):
+        run(config.replace(resume=True, weight_decay=0.1))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

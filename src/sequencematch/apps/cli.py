@@ -5,27 +5,40 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any, NoReturn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Spinning OpenMP threads stall small ops 10-50x when a vCPU is descheduled; sleep instead.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from ..core.files import is_disk_full, model_folder_problem  # noqa: E402
 from ..training.config import add_config_arguments, config_from_arguments  # noqa: E402
 
 
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one line (``error: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sequencematch",
         description="SequenceMatch: imitation learning with backtracking for causal LMs",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train and compare MLE and SequenceMatch models")
-    demo.add_argument("--task", choices=tuple(DEMOS), default="arithmetic",
+    demo.add_argument("--task", choices=("arithmetic", "text"), default="arithmetic",
                       help="arithmetic (default) or text (Shakespeare, or --corpus)")  # fmt: skip
     demo.add_argument("--corpus", default=None, help="text: a text file, folder or JSONL")
     demo.add_argument("--out", default=None, help="output folder (default: runs/demo[-text])")
     demo.add_argument("--quick", action="store_true", help="a one-minute version")
+    demo.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier demo in --out (deleting only what it wrote)",
+    )  # fmt: skip
     demo.add_argument("--seed", type=int, default=None, help="seed of data, init and noise")
     demo.add_argument("--steps", type=int, default=None, help="optimiser steps per method")
     demo.add_argument("--sm-steps", type=int, default=None, help="SequenceMatch steps (last)")
@@ -114,7 +127,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     settings = with_overrides(settings, **{n: getattr(args, n) for n in DEMO_OPTIONS})
     run_comparison(
         Path(args.out or settings.default_out), settings, progress=args.progress,
-        workers=args.workers,
+        workers=args.workers, overwrite=args.overwrite,
     )  # fmt: skip
     return 0
 
@@ -127,17 +140,25 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..core.examples import encode_prompt
     from ..core.sampling import generate
     from ..core.traces import format_trace, strip_eos
-    from .setup import load_trained
 
-    trained = load_trained(args.model)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    _check_sampling_options(args)
+    trained = _load_model_folder(args.model)
     tokenizer = trained.tokenizer
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty: give the text to continue")
+    trained.task.check_prompt(args.prompt)
     prompt = encode_prompt(tokenizer, trained.prompt_text(args.prompt))
+    _warn_unknown_characters(tokenizer, [args.prompt], "the prompt")
+    max_new_tokens = args.max_new_tokens or trained.sample_length
+    _check_positions(trained.model, len(prompt), max_new_tokens, "the prompt")
     output = generate(
-        trained.model, [prompt], bkspc_id=trained.bkspc_id,
-        max_new_tokens=args.max_new_tokens or trained.sample_length, do_sample=args.sample,
-        temperature=args.temperature, eos_token_id=tokenizer.eos_token_id,
+        trained.model, [prompt], bkspc_id=trained.bkspc_id, max_new_tokens=max_new_tokens,
+        do_sample=args.sample, temperature=args.temperature, eos_token_id=tokenizer.eos_token_id,
         noise_prob=args.noise, generator=torch.Generator().manual_seed(args.seed),
         noise_token_ids=trained.task.forced_noise_ids(tokenizer) if args.noise else None,
+        vocab_size=len(tokenizer),
     )  # fmt: skip
     text = tokenizer.decode(strip_eos(output.sequences[0], tokenizer.eos_token_id))
     trace = format_trace(tokenizer, output.actions[0], trained.bkspc_id, output.forced[0])
@@ -157,17 +178,31 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..tasks.base import EvalOptions
     from ..tasks.registry import task_from_info
-    from .setup import load_trained
+    from .setup import TASK_FILE
 
-    trained = load_trained(args.model)
+    _check_sampling_options(args)
+    if args.batch_size < 1 or (args.n is not None and args.n < 0):
+        raise ValueError("--batch-size must be at least 1 and --n at least 0")
+    trained = _load_model_folder(args.model)
+    if args.task is None and not os.path.exists(os.path.join(args.model, TASK_FILE)):
+        raise ValueError(
+            f"{args.model} has no {TASK_FILE} (sequencematch train writes one), so the task "
+            "it was trained on is unknown: pass --task NAME (arithmetic, jsonl or text)"
+        )
     task = trained.task
     if args.task is not None and args.task != trained.task_info.get("task"):
         task = task_from_info({**trained.task_info, "task": args.task})
     pairs = task.held_out(trained.tokenizer, args.data, n=args.n, seed=args.seed)
+    if not pairs:
+        raise ValueError("nothing to evaluate: the data holds no prompt/completion pair")
+    _warn_unknown_characters(trained.tokenizer, [p.prompt for p in pairs], args.data or "the data")
     options = EvalOptions(
         seed=args.seed, noise_prob=args.noise, temperature=args.temperature,
         batch_size=args.batch_size, with_mauve=not args.no_mauve,
     )  # fmt: skip
+    if options.with_mauve and task.name == "text" and len(pairs) < MIN_MAUVE_SAMPLES:
+        print(f"warning: MAUVE from {len(pairs)} samples is unreliable (hundreds are usual); "
+              "give more --data or pass --no-mauve", file=sys.stderr)  # fmt: skip
     result = task.evaluate(
         trained.model, trained.tokenizer, pairs, bkspc_id=trained.bkspc_id,
         max_new_tokens=trained.sample_length, options=options,
@@ -199,11 +234,91 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_MAUVE_SAMPLES = 100
+
+
+def _load_model_folder(folder: str) -> Any:
+    """A saved model folder, checked first: it exists, holds a model and a tokenizer, and
+    its files match their manifest (when it has one)."""
+    from pathlib import Path
+
+    from ..training.checkpoints import verify_folder
+    from ..training.run_folder import MANIFEST_FILE
+    from .setup import load_trained
+
+    problem = model_folder_problem(folder)
+    if problem is not None:
+        raise ValueError(f"--model: {problem}; pass a model folder (e.g. RUN/model)")
+    if (Path(folder) / MANIFEST_FILE).exists():
+        verify_folder(Path(folder), missing_ok=True)
+    return load_trained(folder)
+
+
+def _check_sampling_options(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.noise <= 1.0:
+        raise ValueError(f"--noise is a probability in [0, 1], got {args.noise}")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+
+
+def _check_positions(model: Any, prompt_tokens: int, new_tokens: int, what: str) -> None:
+    """Refuse a prompt that, with the tokens to generate, exceeds the model's positions."""
+    from ..core.examples import position_limit
+
+    limit = position_limit(model)
+    if limit is not None and prompt_tokens + new_tokens > limit:
+        raise ValueError(
+            f"{what} has {prompt_tokens} tokens; with {new_tokens} new tokens that is more than "
+            f"the model's {limit} positions: shorten it (or lower --max-new-tokens)"
+        )
+
+
+def _warn_unknown_characters(tokenizer: Any, texts: list[str], where: str) -> None:
+    """Say which characters a tokenizer reads as ``<unk>`` (a character tokenizer knows only
+    the characters of its training data)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return
+    unknown = sorted(
+        {char for text in texts for char in set(text)
+         if unk in tokenizer(char, add_special_tokens=False).input_ids}
+    )  # fmt: skip
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        print(f"warning: {where} holds characters the model's tokenizer does not know "
+              f"({shown}); they are read as {tokenizer.unk_token}", file=sys.stderr)  # fmt: skip
+
+
+def describe_error(error: BaseException) -> str:
+    """The one line a user error becomes on stderr."""
+    if is_disk_full(error):
+        where = getattr(error, "filename", None)
+        return (
+            f"no space left on device{f' (writing {where})' if where else ''}: free some space "
+            "and run the command again (a training run continues with --resume true)"
+        )
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix (bad input, files, disk); anything else is a bug
+    and keeps its traceback."""
+    from safetensors import SafetensorError
+
+    from ..training.checkpoints import CheckpointError
+    from ..training.run_folder import RunFolderError
+    from ..training.trainer import TrainingError
+
+    return (ValueError, OSError, ImportError, TrainingError, CheckpointError, RunFolderError,
+            SafetensorError)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
-
-    from ..training.trainer import TrainingError
 
     hf_logging.disable_progress_bar()  # no per-file bars when saving or loading models
     try:
@@ -215,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "eval":
             return run_eval(args)
-    except (ValueError, OSError, ImportError, TrainingError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except _user_errors() as error:
+        print(f"error: {describe_error(error)}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if not is_disk_full(error):
+            raise
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     return 2
 

@@ -120,17 +120,22 @@ def train_and_evaluate(
 
 
 def run_comparison(
-    out: Path, settings: ComparisonSettings, progress: bool = True, workers: int | None = None
+    out: Path,
+    settings: ComparisonSettings,
+    progress: bool = True,
+    workers: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate the three methods; write report.md, the plot and results.json.
 
     ``workers`` processes train the methods at once (default: all three; 1 = one after
-    the other in this process), see :mod:`sequencematch.apps.parallel`.
+    the other in this process), see :mod:`sequencematch.apps.parallel`. An earlier demo in
+    ``out`` is replaced only with ``overwrite``, and then only what it wrote is deleted.
     """
     configs = method_configs(settings, out)
     comparison: Comparison = config_task(next(iter(configs.values()))).comparison()
     out.mkdir(parents=True, exist_ok=True)
-    clear_previous_runs(out, METHODS)
+    clear_previous_runs(out, METHODS, overwrite)
     schedule = schedule_record(workers, len(configs))
     workers = schedule["workers"]
     options = comparison.share(settings.evaluation_options(), workers)

@@ -1,21 +1,37 @@
-"""What the demos share: optional matplotlib plots and a fresh output folder."""
+"""What the demos share: optional matplotlib plots and an output folder they own."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..training.run_folder import RunFolder
 
-def clear_previous_runs(out: Path, methods: Iterable[str]) -> None:
-    """Remove the method folders a previous demo left in ``out`` (a demo always trains from
-    scratch, and the trainer refuses to start over an existing run), saying so."""
-    for name in methods:
-        folder = out / name
-        if folder.exists():
-            print(f"replacing the previous demo run in {folder}", flush=True)
-            shutil.rmtree(folder)
+DEMO_FILES = ("results.json", "report.md", "accuracy_vs_noise.png", "mauve_and_diversity.png")
+"""Files a demo writes beside its method folders."""
+
+
+def clear_previous_runs(
+    out: Path, methods: Iterable[str], overwrite: bool = False, files: Iterable[str] = DEMO_FILES
+) -> None:
+    """Make ``out`` ready for a new demo (a demo always trains from scratch).
+
+    ``out`` is marked as a demo folder listing what the demo writes there. An earlier demo's
+    outputs are replaced only with ``overwrite``, and then only the files it recorded
+    writing (inside each method folder, only what that run wrote); a file no demo wrote
+    that is in the way (``report.md``, a method folder) stops the demo, untouched."""
+    outputs = (*files, *methods)
+    with RunFolder(out, "demo", outputs) as folder:
+        earlier = bool(folder.existing_outputs())
+        folder.claim_new(
+            overwrite,
+            "pass --overwrite to replace it (only files that demo wrote are deleted), or "
+            "choose another --out",
+        )
+        if earlier:
+            print(f"replacing the previous demo run in {out}", flush=True)
+        folder.record(*outputs)
 
 
 def pyplot() -> Any | None:

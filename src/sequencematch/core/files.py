@@ -1,17 +1,32 @@
-"""Crash-safe file writing: a temporary file in the same folder, then an atomic rename."""
+"""Files that survive crashes and say clearly what is wrong with them.
+
+Writing: a temporary file in the same folder, then an atomic rename; checksums for
+manifests; a full disk reported as "no space left on device" whichever library hit it.
+Reading: UTF-8 text whose decoding errors name the file and the line.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+_CHUNK = 1 << 20
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, tag: str = "") -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    The temporary file is ``.NAME.TAG…tmp`` beside ``path``: a ``tag`` (e.g. a run id) lets the
+    writer recognise its own leftovers after a crash.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}.{tag}-" if tag else f".{path.name}."
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -21,3 +36,75 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk: ``OSError`` ENOSPC, or the
+    wrapped forms of it that ``torch.save`` and ``safetensors`` raise."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(current)
+        if "No space left on device" in text or "StorageFull" in text or "os error 28" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def disk_full_error(where: str | os.PathLike[str]) -> OSError:
+    """The one error a full disk becomes, naming what was being written."""
+    return OSError(errno.ENOSPC, "no space left on device", os.fspath(where))
+
+
+def utf8_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line of a UTF-8 file (a BOM is dropped, line ends
+    kept); a byte that is not UTF-8 raises ``ValueError`` naming the file and the line."""
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{os.fspath(path)}: not UTF-8 text at line {number} (byte "
+                    f"0x{raw[error.start]:02x} at column {error.start + 1}); save the file as "
+                    "UTF-8"
+                ) from None
+
+
+def read_utf8(path: str | os.PathLike[str]) -> str:
+    """A whole UTF-8 file (BOM dropped, universal newlines); errors name the file and line."""
+    text = "".join(line for _, line in utf8_lines(path))
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def model_folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be loaded as a saved Hugging Face model with its tokenizer
+    (``None`` when it can): a missing folder, no ``config.json``, or no tokenizer files."""
+    folder = Path(path)
+    if not folder.exists():
+        return f"{folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a model folder"
+    if not (folder / "config.json").is_file():
+        return f"{folder} holds no saved model (no config.json)"
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+    if not any((folder / name).is_file() for name in tokenizer_files):
+        return (
+            f"{folder} has no tokenizer (no tokenizer.json); save the model's tokenizer into it "
+            "with tokenizer.save_pretrained"
+        )
+    return None

@@ -25,7 +25,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..core.files import atomic_write_text
+from ..core.files import atomic_write_text, utf8_lines
 
 DIGITS = "0123456789abcdef"
 """Digit characters; base ``b`` uses the first ``b`` of them."""
@@ -124,6 +124,17 @@ def parse_base(question: str) -> int:
     if not MIN_BASE <= base <= MAX_BASE:
         raise ValueError(f"base {base} out of range [{MIN_BASE}, {MAX_BASE}] in {question!r}")
     return base
+
+
+def check_stated_base(question: str, where: str = "") -> None:
+    """Refuse a question that says ``In base N,`` for a base this task does not have (2-16);
+    ``where`` ("file:line N: ") prefixes the message."""
+    match = _BASE_PATTERN.match(question)
+    if match is not None and not MIN_BASE <= int(match.group(1)) <= MAX_BASE:
+        raise ValueError(
+            f"{where}base {match.group(1)} is out of range: arithmetic questions are in bases "
+            f"{MIN_BASE} to {MAX_BASE} ({question!r})"
+        )
 
 
 def _check_difficulty(difficulty: tuple[float, float]) -> tuple[float, float]:
@@ -246,18 +257,29 @@ def _parse_record(line: str, where: str) -> ArithmeticQuestion:
             raise ValueError(f"{where}: missing key {key!r}")
         if not isinstance(record[key], str):
             raise ValueError(f"{where}: {key!r} must be a string, got {record[key]!r}")
-    return ArithmeticQuestion(record["question"], record["answer"])
+        if not record[key].strip():
+            raise ValueError(f"{where}: {key!r} is empty")
+    question, answer = record["question"], record["answer"]
+    check_stated_base(question, f"{where}: ")
+    if _BASE_PATTERN.match(question):
+        try:
+            from_base(answer.strip(), parse_base(question))
+        except ValueError as error:
+            message = f"{where}: the answer is no number in the question's base: {error}"
+            raise ValueError(message) from None
+    return ArithmeticQuestion(question, answer)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[ArithmeticQuestion]:
     """Read a JSONL file of ``{"question", "answer"}`` objects; blank lines and extra keys are
-    ignored. A malformed line raises ValueError naming the file and the line number."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                out.append(_parse_record(line, f"{os.fspath(path)}:line {lineno}"))
-    return out
+    ignored. A malformed line (bad JSON, not UTF-8, a missing or empty field, a base outside
+    2-16, an answer that is no number of its base) raises ValueError naming the file and the
+    line number."""
+    return [
+        _parse_record(line, f"{os.fspath(path)}:line {lineno}")
+        for lineno, line in utf8_lines(path)
+        if line.strip()
+    ]
 
 
 def format_prompt(question: str) -> str:

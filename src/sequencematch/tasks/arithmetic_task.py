@@ -94,6 +94,10 @@ class ArithmeticTask(Task):
         separator = arithmetic.PROMPT_SEPARATOR
         return text if text.endswith(separator) else text + separator
 
+    def check_prompt(self, text: str) -> None:
+        """A question must state a base the task knows (2-16)."""
+        arithmetic.check_stated_base(text)
+
     def forced_noise_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         return answer_token_ids(tokenizer)
 

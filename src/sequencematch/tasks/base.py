@@ -150,6 +150,9 @@ class Task(ABC):
         """The prompt a model trained on this task expects for a user's ``text``."""
         return text
 
+    def check_prompt(self, text: str) -> None:
+        """Refuse (``ValueError``) a user's prompt that this task cannot answer."""
+
     def forced_noise_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int] | None:
         """Tokens the forced-noise protocol draws from (``None``: every ordinary token)."""
         return None

@@ -5,31 +5,46 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.files import utf8_lines
 from . import arithmetic
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """``(prompt, completion)`` texts from JSONL lines ``{"prompt", "completion"}`` or
-    arithmetic ``{"question", "answer"}`` (prompt = question + separator)."""
+    arithmetic ``{"question", "answer"}`` (prompt = question + separator).
+
+    Both fields must be strings and the completion must not be empty (an empty prompt is a
+    continuation from nothing); every problem is reported with the file and the line."""
     pairs: list[tuple[str, str]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:line {number}: not JSON ({error.msg})") from None
-            if isinstance(record, dict) and {"prompt", "completion"} <= record.keys():
-                pairs.append((str(record["prompt"]), str(record["completion"])))
-            elif isinstance(record, dict) and {"question", "answer"} <= record.keys():
-                question = str(record["question"])
-                pairs.append((arithmetic.format_prompt(question), str(record["answer"])))
-            else:
-                raise ValueError(
-                    f"{path}:line {number}: expected an object with prompt and completion "
-                    "(or question and answer)"
-                )
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not JSON ({error.msg})") from None
+        if isinstance(record, dict) and {"prompt", "completion"} <= record.keys():
+            prompt, completion = _text(record, "prompt", where), _text(record, "completion", where)
+        elif isinstance(record, dict) and {"question", "answer"} <= record.keys():
+            question = _text(record, "question", where)
+            arithmetic.check_stated_base(question, f"{where}: ")
+            prompt, completion = arithmetic.format_prompt(question), _text(record, "answer", where)
+        else:
+            raise ValueError(
+                f"{where}: expected an object with prompt and completion (or question and answer)"
+            )
+        if not completion:
+            raise ValueError(f"{where}: the completion is empty; there is nothing to imitate")
+        pairs.append((prompt, completion))
     if not pairs:
         raise ValueError(f"{path}: no examples found")
     return pairs
+
+
+def _text(record: dict, key: str, where: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        shown = "null" if value is None else type(value).__name__
+        raise ValueError(f"{where}: {key!r} must be a string, got {shown}")
+    return value

@@ -21,6 +21,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from ..core.files import read_utf8
 from .shakespeare import (  # noqa: F401  (re-exported: the text task's corpora)
     SDIST_ENV,
     SHAKESPEARE_SHA256,
@@ -113,12 +114,9 @@ def read_documents(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _read_text(path: Path) -> str:
-    """Whole UTF-8 file with universal newlines (ValueError naming the file if not UTF-8)."""
-    try:
-        with open(path, encoding="utf-8-sig") as stream:
-            return stream.read()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+    """Whole UTF-8 file with universal newlines (ValueError naming the file and the line of
+    a byte that is not UTF-8)."""
+    return read_utf8(path)
 
 
 def _read_folder(folder: Path) -> dict[str, str]:

@@ -1,16 +1,21 @@
-"""Crash-safe checkpoints: each one a folder written under a temporary name, then renamed.
+"""Checkpoints that are either complete and intact or not used at all.
 
 Layout of a run folder::
 
-    checkpoints/step-000200/   model + tokenizer (save_pretrained) and state.pt
+    checkpoints/step-000200/   model + tokenizer (save_pretrained), state.pt, manifest.json
     checkpoints/latest         name of the newest complete checkpoint (replaced atomically)
 
-A checkpoint folder is never written in place and never overwritten: a crash leaves
-either the previous checkpoint or the new one, not a mixture.
+Each checkpoint is written into a staging folder (named with the run's id), then renamed:
+a crash leaves the previous checkpoint or the new one, never a mixture, and the run
+recognises its own stale staging folders later. ``manifest.json`` holds the sha256 of every
+file; a checkpoint is used only after its files match it, and one holding non-finite
+parameters or optimiser state is never written. Rotation deletes only older checkpoints
+this run wrote, after the new one has been read back and verified.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,34 +25,98 @@ from typing import Any
 
 import torch
 
-from ..core.files import atomic_write_text
+from ..core.files import atomic_write_text, disk_full_error, is_disk_full, sha256_of
+from .run_folder import (
+    MANIFEST_FILE,
+    RunFolder,
+    foreign_files,
+    read_manifest,
+    remove_written_folder,
+)
 
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest"
-FORMAT_VERSION = 1
+CHECKPOINTS = "checkpoints"
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (corrupt, incomplete or from another run)."""
+    """A checkpoint that cannot be used or written (corrupt, incomplete, from another run,
+    non-finite)."""
 
 
-def _write_folder(target: Path, write: Callable[[Path], None]) -> None:
+# ---------------------------------------------------------------------- writing folders
+
+
+def write_manifest(folder: Path, run_id: str | None, **extra: Any) -> None:
+    """``manifest.json``: the sha256 of every file below ``folder`` and the writing run."""
+    files = {
+        path.relative_to(folder).as_posix(): sha256_of(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
+    manifest = {"format": FORMAT_VERSION, "run_id": run_id, **extra, "files": files}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def verify_folder(folder: Path, run_id: str | None = None, missing_ok: bool = False) -> None:
+    """Raise ``CheckpointError`` unless every file the manifest lists is there, unchanged
+    (and, given ``run_id``, the folder was written by that run); ``missing_ok`` checks only
+    the files that are there (a model folder a user trimmed)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise CheckpointError(
+            f"{folder} has no readable {MANIFEST_FILE}: it is incomplete or was not written "
+            "by this version of sequencematch"
+        )
+    if run_id is not None and manifest.get("run_id") != run_id:
+        raise CheckpointError(f"{folder} was written by another run (id {manifest.get('run_id')})")
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if not path.is_file() and missing_ok:
+            continue
+        if not path.is_file():
+            raise CheckpointError(f"{folder} is corrupt or incomplete: {name} is missing")
+        if sha256_of(path) != digest:
+            raise CheckpointError(
+                f"{folder} is corrupt or incomplete: {name} does not match its sha256 in "
+                f"{MANIFEST_FILE}"
+            )
+
+
+def _write_folder(
+    target: Path, write: Callable[[Path], None], run: RunFolder | None = None
+) -> None:
     """Fill a staging folder with ``write`` and rename it to ``target`` (replacing an old
-    ``target`` only once the new one is complete); a failure leaves ``target`` as it was."""
+    ``target`` only once the new one is complete); a failure leaves ``target`` as it was.
+    With ``run``, staging and retired folders carry the run's id (so leftovers of a crash
+    are recognised) and an existing ``target`` must hold only files that run wrote."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    if run is not None and target.exists():
+        foreign = foreign_files(target, run.run_id)
+        if foreign:
+            raise CheckpointError(
+                f"{target} holds {', '.join(foreign[:3])}, which this run did not write; "
+                "move it away (the checkpoint is kept: resume to write the folder again)"
+            )
+    prefix = run.staging_prefix(target.name) if run is not None else f".{target.name}.tmp-"
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
     staging.chmod(0o755)  # mkdtemp makes it private (0700); a model folder is for sharing
     try:
         write(staging)
         if target.exists():
-            retired = target.parent / f".{target.name}.old-{os.getpid()}"
+            retired = target.parent / (
+                run.retired_name(target.name) if run else f".{target.name}.old-{os.getpid()}"
+            )
             os.replace(target, retired)
             os.replace(staging, target)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, Exception) and is_disk_full(error):
+            raise disk_full_error(target) from error
         raise
 
 
@@ -56,64 +125,172 @@ def _save_pretrained(model: Any, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def save_model_folder(model: Any, tokenizer: Any, target: Path, extra: dict[str, str]) -> None:
-    """``save_pretrained`` of model and tokenizer (plus text files) into ``target``, atomically."""
+def save_model_folder(
+    model: Any, tokenizer: Any, target: Path, extra: dict[str, str], run: RunFolder | None = None
+) -> None:
+    """``save_pretrained`` of model and tokenizer (plus text files and a manifest) into
+    ``target``, atomically; with ``run``, recorded as that run's output."""
+    if run is not None and target.parent.resolve() != run.path.resolve():
+        run = None  # a folder outside the run folder is no output of the run
+    if run is not None:
+        run.record(target.name)
 
     def write(folder: Path) -> None:
         _save_pretrained(model, tokenizer, folder)
         for name, text in extra.items():
             (folder / name).write_text(text)
+        write_manifest(folder, run.run_id if run is not None else None)
 
-    _write_folder(target, write)
+    _write_folder(target, write, run)
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def first_non_finite(model: torch.nn.Module, optimizer_state: dict[str, Any]) -> str | None:
+    """The name of the first parameter or optimiser-state tensor holding NaN or inf."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter.detach()).all():
+            return f"parameter {name}"
+    for index, slots in optimizer_state.get("state", {}).items():
+        for slot, value in slots.items():
+            floating = torch.is_tensor(value) and value.is_floating_point()
+            if floating and not torch.isfinite(value).all():
+                return f"optimiser state {slot} of parameter {index}"
+    return None
 
 
 def save_checkpoint(
-    run_dir: Path,
+    run: RunFolder,
     step: int,
     model: Any,
     tokenizer: Any,
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write ``checkpoints/step-N`` (model, tokenizer, ``state``), point ``latest`` at it,
-    and delete all but the newest ``keep`` checkpoints."""
-    folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``checkpoints/step-N`` (model, tokenizer, ``state``, manifest), read it back and
+    verify it, point ``latest`` at it, then delete all but the newest ``keep`` checkpoints
+    among those this run wrote."""
+    folder = run.path / CHECKPOINTS
     name = f"step-{step:08d}"
     target = folder / name
-    pointer = folder / LATEST_FILE
-    current = pointer.read_text().strip() if pointer.exists() else None
+    bad = first_non_finite(model, state.get("optimizer", {}))
+    if bad is not None:
+        raise CheckpointError(
+            f"refusing to write checkpoint {name}: {bad} is not finite; the last good "
+            f"checkpoint is {latest_checkpoint(run.path) or 'none yet'}"
+        )
+    current = read_latest(run.path)
     if target.exists():
+        if not run.owns(f"{CHECKPOINTS}/{name}"):
+            raise CheckpointError(f"{target} exists and was not written by this run; move it away")
         if name == current:
             raise CheckpointError(f"{target} already exists; refusing to overwrite a checkpoint")
         # a complete folder that a crash left before ``latest`` named it: this run redid it
-        shutil.rmtree(target)
+        _remove_checkpoint(run, target)
+    run.record(f"{CHECKPOINTS}/{name}", f"{CHECKPOINTS}/{LATEST_FILE}")
 
     def write(staging: Path) -> None:
         _save_pretrained(model, tokenizer, staging)
-        torch.save({"format": FORMAT_VERSION, "step": step, **state}, staging / STATE_FILE)
+        with open(staging / STATE_FILE, "wb") as stream:
+            torch.save({"format": FORMAT_VERSION, "step": step, **state}, stream)
+        write_manifest(staging, run.run_id, step=step)
 
-    _write_folder(target, write)
-    atomic_write_text(folder / LATEST_FILE, name + "\n")
-    older = sorted(p for p in folder.glob("step-*") if p.is_dir() and p.name < name)
+    _write_folder(target, write, run)
+    verify_folder(target, run.run_id)  # read back: rotation never removes the newest intact one
+    try:
+        atomic_write_text(folder / LATEST_FILE, name + "\n", tag=run.run_id)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(folder / LATEST_FILE) from error
+        raise
+    older = sorted(
+        path
+        for path in folder.glob("step-*")
+        if path.is_dir() and path.name < name and run.owns(f"{CHECKPOINTS}/{path.name}")
+    )
     for old in older[: max(0, len(older) - (keep - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_checkpoint(run, old)
     return target
+
+
+def _remove_checkpoint(run: RunFolder, folder: Path) -> None:
+    """Delete a checkpoint this run wrote (files its manifest lists; others stay)."""
+    left = remove_written_folder(folder, run.run_id)
+    if left:
+        print(f"kept {folder} for files this run did not write: {', '.join(left[:3])}")
+    else:
+        run.forget(f"{CHECKPOINTS}/{folder.name}")
+
+
+def read_latest(run_dir: Path) -> str:
+    """The checkpoint name ``checkpoints/latest`` holds ("" when missing or empty)."""
+    pointer = run_dir / CHECKPOINTS / LATEST_FILE
+    try:
+        return pointer.read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or ``None``."""
-    folder = run_dir / "checkpoints"
-    pointer = folder / LATEST_FILE
-    if not pointer.exists():
-        return None
-    target = folder / pointer.read_text().strip()
-    if not target.is_dir():
-        raise CheckpointError(
-            f"{pointer} names {target.name}, which is missing; the run folder was edited by "
-            "hand or copied incompletely. Point latest at an existing step-* folder."
+    """The checkpoint ``latest`` names, if that folder exists (not verified)."""
+    name = read_latest(run_dir)
+    target = run_dir / CHECKPOINTS / name
+    return target if name and target.is_dir() else None
+
+
+def _newest_intact(run: RunFolder, below: str | None = None) -> Path | None:
+    """The newest checkpoint of this run (older than ``below``) that verifies."""
+    for path in sorted((run.path / CHECKPOINTS).glob("step-*"), reverse=True):
+        if below is not None and path.name >= below:
+            continue
+        try:
+            verify_folder(path, run.run_id)
+        except CheckpointError:
+            continue
+        return path
+    return None
+
+
+def find_resume_checkpoint(run: RunFolder) -> tuple[Path | None, str]:
+    """The checkpoint to resume this run from, and a note for the user.
+
+    ``latest`` names it; when ``latest`` is missing, empty or names a missing folder, the
+    newest checkpoint of this run that verifies. A checkpoint of this run that fails its
+    checksums is never skipped silently: it is refused, naming the newest intact one.
+    """
+    folder = run.path / CHECKPOINTS
+    named = read_latest(run.path)
+    if named and (folder / named).is_dir():
+        candidates = [folder / named]
+        note = ""
+    else:
+        candidates = sorted(
+            (p for p in folder.glob("step-*") if p.is_dir() and _is_ours(p, run)), reverse=True
         )
-    return target
+        state = f"names {named}, which is missing" if named else "is missing or empty"
+        note = f"{folder / LATEST_FILE} {state}"
+    for candidate in candidates[:1]:
+        try:
+            verify_folder(candidate, run.run_id)
+        except CheckpointError as error:
+            fallback = _newest_intact(run, below=candidate.name)
+            advice = (
+                f"the newest intact checkpoint is {fallback.name}: move {candidate.name} out "
+                "of checkpoints/ to resume from it"
+                if fallback is not None
+                else "no older checkpoint is intact: start again with --overwrite true"
+            )
+            raise CheckpointError(f"{error}; it was left untouched, and {advice}") from None
+        if note:
+            note += f"; resuming from the newest intact checkpoint, {candidate.name}"
+        return candidate, note
+    return None, note
+
+
+def _is_ours(path: Path, run: RunFolder) -> bool:
+    manifest = read_manifest(path)
+    return manifest is not None and manifest.get("run_id") == run.run_id
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..core.files import read_utf8
 
 METHODS = ("mle", "sequencematch")
 NOISE_SOURCES = ("uniform", "unigram", "task", "model")
@@ -38,6 +41,11 @@ class TrainConfig:
     seed: int = _field(0, "seed of every random choice (data order, noise, sampling, init)")
     device: str = _field("auto", "auto, cpu, cuda or cuda:N")
     resume: bool = _field(False, "continue the run in output_dir from its latest checkpoint")
+    overwrite: bool = _field(
+        False,
+        "start again in an output_dir that holds an earlier run, deleting what that run wrote "
+        "(never files it did not write)",
+    )
     stop_at: int = _field(0, "stop this invocation after this step (0: run to steps)")
     progress: bool = _field(True, "show a progress bar")
     # model
@@ -139,7 +147,7 @@ class TrainConfig:
     # logging and checkpoints
     log_every: int = _field(10, "steps between metrics.jsonl lines")
     save_every: int = _field(200, "steps between checkpoints (0: only at the end)")
-    keep_checkpoints: int = _field(2, "checkpoints kept (older ones are deleted)")
+    keep_checkpoints: int = _field(2, "checkpoints kept (older ones this run wrote are deleted)")
     eval_every: int = _field(0, "steps between validation evaluations (0: only at the end)")
     tensorboard: bool = _field(False, "also log to TensorBoard (needs the tensorboard package)")
 
@@ -165,7 +173,9 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field and what to change; return ``self``."""
-        problems: list[str] = []
+        problems = _type_problems(self)
+        if problems:  # values of the wrong type cannot be range-checked
+            raise ValueError("invalid training configuration: " + "; ".join(problems))
 
         def need(condition: bool, message: str) -> None:
             if not condition:
@@ -186,9 +196,15 @@ class TrainConfig:
         need(self.batch_size >= 1, "batch_size must be at least 1")
         need(self.grad_accum >= 1, "grad_accum must be at least 1")
         need(
-            self.batch_size % self.grad_accum == 0,
+            self.grad_accum < 1 or self.batch_size % self.grad_accum == 0,
             f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}",
         )
+        need(
+            not (self.resume and self.overwrite),
+            "resume and overwrite exclude each other: resume continues the run in output_dir, "
+            "overwrite replaces it",
+        )
+        need(bool(self.output_dir.strip()), "output_dir must name a folder")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must lie in [0, 1]")
         need(self.warmup_steps >= 0, "warmup_steps must be >= 0")
@@ -230,7 +246,7 @@ class TrainConfig:
                 self.max_new_tokens >= 0, "max_new_tokens must be >= 0 (0: from the data's lengths)"
             )
             need(
-                self.model_batch_size % self.grad_accum == 0,
+                self.grad_accum < 1 or self.model_batch_size % self.grad_accum == 0,
                 "model_batch_size must be a multiple of grad_accum",
             )
         need(
@@ -244,25 +260,34 @@ class TrainConfig:
             "(0.125 at logit 16) is as large as r: use precision fp32 with sequencematch",
         )
         if problems:
-            raise ValueError("invalid training configuration:\n  - " + "\n  - ".join(problems))
+            raise ValueError("invalid training configuration: " + "; ".join(problems))
         return self
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a mapping, refusing unknown keys (typos) with the list of valid ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """Build from a mapping, refusing unknown keys (typos) with the list of valid ones.
+
+        Exact conversions only: a whole float (``1e3``) for an integer option, an integer
+        for a float option; anything else of the wrong type is left for :meth:`validate`
+        to refuse (a quoted ``"1e-3"`` is text, ``3.7`` steps is no whole number)."""
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(
                 f"unknown configuration keys {unknown}; valid keys are: {', '.join(sorted(known))}"
             )
-        return cls(**values)
+        return cls(**{key: _exact(known[key], value) for key, value in values.items()})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Read a YAML mapping of field names to values."""
-        text = Path(path).read_text()
-        values = yaml.safe_load(text) or {}
+        """Read a YAML mapping of field names to values (``1e-3`` is a number, as in YAML 1.2)."""
+        try:
+            values = yaml.load(read_utf8(path), Loader=_YamlLoader) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{path}: not valid YAML ({where}{problem})") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a YAML mapping of option names to values")
         return cls.from_dict(values)
@@ -272,6 +297,90 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML whose floats follow YAML 1.2: ``1e-3`` and ``1e3`` are numbers, not text."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+_EXPECTED = {
+    "int": "a whole number",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "text",
+    "str | None": "text (or absent)",
+    "list[float]": "a list of two numbers",
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _exact(kind: str, value: Any) -> Any:
+    """``value`` converted to an option's type where that loses nothing."""
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "float" and _is_number(value):
+        return float(value)
+    if kind == "list[float]" and isinstance(value, (list, tuple)):
+        return [float(v) if _is_number(v) else v for v in value]
+    return value
+
+
+def _type_fits(kind: str, value: Any) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return _is_number(value) and math.isfinite(value)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "str | None":
+        return value is None or isinstance(value, str)
+    if kind == "list[float]":
+        values = value if isinstance(value, (list, tuple)) else [None]
+        return all(_is_number(v) and math.isfinite(v) for v in values)
+    return True
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null (no value)"
+    if isinstance(value, str):
+        hint = "without quotes" if _looks_typed(value) else "as the option expects"
+        return f"the text {value!r} (write it {hint})"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def _looks_typed(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false", "yes", "no", "on", "off"):
+        return True
+    try:
+        float(lowered)
+    except ValueError:
+        return False
+    return True
+
+
+def _type_problems(config: TrainConfig) -> list[str]:
+    """One message per option whose value has the wrong type (or is not finite)."""
+    return [
+        f"{item.name} must be {_EXPECTED.get(item.type, item.type)}, got "
+        f"{_shown(getattr(config, item.name))}"
+        for item in fields(config)
+        if not _type_fits(item.type, getattr(config, item.name))
+    ]
 
 
 def _parse_bool(text: str) -> bool:

@@ -30,15 +30,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..core.actions import Batch, NoiseSource
 from ..core.backspace import check_backspace_support
-from ..core.examples import Example, longest_completion, special_ids
-from ..core.files import atomic_write_text
+from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
+from ..core.files import atomic_write_text, disk_full_error, is_disk_full
 from ..core.forward import state_logits, verify_layout_once
 from ..core.objectives import training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
 from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
 from .checkpoints import (
+    CHECKPOINTS,
     CheckpointError,
+    find_resume_checkpoint,
     latest_checkpoint,
     load_state,
     save_checkpoint,
@@ -49,13 +51,21 @@ from .distributed import World, all_gather_objects, all_ranks_true, barrier, sum
 from .model_noise import ModelSampleNoise, model_noise_sources
 from .noise import build_noise_source
 from .replay import ReplayBuffer, Trace
+from .run_folder import RunFolder
 from .schedule import lr_at, phase_at, sm_weight
 
-# Options that may differ between a run and its resumption; every other one must match.
+# Options that may differ between a run and its resumption (the learning-rate schedule,
+# length, logging, checkpoint and evaluation cadence, device); every other one must match.
 RESUMABLE_CHANGES = frozenset(
     {"steps", "stop_at", "progress", "log_every", "save_every", "keep_checkpoints",
-     "eval_every", "tensorboard", "resume", "device"}
+     "eval_every", "tensorboard", "resume", "overwrite", "device", "lr", "warmup_steps",
+     "min_lr_ratio", "clip_grad"}
 )  # fmt: skip
+# Options naming files: compared as resolved paths. The run folder's own path is no part of
+# a run's identity (a run folder can be moved or copied and resumed there).
+PATH_OPTIONS = ("model", "train_file", "valid_file")
+TRAIN_OUTPUTS = ("metrics.jsonl", CHECKPOINTS, "model", "tensorboard")
+METRICS_FILE = "metrics.jsonl"
 LOSS_TERMS = ("loss", "mle", "imitation", "value", "regulariser")
 
 Evaluator = Callable[[PreTrainedModel], dict[str, float]]
@@ -73,6 +83,18 @@ def valid_vocabulary(model: PreTrainedModel, tokenizer: Any) -> int:
     ``V`` (a logsumexp over actions) must ignore them.
     """
     return min(len(tokenizer), model.get_input_embeddings().weight.shape[0])
+
+
+def run_identity(config: TrainConfig) -> dict[str, Any]:
+    """The options that define a run (compared on resume): every option but those that may
+    change, with file options as resolved paths."""
+    values = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    values.pop("output_dir")
+    for key in PATH_OPTIONS:
+        value = values.get(key)
+        if isinstance(value, str) and Path(value).exists():
+            values[key] = str(Path(value).resolve())
+    return values
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,6 +151,9 @@ class Trainer:
         self.step = 0
         self.replay = ReplayBuffer(config.replay_size, config.seed)
         self._writer: Any = None
+        self.run: RunFolder | None = None  # the locked run folder (rank 0)
+        sampled = self.sample_length if config.method == "sequencematch" else 0
+        check_lengths(train, position_limit(model), sampled)
 
         resume_from = self._find_resume_point()
         if resume_from is not None:
@@ -165,17 +190,51 @@ class Trainer:
     # ------------------------------------------------------------------ set-up helpers
 
     def _find_resume_point(self) -> Path | None:
-        existing = latest_checkpoint(self.run_dir)
-        if existing is None:
-            if self.config.resume and self.world.is_main:
-                print(f"no checkpoint in {self.run_dir}: starting a new run")
-            return None
-        if not self.config.resume:
-            raise TrainingError(
-                f"{self.run_dir} already holds a run (latest checkpoint {existing.name}); "
-                "pass resume to continue it, or choose another output_dir"
+        """Lock the run folder and decide where this run starts: a verified checkpoint of
+        this run, or ``None`` for step 0 (rank 0 decides, every rank gets its answer)."""
+        checkpoint = None
+        if self.world.is_main:
+            self.run = RunFolder(self.run_dir, "train", TRAIN_OUTPUTS).lock()
+            try:
+                checkpoint = self._claim_run_folder(self.run)
+            except BaseException:
+                self.close()
+                raise
+        shared = all_gather_objects(self.world, None if checkpoint is None else str(checkpoint))
+        return None if shared[0] is None else Path(shared[0])
+
+    def _claim_run_folder(self, run: RunFolder) -> Path | None:
+        config = self.config
+        if run.marker is None or not config.resume:
+            if config.resume and not run.unproven():
+                print(f"no run in {self.run_dir} yet: starting a new one")
+            run.claim_new(
+                config.overwrite,
+                "pass --resume true to continue it, --overwrite true to replace it (deleting "
+                "only what that run wrote), or choose another output_dir",
             )
-        return existing
+            return None
+        for done in run.clean_stale():
+            print(f"{self.run_dir}: {done} (left by an interrupted write)")
+        checkpoint, note = find_resume_checkpoint(run)
+        if note:
+            print(note)
+        if checkpoint is None:
+            recorded = [n for n in run.existing_outputs() if n.startswith(f"{CHECKPOINTS}/step-")]
+            if recorded:
+                raise CheckpointError(
+                    f"no intact checkpoint in {self.run_dir / CHECKPOINTS} ({', '.join(recorded)}"
+                    " fail verification); they were left untouched: start again with "
+                    "--overwrite true, or choose another output_dir"
+                )
+            print(f"no checkpoint in {self.run_dir} yet: the run starts again from step 0")
+            self._drop_metrics_after(0)
+        return checkpoint
+
+    def close(self) -> None:
+        """Release the run folder's lock (training calls this when it ends, however)."""
+        if self.run is not None:
+            self.run.release()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -189,18 +248,22 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.config.lr)
 
     def _restore(self, checkpoint: Path) -> None:
+        try:
+            self._restore_state(checkpoint)
+        except BaseException:
+            self.close()
+            raise
+
+    def _restore_state(self, checkpoint: Path) -> None:
         state = load_state(checkpoint)
-        saved = state.get("config", {})
-        current = self.config.to_dict()
-        mismatched = sorted(
-            key
-            for key in current
-            if key not in RESUMABLE_CHANGES and key in saved and saved[key] != current[key]
-        )
+        saved = state.get("identity", {})
+        current = run_identity(self.config)
+        mismatched = sorted(key for key in current if key in saved and saved[key] != current[key])
         if mismatched:
             details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in mismatched)
             raise CheckpointError(
-                f"checkpoint {checkpoint} was trained with other settings ({details}); "
+                f"checkpoint {checkpoint} was trained with other settings ({details}), which "
+                f"cannot change on resume (these can: {', '.join(sorted(RESUMABLE_CHANGES))}); "
                 "resume with the same values or start a new output_dir"
             )
         try:
@@ -209,6 +272,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {error}") from error
+        self._apply_schedule()
         self.step = int(state["step"])
         self._drop_metrics_after(self.step)
         self.replay.load_state_dict(state["replay"], self.step)
@@ -218,13 +282,58 @@ class Trainer:
         if self.world.is_main:
             print(f"resumed from {checkpoint} at step {self.step}")
 
+    def _apply_schedule(self) -> None:
+        """Set the learning rate of the restored step from this run's ``lr`` and schedule
+        (which may differ from the checkpoint's: lowering lr is how a run recovers)."""
+        scheduler = self.scheduler
+        scheduler.base_lrs = [self.config.lr for _ in self.optimizer.param_groups]
+        for group, factor in zip(self.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = self.config.lr
+            group["lr"] = self.config.lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def _drop_metrics_after(self, step: int) -> None:
-        """Forget metrics lines logged after the checkpoint we resume from (they are redone)."""
-        path = self.run_dir / "metrics.jsonl"
+        """Forget metrics lines logged after the checkpoint we resume from (they are redone).
+
+        A torn last line (a write cut short by a crash or a full disk) is dropped and
+        reported; any other unreadable line stops the run, naming the file and the line."""
+        path = self.run_dir / METRICS_FILE
         if not self.world.is_main or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+        kept: list[str] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record_step = json.loads(line)["step"]
+                if not isinstance(record_step, int):
+                    raise TypeError("step is not an integer")
+            except (ValueError, KeyError, TypeError) as error:
+                if number == len(lines):  # the last line, without its newline: torn
+                    print(f"{path}:line {number}: dropped a torn last line ({len(line)} "
+                          "characters; a write was cut short)")  # fmt: skip
+                    continue
+                raise TrainingError(
+                    f"{path}:line {number}: not a metrics record ({error}); repair or delete "
+                    "that line to resume"
+                ) from None
+            if record_step <= step:
+                kept.append(line)
         atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl`` (rank 0), written with a single call."""
+        path = self.run_dir / METRICS_FILE
+        if self.run is not None:
+            self.run.record(METRICS_FILE)
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as error:
+            if is_disk_full(error):
+                raise disk_full_error(path) from error
+            raise
 
     # ------------------------------------------------------------------ batches
 
@@ -374,21 +483,23 @@ class Trainer:
             if not finite:
                 break
         if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(
                 f"non-finite {bad_term or 'loss (on another process)'} at step {step} "
-                f"({phase} phase); training stopped and the last good checkpoint is kept "
-                f"({latest_checkpoint(self.run_dir) or 'none yet'}). Lower lr, raise alpha, "
-                "or use precision fp32."
+                f"({phase} phase); training stopped. {self._recovery_advice()}"
             )
         sums = sum_over_ranks(self.world, sums, self.device)
         for name in ("v_mean", "r_mean", "r_std"):  # statistics: mean over processes
             if name in sums:
                 sums[name] /= self.world.size
         self.scaler.unscale_(self.optimizer)
-        grad_norm = 0.0
-        if self.config.clip_grad > 0:
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        grad_norm = self._gradient_norm()
+        # fp16's scaler skips such a step itself (and lowers its scale); elsewhere it is fatal
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(
+                f"non-finite gradient norm at step {step} ({phase} phase); the update was not "
+                f"applied and training stopped. {self._recovery_advice()}"
             )
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -399,10 +510,37 @@ class Trainer:
             sums["sample/age"] = ReplayBuffer.mean_age(self._model_rows(step), step)
         return {**sums, "grad_norm": grad_norm, "lr": lr, "phase": phase}
 
+    def _gradient_norm(self) -> float:
+        """The global gradient norm (clipped to ``clip_grad`` when that is set)."""
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if self.config.clip_grad > 0:
+            return float(torch.nn.utils.clip_grad_norm_(parameters, self.config.clip_grad))
+        norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+    def _recovery_advice(self) -> str:
+        """Where a stopped run can continue from (checkpoints are never non-finite)."""
+        good = latest_checkpoint(self.run_dir)
+        if good is None:
+            return "No checkpoint was written yet: start again with a lower lr."
+        return (
+            f"The last good (finite) checkpoint is {good}: resume from it with a lower learning "
+            "rate (--resume true --lr ...); if that stops again at once, its weights have "
+            "already grown too large: start again (--overwrite true) with a lower lr, a larger "
+            "alpha or precision fp32."
+        )
+
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> dict[str, Any]:
-        """Run to ``config.steps`` (or ``config.stop_at``); return the last logged metrics."""
+        """Run to ``config.steps`` (or ``config.stop_at``); return the last logged metrics.
+        The run folder's lock is released when this returns or fails."""
+        try:
+            return self._train_loop()
+        finally:
+            self.close()
+
+    def _train_loop(self) -> dict[str, Any]:
         config = self.config
         last_step = min(config.steps, config.stop_at) if config.stop_at else config.steps
         bar = tqdm(
@@ -454,9 +592,9 @@ class Trainer:
         record |= extra
         record["elapsed_s"] = round(elapsed, 2)
         if self.world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            self._append_metrics(record)
+            if self.config.tensorboard and self.run is not None:
+                self.run.record("tensorboard")
             self._tensorboard(step, record)
         return record
 
@@ -481,8 +619,7 @@ class Trainer:
         results: dict[str, Any] = {}
         if self.world.is_main:
             results = {f"eval/{k}": v for k, v in self.evaluate(self.model).items()}
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps({"step": step, **results}) + "\n")
+            self._append_metrics({"step": step, **results})
             self._tensorboard(step, results)
         self.model.train()
         barrier(self.world)
@@ -502,11 +639,13 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "config": self.config.to_dict(),
+                "identity": run_identity(self.config),
             }
             existing = latest_checkpoint(self.run_dir)
             if existing is None or existing.name != f"step-{self.step:08d}":
+                assert self.run is not None
                 target = save_checkpoint(
-                    self.run_dir, self.step, self.model, self.tokenizer, state,
+                    self.run, self.step, self.model, self.tokenizer, state,
                     self.config.keep_checkpoints,
                 )  # fmt: skip
         barrier(self.world)
@@ -516,5 +655,7 @@ class Trainer:
         """The trained model and tokenizer, loadable by ``from_pretrained`` (rank 0)."""
         if self.world.is_main:
             files = {"training_config.json": json.dumps(self.config.to_dict(), indent=2)}
-            save_model_folder(self.model, self.tokenizer, target, files | self.model_files)
+            save_model_folder(
+                self.model, self.tokenizer, target, files | self.model_files, run=self.run
+            )
         barrier(self.world)
