@@ -87,12 +87,13 @@ def test_a_full_disk_while_saving_a_checkpoint_says_so(tmp_path, capsys, monkeyp
 
 
 def test_examples_longer_than_the_model_are_refused_before_training(tmp_path, capsys):
-    pairs = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "x", "completion": "7" * 600}]
+    # completions are cut at max_completion_tokens; a prompt is never cut
+    pairs = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "x" * 600, "completion": "7"}]
     data = write_lines(tmp_path / "long.jsonl", pairs)
     run = tmp_path / "run"
     fails(capsys, ["train", "--output-dir", str(run), "--task", "jsonl", "--train-file",
                    str(data), "--steps", "1", *TINY],
-          "training example 2 has 603 tokens (prompt 2, completion 601), more than the model's "
+          "training example 2 has 603 tokens (prompt 601, completion 2), more than the model's "
           "512 positions")  # fmt: skip
 
 
@@ -126,7 +127,7 @@ def test_eval_without_task_json_asks_for_the_task(model_copy, tmp_path, capsys):
                                                "answer": "2"}])  # fmt: skip
     fails(capsys, ["eval", "--model", str(model_copy), "--data", str(data)],
           "has no task.json (sequencematch train writes one), so the task it was trained on is "
-          "unknown: pass --task arithmetic or --task text")  # fmt: skip
+          "unknown: pass --task NAME (arithmetic, jsonl or text)")  # fmt: skip
     capsys.readouterr()
     assert main(["eval", "--model", str(model_copy), "--data", str(data), "--task", "arithmetic",
                  "--json"]) == 0  # fmt: skip
@@ -134,9 +135,9 @@ def test_eval_without_task_json_asks_for_the_task(model_copy, tmp_path, capsys):
 
 
 def test_mauve_on_a_handful_of_samples_is_flagged(model_folder, tmp_path, capsys, monkeypatch):
-    from sequencematch.evaluation import text_evaluation
+    from sequencematch.tasks.text_task import TextTask
 
-    monkeypatch.setattr(text_evaluation, "evaluate_text", _stop)
+    monkeypatch.setattr(TextTask, "evaluate", _stop)
     text = tmp_path / "short.txt"
     text.write_text("In base 7, what is 1 + 1? = 2\n" * 10)
     capsys.readouterr()
@@ -198,8 +199,8 @@ def test_bad_yaml_through_the_command_line_is_one_line(tmp_path, capsys):
 
 def test_a_model_name_that_is_neither_preset_nor_folder(tmp_path, capsys):
     fails(capsys, ["train", "--output-dir", str(tmp_path / "run"), "--model", "tiny_gtp2"],
-          "model 'tiny_gtp2' is not a preset (tiny_gpt2, tiny_llama) and tiny_gtp2 does not "
-          "exist")  # fmt: skip
+          "model 'tiny_gtp2' is neither a preset (tiny_gpt2, tiny_llama), a known pretrained "
+          "model (smollm2-135m), a model folder nor a .gguf file")  # fmt: skip
     fails(capsys, ["generate", "--model", str(tmp_path / "nothing"), "--prompt", "1"],
           f"--model: {tmp_path / 'nothing'} does not exist")  # fmt: skip
 

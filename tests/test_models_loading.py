@@ -108,7 +108,7 @@ def test_folders_without_a_model_or_a_tokenizer_are_clear_errors(bf16_folder, tm
         load_model(empty)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (bf16_folder / name).unlink()
-    with pytest.raises(ValueError, match="no tokenizer files"):
+    with pytest.raises(ValueError, match="has no tokenizer"):
         load_model(bf16_folder)
     tokenizer = char_tokenizer(ALPHABET)
     model, given = load_model(bf16_folder, tokenizer=tokenizer)  # a tokenizer passed in is used

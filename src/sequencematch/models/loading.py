@@ -41,7 +41,8 @@ DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
 }
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+"""Files a tokenizer is built from (``tokenizer_config.json`` alone is not enough)."""
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -196,7 +197,8 @@ def _load_folder(
         raise ValueError(f"folder {folder} holds no config.json, so no model: {hint}")
     if needs_tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(
-            f"folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the "
+            f"folder {folder} has no tokenizer (no tokenizer.json, tokenizer.model or vocab "
+            "file): save the "
             "tokenizer with tokenizer.save_pretrained(folder), or pass tokenizer=..."
         )
     extra = {"quantization_config": _four_bit_config(dtype)} if load_in_4bit else {}

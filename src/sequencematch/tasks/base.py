@@ -150,7 +150,7 @@ class Task(ABC):
         """The prompt a model trained on this task expects for a user's ``text``."""
         return text
 
-    def check_prompt(self, text: str) -> None:
+    def check_prompt(self, text: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Refuse (``ValueError``) a user's prompt that this task cannot answer."""
 
     def forced_noise_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int] | None:
