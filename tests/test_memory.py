@@ -12,8 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from sequencematch.core.actions import Batch, collate
 from sequencematch.core.backspace import causal_lm
 from sequencematch.core.chunked_logits import ChunkedLogits
-from sequencematch.core.forward import chunked_state_logits, state_logits
+from sequencematch.core.forward import chunked_state_logits, state_logits, verify_layout_once
 from sequencematch.core.objectives import mle_loss, sequencematch_loss
+from sequencematch.core.sampling import generate
 from sequencematch.models.backspace import add_backspace
 from sequencematch.models.memory import gradient_checkpointing_enabled, set_gradient_checkpointing
 from sequencematch.models.presets import char_tokenizer, tiny_model
@@ -181,6 +182,22 @@ def test_the_head_runs_once_for_the_mle_and_sequencematch_terms():
         handle.remove()
     states = int((data.lengths - data.prompt_lengths + 1).sum())  # last prompt element + actions
     assert calls == [states]
+
+
+def test_generate_prefill_reads_logits_at_the_last_prompt_positions_only():
+    network, _, bk = make_model("tiny_llama")
+    verify_layout_once(network)  # its probe forwards are not the prefill
+    shapes = []
+    handle = network.get_output_embeddings().register_forward_hook(
+        lambda module, inputs, output: shapes.append(tuple(output.shape[:2]))
+    )
+    try:
+        generate(network, [[5, 6, 7], [8], [9, 10, 11, 12, 13], [4, 4, 4]], bkspc_id=bk,
+                 max_new_tokens=2, max_steps=2, eos_token_id=[])  # fmt: skip
+    finally:
+        handle.remove()
+    assert shapes[0] == (4, 3)  # three distinct prompt lengths, not the padded width 5
+    assert shapes[1:] == [(4, 1)]
 
 
 def test_chunked_logits_refuse_bad_arguments():

@@ -61,6 +61,12 @@ def cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's forward can skip the LM head on unneeded positions
+    (``logits_to_keep``, a 1-D tensor of positions to keep)."""
+    return "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
+
+
 def state_logits(
     model: torch.nn.Module,
     sequences: torch.Tensor,
@@ -214,7 +220,7 @@ def _body_hidden(model: torch.nn.Module, core: torch.nn.Module, layout: Layout) 
                         else output[0])  # fmt: skip
 
     kwargs = {}
-    if "logits_to_keep" in inspect.signature(core.forward).parameters:
+    if takes_logits_to_keep(core):
         kwargs["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=layout.input_ids.device)
     handle = body.register_forward_hook(keep_hidden)
     try:
