@@ -7,7 +7,9 @@ per state: ``V(s)``, the log-sum-exp over the valid actions, and ``Q(s, a)`` of 
 taken next. :class:`ChunkedLogits` computes both a chunk of states at a time (LM head,
 ``<bkspc>`` mask, log-sum-exp and gather fused per chunk) under activation checkpointing:
 only the ``[N, H]`` hidden states are kept for the backward pass, which recomputes each
-chunk's logits, so at most ``chunk_tokens x V`` logits exist at any moment.
+chunk's logits, so at most ``chunk_tokens x V`` logits exist at any moment. By default a
+chunk holds 2**24 logits (64 MiB in float32: 341 states of SmolLM2's 49,153 actions); when
+every state fits in one chunk nothing is recomputed.
 
 The LM head always runs outside autocast, in float32 at least (a bfloat16 head would round
 logits of 16 to steps of 0.125, as large as the rewards SequenceMatch reads off them).
@@ -18,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK_TOKENS = 256
-"""States per chunk: 256 x 49,153 float32 logits are 50 MB (SmolLM2-135M's vocabulary)."""
+CHUNK_LOGITS = 2**24
+"""Logits per chunk when ``chunk_tokens`` is not given (64 MiB in float32)."""
 
 
 class ChunkedLogits:
@@ -35,10 +37,10 @@ class ChunkedLogits:
         hidden: ``[B, T, H]`` last hidden states (the LM head's input).
         head: the LM head (any module mapping ``[..., H]`` to ``[..., V]``; a peft wrapper of
             it included).
-        chunk_tokens: states per chunk; ``None`` reads all states in one chunk.
-        recompute: keep only the hidden states for the backward pass and recompute each
-            chunk's logits there (activation checkpointing); ``False`` keeps every chunk's
-            logits instead (faster, as much memory as dense logits).
+        chunk_tokens: states per chunk; ``None``: as many as make :data:`CHUNK_LOGITS` logits.
+        recompute: with more than one chunk, keep only the hidden states for the backward
+            pass and recompute each chunk's logits there (activation checkpointing); ``False``
+            keeps every chunk's logits instead (faster, as much memory as full logits).
     """
 
     def __init__(
@@ -46,7 +48,7 @@ class ChunkedLogits:
         hidden: torch.Tensor,
         head: torch.nn.Module,
         *,
-        chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
+        chunk_tokens: int | None = None,
         recompute: bool = True,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -66,6 +68,9 @@ class ChunkedLogits:
         with torch.no_grad():  # the vocabulary size, from an empty input
             vocab = self._head(hidden[:0, :0]).shape[-1]
         self.shape = torch.Size((*hidden.shape[:2], vocab))
+        self._chunk_size = (
+            chunk_tokens if chunk_tokens is not None else max(1, CHUNK_LOGITS // vocab)
+        )
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ---------------------------------------------------------------- tensor-like surface
@@ -165,11 +170,10 @@ class ChunkedLogits:
             masked = torch.zeros_like(ids, dtype=torch.bool)  # [N]
         else:
             masked = bkspc_masked.to(device)[where]  # [N]
-        count = hidden.shape[0]
-        size = count if self.chunk_tokens is None else self.chunk_tokens
-        checkpointed = self.recompute and torch.is_grad_enabled()
+        count, size = hidden.shape[0], self._chunk_size
+        checkpointed = self.recompute and torch.is_grad_enabled() and count > size
         value_parts, q_parts = [], []
-        for start in range(0, count, max(1, size)):
+        for start in range(0, count, size):
             part = slice(start, start + size)
             args = (hidden[part], ids[part], masked[part], bkspc_id)
             if checkpointed:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from .backspace import causal_lm, check_backspace_support
-from .chunked_logits import DEFAULT_CHUNK_TOKENS, ChunkedLogits
+from .chunked_logits import ChunkedLogits
 from .layout import Layout, build_layout, validate_rows
 
 _VERIFIED_ATTRIBUTE = "_sequencematch_layout_verified"
@@ -98,7 +98,7 @@ def state_logits(
     if body_dtype is not None:
         return chunked_state_logits(
             model, sequences, prompt_lengths, lengths, bkspc_id, validate=validate,
-            body_dtype=body_dtype, chunk_tokens=None, recompute=False,
+            body_dtype=body_dtype, recompute=False,
         ).dense()  # fmt: skip
     device = sequences.device
     prompt_lengths = as_lengths(prompt_lengths, device)
@@ -125,7 +125,7 @@ def chunked_state_logits(
     *,
     validate: bool = True,
     body_dtype: torch.dtype | None = None,
-    chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
     recompute: bool = True,
 ) -> ChunkedLogits:
     """The logits of :func:`state_logits`, for the objectives, without ``[B, T, V]`` in memory.
@@ -133,7 +133,7 @@ def chunked_state_logits(
     Runs the model's transformer body over the one-pass layout (under autocast in
     ``body_dtype`` when given) and returns its last hidden states with the LM head; the
     objectives (``mle_loss``, ``sequencematch_loss``) read them a chunk of ``chunk_tokens``
-    states at a time, the head in float32 (see
+    states at a time (default: 64 MiB of logits), the head in float32 (see
     :class:`~sequencematch.core.chunked_logits.ChunkedLogits`). Arguments as in
     :func:`state_logits`; ``recompute=False`` keeps each chunk's logits for the backward
     pass instead of recomputing them.
