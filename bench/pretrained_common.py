@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sequencematch.core.actions import Batch, collate
-from sequencematch.core.backspace import causal_lm
+from sequencematch.core.backspace import BKSPC_TOKEN, causal_lm
 from sequencematch.core.forward import chunked_state_logits, state_logits
 from sequencematch.core.objectives import mle_loss, sequencematch_loss
 from sequencematch.models.backspace import add_backspace
@@ -82,7 +82,10 @@ def batches(tokenizer, bkspc_id: int, size: Sizes, seed: int = 0) -> tuple[Batch
     data rows are windows whose completions carry 10% noise tokens, each undone by
     ``<bkspc>`` (noise actions not expert); model rows, the windows after them, carry 10%
     wrong tokens deleted again, all expert (as a sampled trace)."""
-    text = tokenizer(README.read_text(), add_special_tokens=False).input_ids
+    words = README.read_text().replace(BKSPC_TOKEN, "backspace")  # the token is an action
+    text = tokenizer(words, add_special_tokens=False).input_ids
+    if bkspc_id in text:
+        raise ValueError("the text encodes <bkspc>: it must not appear in prompts or data")
     rng = random.Random(seed)
     window = size.prompt + size.completion
     cursor = 0
