@@ -4,19 +4,35 @@
 sequences in one forward pass. :func:`model_mask` turns a boolean mask into what the
 model's attention implementation expects, and :func:`cache_keyword` names the KV-cache
 argument of the installed ``transformers``; the sampler shares both.
+
+For training, :func:`chunked_state_logits` runs the transformer body (in bfloat16 under
+autocast with ``body_dtype``) and hands back its last hidden states with the LM head as
+:class:`~sequencematch.core.chunked_logits.ChunkedLogits`, which the objectives read in
+float32 a chunk of states at a time: mixed precision that SequenceMatch can use, without
+the full ``[B, T, V]`` logits in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Sequence
 
 import torch
 
 from .backspace import causal_lm, check_backspace_support
-from .layout import build_layout, validate_rows
+from .chunked_logits import ChunkedLogits
+from .layout import Layout, build_layout, validate_rows
 
 _VERIFIED_ATTRIBUTE = "_sequencematch_layout_verified"
+_HEAD_VERIFIED_ATTRIBUTE = "_sequencematch_head_verified"
+
+PRECISION_BODY_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+"""Training precision name -> ``body_dtype`` (``None``: the body runs in the model's dtype)."""
 
 
 def as_lengths(values: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
@@ -45,6 +61,12 @@ def cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's forward can skip the LM head on unneeded positions
+    (``logits_to_keep``, a 1-D tensor of positions to keep)."""
+    return "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
+
+
 def state_logits(
     model: torch.nn.Module,
     sequences: torch.Tensor,
@@ -53,6 +75,7 @@ def state_logits(
     bkspc_id: int | None = None,
     *,
     validate: bool = True,
+    body_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Logits of the state reached after every element, in one forward pass.
 
@@ -64,20 +87,25 @@ def state_logits(
         lengths: ``[B]`` real length of each row (prompt + actions).
         bkspc_id: id of ``<bkspc>``; ``None`` when the rows hold no backspaces.
         validate: check the rows first (ids in the vocabulary, no deletion into the prompt).
+        body_dtype: run the transformer body under autocast in this dtype (``torch.bfloat16``)
+            and the LM head outside it, in float32 at least, on the body's last hidden state;
+            ``None``: one plain forward of the model as it is.
 
     Returns:
         ``[B, T, V]`` logits; ``logits[b, t]`` are those of a plain forward over the visible
         tokens of the state after element ``t``. Entries at padding positions are arbitrary.
     """
+    if body_dtype is not None:
+        return chunked_state_logits(
+            model, sequences, prompt_lengths, lengths, bkspc_id, validate=validate,
+            body_dtype=body_dtype, recompute=False,
+        ).dense()  # fmt: skip
     device = sequences.device
     prompt_lengths = as_lengths(prompt_lengths, device)
     lengths = as_lengths(lengths, device)
     core = causal_lm(model)  # the causal LM inside a DDP or peft wrapper
     if validate:
-        check_backspace_support(core)
-        vocab_size = core.get_input_embeddings().weight.shape[0]
-        validate_rows(sequences, prompt_lengths, lengths, bkspc_id, vocab_size)
-        verify_layout_once(core)
+        _validate(core, sequences, prompt_lengths, lengths, bkspc_id)
     layout = build_layout(sequences, prompt_lengths, lengths, bkspc_id)
     output = model(
         input_ids=layout.input_ids,
@@ -86,6 +114,126 @@ def state_logits(
         use_cache=False,
     )
     return output.logits
+
+
+def chunked_state_logits(
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    prompt_lengths: torch.Tensor | Sequence[int],
+    lengths: torch.Tensor | Sequence[int],
+    bkspc_id: int | None = None,
+    *,
+    validate: bool = True,
+    body_dtype: torch.dtype | None = None,
+    chunk_tokens: int | None = None,
+    recompute: bool = True,
+) -> ChunkedLogits:
+    """The logits of :func:`state_logits`, for the objectives, without ``[B, T, V]`` in memory.
+
+    Runs the model's transformer body over the one-pass layout (under autocast in
+    ``body_dtype`` when given) and returns its last hidden states with the LM head; the
+    objectives (``mle_loss``, ``sequencematch_loss``) read them a chunk of ``chunk_tokens``
+    states at a time (default: 64 MiB of logits), the head in float32 (see
+    :class:`~sequencematch.core.chunked_logits.ChunkedLogits`). Arguments as in
+    :func:`state_logits`; ``recompute=False`` keeps each chunk's logits for the backward
+    pass instead of recomputing them.
+
+    The model is called through its wrapper (DDP, peft), so gradient synchronisation works as
+    in a plain forward; a model whose logits are more than ``head(last hidden state)`` (a
+    soft cap, a scale) is refused on the first call.
+    """
+    _check_body_dtype(body_dtype)
+    device = sequences.device
+    prompt_lengths = as_lengths(prompt_lengths, device)
+    lengths = as_lengths(lengths, device)
+    core = causal_lm(model)
+    if validate:
+        _validate(core, sequences, prompt_lengths, lengths, bkspc_id)
+        verify_head_once(core)
+    layout = build_layout(sequences, prompt_lengths, lengths, bkspc_id)
+    with _body_autocast(device, core, body_dtype):
+        hidden = _body_hidden(model, core, layout)  # [B, T, H]
+    return ChunkedLogits(
+        hidden, core.get_output_embeddings(), chunk_tokens=chunk_tokens, recompute=recompute
+    )
+
+
+def _validate(
+    core: torch.nn.Module,
+    sequences: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    lengths: torch.Tensor,
+    bkspc_id: int | None,
+) -> None:
+    """Rows and model checks shared by the forward functions."""
+    check_backspace_support(core)
+    vocab_size = core.get_input_embeddings().weight.shape[0]
+    validate_rows(sequences, prompt_lengths, lengths, bkspc_id, vocab_size)
+    verify_layout_once(core)
+
+
+def _check_body_dtype(body_dtype: torch.dtype | None) -> None:
+    if body_dtype is not None and not (
+        isinstance(body_dtype, torch.dtype) and body_dtype.is_floating_point
+    ):
+        raise ValueError(
+            f"body_dtype must be a floating torch dtype (torch.bfloat16, torch.float16) or None, "
+            f"got {body_dtype!r}"
+        )
+
+
+def precision_body_dtype(precision: str) -> torch.dtype | None:
+    """``body_dtype`` for a training precision name: ``fp32`` (None), ``bf16`` or ``fp16``."""
+    if precision not in PRECISION_BODY_DTYPES:
+        raise ValueError(
+            f"unknown precision {precision!r}; use one of {', '.join(PRECISION_BODY_DTYPES)}"
+        )
+    return PRECISION_BODY_DTYPES[precision]
+
+
+def _body_autocast(
+    device: torch.device, core: torch.nn.Module, body_dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
+    """Autocast in ``body_dtype`` when it is narrower than the model's own dtype."""
+    if body_dtype is None or body_dtype.itemsize >= core.dtype.itemsize:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=body_dtype)
+
+
+def _body_hidden(model: torch.nn.Module, core: torch.nn.Module, layout: Layout) -> torch.Tensor:
+    """``[B, T, H]`` last hidden states of the body, from a forward through ``model``.
+
+    The model is called as a whole (so DDP and peft wrappers do their part) but asked for no
+    logits (``logits_to_keep`` selects none) when its forward takes that argument; the body's
+    output is read by a forward hook.
+    """
+    body = core.base_model
+    if body is core:
+        raise ValueError(
+            f"{type(core).__name__} has no separate transformer body (base_model) to read "
+            "hidden states from; use state_logits"
+        )
+    captured: list[torch.Tensor] = []
+
+    def keep_hidden(module, inputs, output) -> None:
+        captured.append(output.last_hidden_state if hasattr(output, "last_hidden_state")
+                        else output[0])  # fmt: skip
+
+    kwargs = {}
+    if takes_logits_to_keep(core):
+        kwargs["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=layout.input_ids.device)
+    handle = body.register_forward_hook(keep_hidden)
+    try:
+        model(
+            input_ids=layout.input_ids,
+            attention_mask=model_mask(core, layout.attention_mask),
+            position_ids=layout.position_ids,
+            use_cache=False,
+            **kwargs,
+        )
+    finally:
+        handle.remove()
+    return captured[-1]
 
 
 @torch.no_grad()
@@ -99,6 +247,12 @@ def verify_layout_once(model: torch.nn.Module) -> None:
     model = causal_lm(model)
     if getattr(model, _VERIFIED_ATTRIBUTE, False):
         return
+    with torch.autocast(model.device.type, enabled=False):
+        _verify_layout(model)
+    setattr(model, _VERIFIED_ATTRIBUTE, True)
+
+
+def _verify_layout(model: torch.nn.Module) -> None:
     device = model.get_input_embeddings().weight.device
     vocab_size = model.get_input_embeddings().weight.shape[0]
     bkspc, a, b, c = 0, 1 % vocab_size, 2 % vocab_size, 3 % vocab_size
@@ -143,4 +297,42 @@ def verify_layout_once(model: torch.nn.Module) -> None:
             "attn_implementation='sdpa' or 'eager', or use a model family that supports "
             "custom masks (GPT-2, Llama, Qwen2, Mistral without sliding window, ...)"
         )
-    setattr(model, _VERIFIED_ATTRIBUTE, True)
+
+
+@torch.no_grad()
+def verify_head_once(model: torch.nn.Module) -> None:
+    """Check once per model that its logits are its LM head applied to the body's output.
+
+    :func:`chunked_state_logits` applies the head itself; a model that transforms the head's
+    output further (a logit soft cap, a scale) would otherwise train on other logits.
+    """
+    model = causal_lm(model)
+    if getattr(model, _HEAD_VERIFIED_ATTRIBUTE, False):
+        return
+    device = model.get_input_embeddings().weight.device
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    sequences = torch.tensor([[1 % vocab_size, 2 % vocab_size, 3 % vocab_size]], device=device)
+    layout = build_layout(sequences, as_lengths([1], device), as_lengths([3], device), None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device.type, enabled=False):
+            hidden = _body_hidden(model, model, layout)  # [1, 3, H]
+            head = model.get_output_embeddings()
+            ours = head(hidden).float()
+            plain = model(
+                input_ids=layout.input_ids,
+                attention_mask=model_mask(model, layout.attention_mask),
+                position_ids=layout.position_ids,
+                use_cache=False,
+            ).logits.float()
+    finally:
+        model.train(was_training)
+    error = (ours - plain).abs().max().item()
+    if not error <= 1e-5 * (1.0 + plain.abs().max().item()):
+        raise ValueError(
+            f"the logits of {type(model).__name__} are not its LM head applied to the last "
+            f"hidden state (they differ by {error:.3g}: a soft cap or scale?); use state_logits "
+            "without body_dtype for this model"
+        )
+    setattr(model, _HEAD_VERIFIED_ATTRIBUTE, True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .actions import Batch
+from .chunked_logits import ChunkedLogits
 from .layout import validate_rows, visible_lengths
 
 Phi = Callable[[torch.Tensor, float], torch.Tensor]
@@ -100,7 +101,7 @@ def _check_special(token_id: int | None, vocab: int, what: str) -> None:
 
 
 def transitions(
-    logits: torch.Tensor,
+    logits: torch.Tensor | ChunkedLogits,
     batch: Batch,
     bkspc_id: int | None,
     eos_id: int | None,
@@ -115,6 +116,11 @@ def transitions(
     Logits of rows that are no state of any transition (padding, all prompt elements but
     the last, the state after ``<eos>``) are replaced by zeros first, so arbitrary (even
     non-finite) values there change nothing and receive an exact zero gradient.
+
+    ``logits`` may be a :class:`~sequencematch.core.chunked_logits.ChunkedLogits`: the same
+    quantities are then read a chunk of states at a time, without the full ``[B, T, V]``
+    tensor (the rows it holds are the model's own, finite, so only padding and prompt rows
+    are skipped).
 
     Raises:
         ValueError: shapes, ids or rows are invalid (e.g. a ``<bkspc>`` into the prompt).
@@ -142,19 +148,25 @@ def transitions(
     next_is_action = torch.zeros_like(action)
     next_is_action[:, :-1] = action[:, 1:]  # [B, T] element t+1 is an action
     is_state = next_is_action | (action & ~done)  # [B, T]
-    safe = logits.masked_fill(~is_state[..., None], 0.0)  # [B, T, V]
-
+    at_boundary = None
     if bkspc_id is not None:
         depths = visible_lengths(sequences, prompt_lengths.to(device), length[:, 0], bkspc_id)
         at_boundary = depths <= prompt  # [B, T] no generated token to delete
-        safe[..., bkspc_id] = safe[..., bkspc_id].masked_fill(at_boundary, float("-inf"))
+    # The action taken from the state after element t is element t+1 (pad ids may be anything).
+    next_ids = torch.zeros_like(sequences)  # [B, T]
+    next_ids[:, :-1] = sequences.clamp(0, vocab - 1)[:, 1:]
 
-    values = torch.logsumexp(safe, dim=-1)  # [B, T] V of the state after each element
+    if isinstance(logits, ChunkedLogits):
+        # The state after <eos> is read too (its logits are finite and its value is dropped
+        # below), so the MLE and SequenceMatch terms read the same states, computed once.
+        values, next_q = logits.state_values(next_is_action | action, next_ids, at_boundary,
+                                             bkspc_id)  # fmt: skip
+    else:
+        values, next_q = _dense_state_values(logits, is_state, next_ids, at_boundary, bkspc_id)
     # Shift by one: the transition of element t starts in the state after element t-1.
-    prev_ids = sequences.clamp(0, vocab - 1)[:, 1:, None]  # [B, T-1, 1] (pad ids may be anything)
     q = torch.zeros_like(values)  # [B, T]
     v = torch.zeros_like(values)  # [B, T]
-    q[:, 1:] = safe[:, :-1].gather(-1, prev_ids).squeeze(-1)
+    q[:, 1:] = next_q[:, :-1]
     v[:, 1:] = values[:, :-1]
     zero = torch.zeros((), dtype=logits.dtype, device=device)
     q = torch.where(action, q, zero)
@@ -162,6 +174,23 @@ def transitions(
     v_next = torch.where(action & ~done, values, zero)  # [B, T]
     step = torch.where(action, index[None, :] - prompt, 0).to(logits.dtype)  # [B, T]
     return Transitions(q=q, v=v, v_next=v_next, done=done, mask=mask, step=step, action=action)
+
+
+def _dense_state_values(
+    logits: torch.Tensor,
+    is_state: torch.Tensor,
+    next_ids: torch.Tensor,
+    at_boundary: torch.Tensor | None,
+    bkspc_id: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``V`` of the state after each element and its logit of the next action, ``[B, T]`` each,
+    from a full ``[B, T, V]`` logits tensor (rows that are no state read as zeros)."""
+    safe = logits.masked_fill(~is_state[..., None], 0.0)  # [B, T, V]
+    if bkspc_id is not None:
+        safe[..., bkspc_id] = safe[..., bkspc_id].masked_fill(at_boundary, float("-inf"))
+    values = torch.logsumexp(safe, dim=-1)  # [B, T]
+    next_q = safe.gather(-1, next_ids[..., None]).squeeze(-1)  # [B, T]
+    return values, next_q
 
 
 def _check_gamma(gamma: float) -> None:

@@ -17,7 +17,13 @@ from transformers import DynamicCache, PreTrainedModel
 
 from .actions import Batch, collate
 from .backspace import check_backspace_support
-from .forward import as_lengths, cache_keyword, model_mask, verify_layout_once
+from .forward import (
+    as_lengths,
+    cache_keyword,
+    model_mask,
+    takes_logits_to_keep,
+    verify_layout_once,
+)
 from .layout import build_layout
 
 
@@ -275,14 +281,21 @@ def _run(
     for row, prompt in enumerate(prompts):
         padded[row, : len(prompt)] = torch.tensor(prompt, device=device)
     layout = build_layout(padded, prompt_lengths, prompt_lengths, None)
+    # Only each row's last prompt position needs logits: the LM head runs on the distinct
+    # ones (K of them) instead of every prompt position (a 49k vocabulary makes it costly).
+    last = prompt_lengths - 1  # [B]
+    keep, pick = torch.unique(last, return_inverse=True)  # [K], [B]
+    head_positions = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
     output = model(
         input_ids=layout.input_ids,
         attention_mask=model_mask(model, layout.attention_mask),
         position_ids=layout.position_ids,
         use_cache=True,
         **cache_argument,
+        **head_positions,
     )
-    logits = _upcast(output.logits[rows, prompt_lengths - 1, :vocab_size])  # [B, V]
+    column = pick if head_positions else last  # [B] column of each row's last prompt position
+    logits = _upcast(output.logits[rows, column, :vocab_size])  # [B, V]
 
     # The visible stack of each row: its tokens and the cache slots of their originals.
     alive = torch.zeros(batch, capacity, dtype=torch.bool, device=device)  # [B, C]
