@@ -250,6 +250,8 @@ def _load_model_folder(folder: str) -> Any:
     its files match their manifest (when it has one)."""
     from pathlib import Path
 
+    from safetensors import SafetensorError
+
     from ..training.checkpoints import verify_folder
     from ..training.run_folder import MANIFEST_FILE
     from .setup import load_trained
@@ -259,7 +261,10 @@ def _load_model_folder(folder: str) -> Any:
         raise ValueError(f"--model: {problem}; pass a model folder (e.g. RUN/model)")
     if (Path(folder) / MANIFEST_FILE).exists():
         verify_folder(Path(folder), missing_ok=True)
-    return load_trained(folder)
+    try:
+        return load_trained(folder)
+    except SafetensorError as error:
+        raise ValueError(f"{folder}: the model weights cannot be read ({error})") from error
 
 
 def _check_sampling_options(args: argparse.Namespace) -> None:
@@ -307,6 +312,8 @@ def describe_error(error: BaseException) -> str:
         )
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.filename}: {error.strerror}"
+    if type(error).__name__ == "SafetensorError":
+        return f"model weights cannot be read ({error})"
     text = str(error) or type(error).__name__
     return " ".join(text.split())
 
