@@ -205,9 +205,8 @@ def soak_round(
     if code != 0:
         raise SystemExit(f"the final resume failed ({code}): {err.strip()[-500:]}")
     figures["torn_lines_dropped"] += out.count(TORN)
-    steps = [
-        json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()
-    ]
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records if "phase" in record]  # training lines
     figures["user_files_lost"] += notes.read_text() != f"notes of round {figures['rounds']}\n"
     figures["rounds"] += 1
     if steps != list(range(1, STEPS + 1)) or not equal_models(folder / "model", reference):
