@@ -30,9 +30,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..core.actions import Batch, NoiseSource
 from ..core.backspace import check_backspace_support
+from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
 from ..core.files import atomic_write_text, disk_full_error, is_disk_full
-from ..core.forward import state_logits, verify_layout_once
+from ..core.forward import (
+    chunked_state_logits,
+    precision_body_dtype,
+    state_logits,
+    verify_head_once,
+    verify_layout_once,
+)
 from ..core.objectives import training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
@@ -175,6 +182,8 @@ class Trainer:
                 task_noise,
             )  # fmt: skip
         verify_layout_once(self.model)
+        if precision_body_dtype(config.precision) is not None:
+            verify_head_once(self.model)  # the logits must be head(last hidden state)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda index: lr_at(self.config, index)
@@ -413,11 +422,20 @@ class Trainer:
     def _phase(self, step: int) -> str:
         return phase_at(self.config, step)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+    def _state_logits(self, batch: Batch) -> torch.Tensor | ChunkedLogits:
+        """``[B, T, V]`` logits of the batch's states, float32 (padding rows of the vocabulary
+        cut). fp32: one plain forward; bf16/fp16: the body under autocast and the LM head in
+        float32 (autocast over the whole model would round the logits, and the rewards
+        ``r = Q - gamma V'`` read off them, to bf16's 0.125 steps at logit 16)."""
+        body_dtype = precision_body_dtype(self.config.precision)
+        rows = (batch.sequences, batch.prompt_lengths, batch.lengths, self.bkspc_id)
+        if body_dtype is None:
+            logits = state_logits(self.network, *rows, validate=False)
+        else:
+            logits = chunked_state_logits(
+                self.network, *rows, validate=False, body_dtype=body_dtype, recompute=False
+            ).dense()
+        return logits[..., : self.vocab_size].float()
 
     def _micro_batches(self, step: int, phase: str) -> list[MicroBatch]:
         """This rank's micro-batches of the step (each with the whole step's normalisers)."""
@@ -436,13 +454,7 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         config = self.config
         batch = batch.to(self.device)
-        with self._autocast():
-            logits = state_logits(
-                self.network, batch.sequences, batch.prompt_lengths, batch.lengths,
-                self.bkspc_id, validate=False,
-            )  # fmt: skip
-        # [B, T, V] float32 at least (objectives need it), padding rows of the vocabulary cut
-        logits = logits[..., : self.vocab_size].float()
+        logits = self._state_logits(batch)  # [B, T, V] float32
         data = Batch(*(t[:data_count] for t in batch.__dict__.values()))
         model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
         with_model = phase == "sequencematch"
