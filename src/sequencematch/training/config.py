@@ -54,6 +54,20 @@ class TrainConfig:
     num_layers: int = _field(4, "presets only: transformer blocks")
     num_heads: int = _field(4, "presets only: attention heads")
     attn_implementation: str = _field("sdpa", "sdpa or eager (both follow custom masks)")
+    lora_r: int = _field(0, "LoRA rank of the adapters (0: full fine-tuning; the paper: 64)")
+    lora_alpha: float = _field(16.0, "LoRA scale numerator: updates are lora_alpha / lora_r x BA")
+    lora_dropout: float = _field(0.05, "dropout on the LoRA adapters' input")
+    lora_targets: str = _field(
+        "", "comma-separated layer names to adapt (empty: every linear layer of the blocks)"
+    )
+    gradient_checkpointing: bool = _field(
+        False, "recompute each block's activations in the backward pass (less memory, ~1/3 slower)"
+    )
+    logits_chunk_mb: int = _field(
+        0,
+        "read the logits a chunk of this many MiB at a time, recomputed in the backward pass "
+        "(0: the whole [batch, time, vocabulary] tensor at once)",
+    )
     # task and data
     task: str = _field(
         "arithmetic",
@@ -175,6 +189,11 @@ class TrainConfig:
             return self.mle_warmup_steps
         return round(self.mle_warmup_fraction * self.steps)
 
+    def lora_target_names(self) -> list[str] | None:
+        """The layer names of ``lora_targets``; ``None``: every linear layer of the blocks."""
+        names = [name.strip() for name in self.lora_targets.split(",") if name.strip()]
+        return names or None
+
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field and what to change; return ``self``."""
         problems = _type_problems(self)
@@ -227,6 +246,17 @@ class TrainConfig:
         need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}")
         need(self.replay_draw in REPLAY_DRAWS, f"replay_draw must be one of {REPLAY_DRAWS}")
         need(self.sm_ramp_steps >= 0, "sm_ramp_steps must be >= 0")
+        need(self.lora_r >= 0, f"lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
+        need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        need(
+            0.0 <= self.lora_dropout < 1.0,
+            f"lora_dropout must lie in [0, 1), got {self.lora_dropout}",
+        )
+        need(
+            self.lora_r > 0 or not self.lora_targets.strip(),
+            "lora_targets needs lora_r > 0 (it names the layers LoRA adapts)",
+        )
+        need(self.logits_chunk_mb >= 0, "logits_chunk_mb must be >= 0 (0: no chunks)")
         need(self.sample_temperature >= 0, "sample_temperature must be >= 0 (0: greedy)")
         need(self.vocab_size >= 300, "vocab_size must be at least 300 (256 bytes + merges)")
         need(

@@ -43,6 +43,7 @@ from ..core.forward import (
 from ..core.objectives import training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
+from .adapters import adapt_model, load_trainable_state, trainable_state
 from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
 from .checkpoints import (
     CHECKPOINTS,
@@ -66,7 +67,7 @@ from .schedule import lr_at, phase_at, sm_weight
 RESUMABLE_CHANGES = frozenset(
     {"steps", "stop_at", "progress", "log_every", "save_every", "keep_checkpoints",
      "eval_every", "tensorboard", "resume", "overwrite", "device", "lr", "warmup_steps",
-     "min_lr_ratio", "clip_grad"}
+     "min_lr_ratio", "clip_grad", "gradient_checkpointing", "logits_chunk_mb"}
 )  # fmt: skip
 # Options naming files: compared as resolved paths. The run folder's own path is no part of
 # a run's identity (a run folder can be moved or copied and resumed there).
@@ -163,7 +164,7 @@ class Trainer:
         check_lengths(train, position_limit(model), sampled)
 
         resume_from = self._find_resume_point()
-        if resume_from is not None:
+        if resume_from is not None and config.lora_r == 0:  # LoRA: the base, adapters below
             model = AutoModelForCausalLM.from_pretrained(
                 resume_from, attn_implementation=config.attn_implementation
             )
@@ -172,6 +173,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.model = model.to(self.device)
         self.bkspc_id = add_backspace(self.model, tokenizer) if config.backspace else None
+        self.model = adapt_model(self.model, config, self.bkspc_id)
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.vocab_size = valid_vocabulary(self.model, tokenizer)
@@ -182,7 +184,7 @@ class Trainer:
                 task_noise,
             )  # fmt: skip
         verify_layout_once(self.model)
-        if precision_body_dtype(config.precision) is not None:
+        if precision_body_dtype(config.precision) is not None or config.logits_chunk_mb:
             verify_head_once(self.model)  # the logits must be head(last hidden state)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -282,6 +284,11 @@ class Trainer:
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {error}") from error
         self._apply_schedule()
+        if self.config.lora_r > 0:
+            try:
+                load_trainable_state(self.model, state["trainable"])
+            except (KeyError, ValueError) as error:
+                raise CheckpointError(f"checkpoint {checkpoint}: {error}") from error
         self.step = int(state["step"])
         self._drop_metrics_after(self.step)
         self.replay.load_state_dict(state["replay"], self.step)
@@ -429,6 +436,12 @@ class Trainer:
         ``r = Q - gamma V'`` read off them, to bf16's 0.125 steps at logit 16)."""
         body_dtype = precision_body_dtype(self.config.precision)
         rows = (batch.sequences, batch.prompt_lengths, batch.lengths, self.bkspc_id)
+        rows_of_head = self.model.get_input_embeddings().weight.shape[0]
+        if self.config.logits_chunk_mb and rows_of_head == self.vocab_size:
+            chunk = max(1, self.config.logits_chunk_mb * 2**20 // (4 * rows_of_head))
+            return chunked_state_logits(
+                self.network, *rows, validate=False, body_dtype=body_dtype, chunk_tokens=chunk
+            )  # [B, T, V] read a chunk of states at a time
         if body_dtype is None:
             logits = state_logits(self.network, *rows, validate=False)
         else:
@@ -653,6 +666,8 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "identity": run_identity(self.config),
             }
+            if self.config.lora_r > 0:  # the adapters and <bkspc> row; the base is rebuilt
+                state["trainable"] = trainable_state(self.model)
             existing = latest_checkpoint(self.run_dir)
             if existing is None or existing.name != f"step-{self.step:08d}":
                 assert self.run is not None
