@@ -8,6 +8,10 @@ import pytest
 import torch
 from test_trainer import make_trainer, small_config
 
+from sequencematch.apps.setup import task_file
+from sequencematch.models.presets import tiny_model
+from sequencematch.training.trainer import Trainer
+
 BF16_SM = dict(method="sequencematch", steps=4, mle_warmup_steps=0, p_noise=0.2)
 
 
@@ -105,3 +109,30 @@ def test_gradient_checkpointing_and_logit_chunks_give_the_same_loss(tmp_path: Pa
     got["loss"].backward()
     for a, b in zip(plain.model.parameters(), saving.model.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-5)
+
+
+def test_chat_template_formats_training_and_generate_prompts_alike(tmp_path: Path):
+    from sequencematch.apps.setup import load_trained, prepare_run
+    from sequencematch.tasks.arithmetic_task import ArithmeticTask
+    from sequencematch.tasks.base import TaskOptions
+
+    tokenizer = ArithmeticTask(TaskOptions()).preset_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}is {{ m['content'] }}{% endfor %} t"
+    model = tiny_model("tiny_llama", tokenizer, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2)  # fmt: skip
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    config = small_config(tmp_path, "chat", model=str(tmp_path / "base"), method="mle",
+                          steps=1, chat_template=True)  # fmt: skip
+    inputs = prepare_run(config)
+    first = inputs.tokenizer.decode(inputs.train[0].prompt, skip_special_tokens=True)
+    assert first.startswith("is In base ") and first.endswith(" t")
+    assert all(p.prompt.startswith("is ") for p in inputs.valid)
+    assert inputs.task_info["chat_template"] is True
+    Trainer(config, inputs.model, inputs.tokenizer, inputs.train,
+            model_files=task_file(inputs.task_info)).train()  # fmt: skip
+    trained = load_trained(tmp_path / "chat" / "model")
+    assert trained.prompt_text("In base 7, what is 1 + 2?") == "is In base 7, what is 1 + 2? =  t"
+    plain = small_config(tmp_path, "plain", chat_template=True)  # a preset: no template
+    with pytest.raises(ValueError, match="chat template"):
+        prepare_run(plain)

@@ -94,6 +94,11 @@ class TrainConfig:
         "has no <eos> (it is not an ending: its value is bootstrapped); model samples stop "
         "there at the latest",
     )
+    chat_template: bool = _field(
+        False,
+        "prompts as one user turn of the model's chat template (instruct models; recorded in "
+        "task.json, so generate and eval format prompts the same way); false: raw text",
+    )
     # method
     method: str = _field("sequencematch", "mle or sequencematch")
     backspace: bool = _field(True, "add the <bkspc> action and noise-augmented demonstrations")
