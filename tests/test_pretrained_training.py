@@ -136,3 +136,17 @@ def test_chat_template_formats_training_and_generate_prompts_alike(tmp_path: Pat
     plain = small_config(tmp_path, "plain", chat_template=True)  # a preset: no template
     with pytest.raises(ValueError, match="chat template"):
         prepare_run(plain)
+
+
+def test_a_fraction_warm_up_stays_put_when_a_resume_changes_steps(tmp_path: Path):
+    changes = dict(method="sequencematch", mle_warmup_fraction=0.5)
+    first = make_trainer(small_config(tmp_path, "run", steps=8, stop_at=2, **changes))
+    first.train()
+    assert first.config.mle_warmup() == 4
+    resumed = make_trainer(small_config(tmp_path, "run", steps=16, resume=True, **changes))
+    assert resumed.step == 2 and resumed.config.mle_warmup() == 4  # not 8
+    assert resumed._phase(5) == "sequencematch"
+    resumed.config = resumed.config.replace(stop_at=3)
+    resumed.train()
+    again = make_trainer(small_config(tmp_path, "run", steps=16, resume=True, **changes))
+    assert again.step == 3 and again.config.mle_warmup() == 4

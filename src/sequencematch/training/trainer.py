@@ -134,6 +134,7 @@ class Trainer:
         task_noise: NoiseSource | None = None,
     ) -> None:
         self.config = config.validate()
+        self.identity = run_identity(self.config)  # before a resume fixes the warm-up
         self.world = world or World()
         self.device = resolve_device(config.device)
         if self.world.size > 1 and self.device.type == "cuda":
@@ -268,7 +269,7 @@ class Trainer:
     def _restore_state(self, checkpoint: Path) -> None:
         state = load_state(checkpoint)
         saved = state.get("identity", {})
-        current = run_identity(self.config)
+        current = self.identity
         mismatched = sorted(key for key in current if key in saved and saved[key] != current[key])
         if mismatched:
             details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in mismatched)
@@ -283,6 +284,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {error}") from error
+        if "mle_warmup" in state and self.config.method != "mle":
+            # a warm-up set as a fraction of steps stays where the run put it when steps change
+            self.config = self.config.replace(mle_warmup_steps=int(state["mle_warmup"]))
         self._apply_schedule()
         if self.config.lora_r > 0:
             try:
@@ -664,7 +668,8 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "config": self.config.to_dict(),
-                "identity": run_identity(self.config),
+                "identity": self.identity,
+                "mle_warmup": self.config.mle_warmup(),
             }
             if self.config.lora_r > 0:  # the adapters and <bkspc> row; the base is rebuilt
                 state["trainable"] = trainable_state(self.model)
