@@ -186,8 +186,8 @@ class TrainConfig:
 
     def mle_warmup(self) -> int:
         """Steps before model samples join: ``mle_warmup_steps``, or ``mle_warmup_fraction``
-        of ``steps`` when it is unset (so the warm-up scales with the run; changing ``steps``
-        on resume moves it). 0 for method ``mle``, which never samples."""
+        of ``steps`` when it is unset (so the warm-up scales with the run; a resumed run keeps
+        the warm-up its checkpoint recorded). 0 for method ``mle``, which never samples."""
         if self.method == "mle":
             return 0
         if self.mle_warmup_steps is not None:
