@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,10 @@ import torch
 from transformers import PreTrainedModel
 
 from ..core.actions import NoiseSource
-from ..core.examples import Example, longest_completion
+from ..core.examples import Example, encode_prompt, longest_completion
 from ..models.loading import PRESETS, load_model
-from ..tasks.base import Evaluator, Pair, Task, TaskOptions
+from ..models.prompts import format_prompt
+from ..tasks.base import Evaluator, Pair, Task, TaskData, TaskOptions
 from ..tasks.registry import build_task, task_from_info
 from ..training.config import TrainConfig
 
@@ -117,15 +118,45 @@ def prepare_run(config: TrainConfig, task: Task | None = None) -> RunInputs:
             f"eval_every {config.eval_every} needs validation data, and the {task.name} task "
             "has none: pass valid_file (or set eval_every 0)"
         )
+    if config.chat_template:
+        data = chat_formatted(tokenizer, data)
     sample_length = config.sample_length(longest_completion(data.train))
     evaluate = None
     if data.valid:
         evaluate = task.validation_evaluator(tokenizer, data.valid, max_new_tokens=sample_length)
-    info = task.info() | {"max_new_tokens": sample_length}
+    info = task.info() | {"max_new_tokens": sample_length, "chat_template": config.chat_template}
     return RunInputs(
         task, model, tokenizer, data.train, data.valid, data.test, info, task_noise,
         sample_length, evaluate,
     )  # fmt: skip
+
+
+def chat_formatted(tokenizer: Any, data: TaskData) -> TaskData:
+    """``data`` with every prompt in the tokenizer's chat template (one user turn, then the
+    start of the assistant's reply); completions unchanged."""
+    check_chat_template(tokenizer)
+
+    def chat(text: str) -> str:
+        return format_prompt(tokenizer, text, chat_template=True)
+
+    train = [
+        replace(e, prompt=encode_prompt(tokenizer, chat(tokenizer.decode(e.prompt,
+                                                                         skip_special_tokens=True))))
+        for e in data.train
+    ]  # fmt: skip
+    held_out = [
+        [replace(p, prompt=chat(p.prompt)) for p in pairs] for pairs in (data.valid, data.test)
+    ]
+    return TaskData(train, *held_out)
+
+
+def check_chat_template(tokenizer: Any) -> None:
+    """Refuse a tokenizer without a chat template, saying what to do."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "chat_template true needs a model whose tokenizer has a chat template (an instruct "
+            "model such as smollm2-135m); set chat_template false for raw prompts"
+        )
 
 
 def task_file(info: dict[str, Any]) -> dict[str, str]:
@@ -149,8 +180,12 @@ class TrainedModel:
         return int(self.task_info.get("max_new_tokens", 64))
 
     def prompt_text(self, text: str) -> str:
-        """The prompt format the model was trained on (arithmetic: question + separator)."""
-        return self.task.format_prompt(text)
+        """The prompt format the model was trained on (arithmetic: question + separator;
+        inside the chat template when it was trained with one)."""
+        formatted = self.task.format_prompt(text)
+        if self.task_info.get("chat_template"):
+            formatted = format_prompt(self.tokenizer, formatted, chat_template=True)
+        return formatted
 
 
 def load_trained(folder: str | Path, device: str = "cpu") -> TrainedModel:

@@ -120,8 +120,17 @@ def _write_folder(
         raise
 
 
+def is_lora_model(model: Any) -> bool:
+    """Whether ``model`` is a peft (LoRA) wrapper."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
+
+
 def _save_pretrained(model: Any, tokenizer: Any, folder: Path) -> None:
-    model.save_pretrained(folder)
+    """Model and tokenizer files; a LoRA model writes its adapter (the base stays as loaded)."""
+    if is_lora_model(model):
+        model.save_pretrained(folder, save_embedding_layers=False)
+    else:
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
@@ -129,14 +138,20 @@ def save_model_folder(
     model: Any, tokenizer: Any, target: Path, extra: dict[str, str], run: RunFolder | None = None
 ) -> None:
     """``save_pretrained`` of model and tokenizer (plus text files and a manifest) into
-    ``target``, atomically; with ``run``, recorded as that run's output."""
+    ``target``, atomically; with ``run``, recorded as that run's output. A LoRA model is
+    saved merged (loadable by ``from_pretrained``), its adapter in ``adapter/``."""
     if run is not None and target.parent.resolve() != run.path.resolve():
         run = None  # a folder outside the run folder is no output of the run
     if run is not None:
         run.record(target.name)
 
     def write(folder: Path) -> None:
-        _save_pretrained(model, tokenizer, folder)
+        if is_lora_model(model):
+            from ..models.lora import merge_and_save  # peft: an optional dependency
+
+            merge_and_save(model, tokenizer, folder)
+        else:
+            _save_pretrained(model, tokenizer, folder)
         for name, text in extra.items():
             (folder / name).write_text(text)
         write_manifest(folder, run.run_id if run is not None else None)

@@ -54,6 +54,20 @@ class TrainConfig:
     num_layers: int = _field(4, "presets only: transformer blocks")
     num_heads: int = _field(4, "presets only: attention heads")
     attn_implementation: str = _field("sdpa", "sdpa or eager (both follow custom masks)")
+    lora_r: int = _field(0, "LoRA rank of the adapters (0: full fine-tuning; the paper: 64)")
+    lora_alpha: float = _field(16.0, "LoRA scale numerator: updates are lora_alpha / lora_r x BA")
+    lora_dropout: float = _field(0.05, "dropout on the LoRA adapters' input")
+    lora_targets: str = _field(
+        "", "comma-separated layer names to adapt (empty: every linear layer of the blocks)"
+    )
+    gradient_checkpointing: bool = _field(
+        False, "recompute each block's activations in the backward pass (less memory, ~1/3 slower)"
+    )
+    logits_chunk_mb: int = _field(
+        0,
+        "read the logits a chunk of this many MiB at a time, recomputed in the backward pass "
+        "(0: the whole [batch, time, vocabulary] tensor at once)",
+    )
     # task and data
     task: str = _field(
         "arithmetic",
@@ -79,6 +93,11 @@ class TrainConfig:
         "longest data completion in tokens (<eos> included): a longer one is cut there and "
         "has no <eos> (it is not an ending: its value is bootstrapped); model samples stop "
         "there at the latest",
+    )
+    chat_template: bool = _field(
+        False,
+        "prompts as one user turn of the model's chat template (instruct models; recorded in "
+        "task.json, so generate and eval format prompts the same way); false: raw text",
     )
     # method
     method: str = _field("sequencematch", "mle or sequencematch")
@@ -143,7 +162,11 @@ class TrainConfig:
     )
     min_lr_ratio: float = _field(0.1, "final learning rate as a fraction of lr (cosine)")
     clip_grad: float = _field(1.0, "gradient-norm clip (0: none)")
-    precision: str = _field("fp32", "fp32, bf16 (CPU/GPU autocast) or fp16 (GPU only)")
+    precision: str = _field(
+        "fp32",
+        "fp32, bf16 (the transformer body under CPU/GPU autocast, the LM head and every loss "
+        "in float32) or fp16 (the same, GPU only)",
+    )
     # logging and checkpoints
     log_every: int = _field(10, "steps between metrics.jsonl lines")
     save_every: int = _field(200, "steps between checkpoints (0: only at the end)")
@@ -163,13 +186,18 @@ class TrainConfig:
 
     def mle_warmup(self) -> int:
         """Steps before model samples join: ``mle_warmup_steps``, or ``mle_warmup_fraction``
-        of ``steps`` when it is unset (so the warm-up scales with the run; changing ``steps``
-        on resume moves it). 0 for method ``mle``, which never samples."""
+        of ``steps`` when it is unset (so the warm-up scales with the run; a resumed run keeps
+        the warm-up its checkpoint recorded). 0 for method ``mle``, which never samples."""
         if self.method == "mle":
             return 0
         if self.mle_warmup_steps is not None:
             return self.mle_warmup_steps
         return round(self.mle_warmup_fraction * self.steps)
+
+    def lora_target_names(self) -> list[str] | None:
+        """The layer names of ``lora_targets``; ``None``: every linear layer of the blocks."""
+        names = [name.strip() for name in self.lora_targets.split(",") if name.strip()]
+        return names or None
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field and what to change; return ``self``."""
@@ -223,6 +251,17 @@ class TrainConfig:
         need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}")
         need(self.replay_draw in REPLAY_DRAWS, f"replay_draw must be one of {REPLAY_DRAWS}")
         need(self.sm_ramp_steps >= 0, "sm_ramp_steps must be >= 0")
+        need(self.lora_r >= 0, f"lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
+        need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        need(
+            0.0 <= self.lora_dropout < 1.0,
+            f"lora_dropout must lie in [0, 1), got {self.lora_dropout}",
+        )
+        need(
+            self.lora_r > 0 or not self.lora_targets.strip(),
+            "lora_targets needs lora_r > 0 (it names the layers LoRA adapts)",
+        )
+        need(self.logits_chunk_mb >= 0, "logits_chunk_mb must be >= 0 (0: no chunks)")
         need(self.sample_temperature >= 0, "sample_temperature must be >= 0 (0: greedy)")
         need(self.vocab_size >= 300, "vocab_size must be at least 300 (256 bytes + merges)")
         need(
@@ -253,11 +292,6 @@ class TrainConfig:
             self.backspace or self.p_noise == 0.0,
             "p_noise needs backspace (noise is undone with <bkspc>): set backspace true or "
             "p_noise 0",
-        )
-        need(
-            self.method == "mle" or self.precision == "fp32",
-            "SequenceMatch rewards r = Q - gamma V' need float32 logits; bf16/fp16 rounding "
-            "(0.125 at logit 16) is as large as r: use precision fp32 with sequencematch",
         )
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))

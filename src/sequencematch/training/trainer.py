@@ -30,12 +30,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..core.actions import Batch, NoiseSource
 from ..core.backspace import check_backspace_support
+from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
 from ..core.files import atomic_write_text, disk_full_error, is_disk_full
-from ..core.forward import state_logits, verify_layout_once
+from ..core.forward import (
+    chunked_state_logits,
+    precision_body_dtype,
+    state_logits,
+    verify_head_once,
+    verify_layout_once,
+)
 from ..core.objectives import training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
+from .adapters import adapt_model, load_trainable_state, trainable_state
 from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
 from .checkpoints import (
     CHECKPOINTS,
@@ -59,7 +67,7 @@ from .schedule import lr_at, phase_at, sm_weight
 RESUMABLE_CHANGES = frozenset(
     {"steps", "stop_at", "progress", "log_every", "save_every", "keep_checkpoints",
      "eval_every", "tensorboard", "resume", "overwrite", "device", "lr", "warmup_steps",
-     "min_lr_ratio", "clip_grad"}
+     "min_lr_ratio", "clip_grad", "gradient_checkpointing", "logits_chunk_mb"}
 )  # fmt: skip
 # Options naming files: compared as resolved paths. The run folder's own path is no part of
 # a run's identity (a run folder can be moved or copied and resumed there).
@@ -126,6 +134,7 @@ class Trainer:
         task_noise: NoiseSource | None = None,
     ) -> None:
         self.config = config.validate()
+        self.identity = run_identity(self.config)  # before a resume fixes the warm-up
         self.world = world or World()
         self.device = resolve_device(config.device)
         if self.world.size > 1 and self.device.type == "cuda":
@@ -156,7 +165,7 @@ class Trainer:
         check_lengths(train, position_limit(model), sampled)
 
         resume_from = self._find_resume_point()
-        if resume_from is not None:
+        if resume_from is not None and config.lora_r == 0:  # LoRA: the base, adapters below
             model = AutoModelForCausalLM.from_pretrained(
                 resume_from, attn_implementation=config.attn_implementation
             )
@@ -165,6 +174,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.model = model.to(self.device)
         self.bkspc_id = add_backspace(self.model, tokenizer) if config.backspace else None
+        self.model = adapt_model(self.model, config, self.bkspc_id)
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.vocab_size = valid_vocabulary(self.model, tokenizer)
@@ -175,6 +185,8 @@ class Trainer:
                 task_noise,
             )  # fmt: skip
         verify_layout_once(self.model)
+        if precision_body_dtype(config.precision) is not None or config.logits_chunk_mb:
+            verify_head_once(self.model)  # the logits must be head(last hidden state)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda index: lr_at(self.config, index)
@@ -257,7 +269,7 @@ class Trainer:
     def _restore_state(self, checkpoint: Path) -> None:
         state = load_state(checkpoint)
         saved = state.get("identity", {})
-        current = run_identity(self.config)
+        current = self.identity
         mismatched = sorted(key for key in current if key in saved and saved[key] != current[key])
         if mismatched:
             details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in mismatched)
@@ -272,7 +284,15 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {error}") from error
+        if "mle_warmup" in state and self.config.method != "mle":
+            # a warm-up set as a fraction of steps stays where the run put it when steps change
+            self.config = self.config.replace(mle_warmup_steps=int(state["mle_warmup"]))
         self._apply_schedule()
+        if self.config.lora_r > 0:
+            try:
+                load_trainable_state(self.model, state["trainable"])
+            except (KeyError, ValueError) as error:
+                raise CheckpointError(f"checkpoint {checkpoint}: {error}") from error
         self.step = int(state["step"])
         self._drop_metrics_after(self.step)
         self.replay.load_state_dict(state["replay"], self.step)
@@ -413,11 +433,26 @@ class Trainer:
     def _phase(self, step: int) -> str:
         return phase_at(self.config, step)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+    def _state_logits(self, batch: Batch) -> torch.Tensor | ChunkedLogits:
+        """``[B, T, V]`` logits of the batch's states, float32 (padding rows of the vocabulary
+        cut). fp32: one plain forward; bf16/fp16: the body under autocast and the LM head in
+        float32 (autocast over the whole model would round the logits, and the rewards
+        ``r = Q - gamma V'`` read off them, to bf16's 0.125 steps at logit 16)."""
+        body_dtype = precision_body_dtype(self.config.precision)
+        rows = (batch.sequences, batch.prompt_lengths, batch.lengths, self.bkspc_id)
+        rows_of_head = self.model.get_input_embeddings().weight.shape[0]
+        if self.config.logits_chunk_mb and rows_of_head == self.vocab_size:
+            chunk = max(1, self.config.logits_chunk_mb * 2**20 // (4 * rows_of_head))
+            return chunked_state_logits(
+                self.network, *rows, validate=False, body_dtype=body_dtype, chunk_tokens=chunk
+            )  # [B, T, V] read a chunk of states at a time
+        if body_dtype is None:
+            logits = state_logits(self.network, *rows, validate=False)
+        else:
+            logits = chunked_state_logits(
+                self.network, *rows, validate=False, body_dtype=body_dtype, recompute=False
+            ).dense()
+        return logits[..., : self.vocab_size].float()
 
     def _micro_batches(self, step: int, phase: str) -> list[MicroBatch]:
         """This rank's micro-batches of the step (each with the whole step's normalisers)."""
@@ -436,13 +471,7 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         config = self.config
         batch = batch.to(self.device)
-        with self._autocast():
-            logits = state_logits(
-                self.network, batch.sequences, batch.prompt_lengths, batch.lengths,
-                self.bkspc_id, validate=False,
-            )  # fmt: skip
-        # [B, T, V] float32 at least (objectives need it), padding rows of the vocabulary cut
-        logits = logits[..., : self.vocab_size].float()
+        logits = self._state_logits(batch)  # [B, T, V] float32
         data = Batch(*(t[:data_count] for t in batch.__dict__.values()))
         model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
         with_model = phase == "sequencematch"
@@ -639,8 +668,11 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "config": self.config.to_dict(),
-                "identity": run_identity(self.config),
+                "identity": self.identity,
+                "mle_warmup": self.config.mle_warmup(),
             }
+            if self.config.lora_r > 0:  # the adapters and <bkspc> row; the base is rebuilt
+                state["trainable"] = trainable_state(self.model)
             existing = latest_checkpoint(self.run_dir)
             if existing is None or existing.name != f"step-{self.step:08d}":
                 assert self.run is not None
