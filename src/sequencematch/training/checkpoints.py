@@ -125,17 +125,27 @@ def is_lora_model(model: Any) -> bool:
     return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
 
 
-def _save_pretrained(model: Any, tokenizer: Any, folder: Path) -> None:
-    """Model and tokenizer files; a LoRA model writes its adapter (the base stays as loaded)."""
+def _save_pretrained(
+    model: Any, tokenizer: Any, folder: Path, weights: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Model and tokenizer files; a LoRA model writes its adapter (the base stays as loaded).
+    ``weights``: the full state dict to write (a sharded model's, gathered beforehand)."""
     if is_lora_model(model):
         model.save_pretrained(folder, save_embedding_layers=False)
+    elif weights is not None:
+        model.save_pretrained(folder, state_dict=weights)
     else:
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
 def save_model_folder(
-    model: Any, tokenizer: Any, target: Path, extra: dict[str, str], run: RunFolder | None = None
+    model: Any,
+    tokenizer: Any,
+    target: Path,
+    extra: dict[str, str],
+    run: RunFolder | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """``save_pretrained`` of model and tokenizer (plus text files and a manifest) into
     ``target``, atomically; with ``run``, recorded as that run's output. A LoRA model is
@@ -151,7 +161,7 @@ def save_model_folder(
 
             merge_and_save(model, tokenizer, folder)
         else:
-            _save_pretrained(model, tokenizer, folder)
+            _save_pretrained(model, tokenizer, folder, weights)
         for name, text in extra.items():
             (folder / name).write_text(text)
         write_manifest(folder, run.run_id if run is not None else None)
@@ -162,10 +172,16 @@ def save_model_folder(
 # ---------------------------------------------------------------------- checkpoints
 
 
-def first_non_finite(model: torch.nn.Module, optimizer_state: dict[str, Any]) -> str | None:
-    """The name of the first parameter or optimiser-state tensor holding NaN or inf."""
-    for name, parameter in model.named_parameters():
-        if not torch.isfinite(parameter.detach()).all():
+def first_non_finite(
+    model: torch.nn.Module,
+    optimizer_state: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
+) -> str | None:
+    """The name of the first parameter (of ``weights`` when given) or optimiser-state tensor
+    holding NaN or inf."""
+    named = weights.items() if weights is not None else model.named_parameters()
+    for name, parameter in named:
+        if parameter.is_floating_point() and not torch.isfinite(parameter.detach()).all():
             return f"parameter {name}"
     for index, slots in optimizer_state.get("state", {}).items():
         for slot, value in slots.items():
@@ -182,6 +198,7 @@ def save_checkpoint(
     tokenizer: Any,
     state: dict[str, Any],
     keep: int,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``checkpoints/step-N`` (model, tokenizer, ``state``, manifest), read it back and
     verify it, point ``latest`` at it, then delete all but the newest ``keep`` checkpoints
@@ -189,7 +206,7 @@ def save_checkpoint(
     folder = run.path / CHECKPOINTS
     name = f"step-{step:08d}"
     target = folder / name
-    bad = first_non_finite(model, state.get("optimizer", {}))
+    bad = first_non_finite(model, state.get("optimizer", {}), weights)
     if bad is not None:
         raise CheckpointError(
             f"refusing to write checkpoint {name}: {bad} is not finite; the last good "
@@ -206,7 +223,7 @@ def save_checkpoint(
     run.record(f"{CHECKPOINTS}/{name}", f"{CHECKPOINTS}/{LATEST_FILE}")
 
     def write(staging: Path) -> None:
-        _save_pretrained(model, tokenizer, staging)
+        _save_pretrained(model, tokenizer, staging, weights)
         with open(staging / STATE_FILE, "wb") as stream:
             torch.save({"format": FORMAT_VERSION, "step": step, **state}, stream)
         write_manifest(staging, run.run_id, step=step)

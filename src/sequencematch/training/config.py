@@ -60,6 +60,9 @@ class TrainConfig:
     lora_targets: str = _field(
         "", "comma-separated layer names to adapt (empty: every linear layer of the blocks)"
     )
+    fsdp: bool = _field(
+        False, "shard the model's blocks with FSDP2 across torchrun processes (instead of DDP)"
+    )
     gradient_checkpointing: bool = _field(
         False, "recompute each block's activations in the backward pass (less memory, ~1/3 slower)"
     )

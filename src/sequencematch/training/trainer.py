@@ -61,6 +61,13 @@ from .noise import build_noise_source
 from .replay import ReplayBuffer, Trace
 from .run_folder import RunFolder
 from .schedule import lr_at, phase_at, sm_weight
+from .sharding import (
+    full_model_state,
+    full_optimizer_state,
+    load_full_optimizer_state,
+    shard_model,
+    total_gradient_norm,
+)
 
 # Options that may differ between a run and its resumption (the learning-rate schedule,
 # length, logging, checkpoint and evaluation cadence, device); every other one must match.
@@ -143,6 +150,14 @@ class Trainer:
             raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
         if not train:
             raise ValueError("no training examples")
+        if config.fsdp and self.world.size < 2:
+            raise ValueError("fsdp needs more than one process: use torchrun, or fsdp false")
+        if config.fsdp and config.lora_r > 0:
+            raise ValueError("fsdp shards full fine-tuning only: with lora_r > 0 use fsdp false")
+        if config.fsdp and (config.precision != "fp32" or config.logits_chunk_mb):
+            raise ValueError(
+                "fsdp runs the whole model in one forward: use precision fp32 and logits_chunk_mb 0"
+            )
         shares = self.world.size * config.grad_accum
         if config.batch_size < shares or (
             config.method == "sequencematch" and config.model_batch_size < shares
@@ -187,13 +202,16 @@ class Trainer:
         verify_layout_once(self.model)
         if precision_body_dtype(config.precision) is not None or config.logits_chunk_mb:
             verify_head_once(self.model)  # the logits must be head(last hidden state)
+        self.sharded = config.fsdp
+        if self.sharded:  # before the optimiser: sharding replaces the parameters
+            self.model = shard_model(self.model)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda index: lr_at(self.config, index)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         self.network: torch.nn.Module = self.model
-        if self.world.size > 1:
+        if self.world.size > 1 and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.network = DistributedDataParallel(self.model, device_ids=ids)
         if resume_from is not None:
@@ -279,7 +297,10 @@ class Trainer:
                 "resume with the same values or start a new output_dir"
             )
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.sharded:
+                load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError) as error:
@@ -399,9 +420,11 @@ class Trainer:
         chosen = [
             rng.randrange(len(self.train_examples)) for _ in range(config.samples_per_refresh)
         ]
-        mine = chosen[self.world.shard(len(chosen))]
+        # sharded: every rank samples every prompt alike (each forward is a collective)
+        mine = chosen if self.sharded else chosen[self.world.shard(len(chosen))]
+        rank = 0 if self.sharded else self.world.rank
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(hash((config.seed, step, self.world.rank)) % (2**63))
+        generator.manual_seed(hash((config.seed, step, rank)) % (2**63))
         traces: list[tuple[list[int], list[int]]] = []
         if mine:
             output = generate(
@@ -416,7 +439,11 @@ class Trainer:
                 generator=generator,
             )
             traces = list(zip(output.prompts, output.actions, strict=True))
-        gathered = [trace for part in all_gather_objects(self.world, traces) for trace in part]
+        gathered = (
+            traces
+            if self.sharded
+            else [trace for part in all_gather_objects(self.world, traces) for trace in part]
+        )
         self.replay.add(gathered, step)
         actions = [a for _, trace_actions in gathered for a in trace_actions]
         bkspc = sum(1 for a in actions if a == self.bkspc_id) if self.bkspc_id is not None else 0
@@ -542,6 +569,8 @@ class Trainer:
     def _gradient_norm(self) -> float:
         """The global gradient norm (clipped to ``clip_grad`` when that is set)."""
         parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if self.sharded:
+            return total_gradient_norm(parameters, self.config.clip_grad)
         if self.config.clip_grad > 0:
             return float(torch.nn.utils.clip_grad_norm_(parameters, self.config.clip_grad))
         norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters]
@@ -646,8 +675,11 @@ class Trainer:
         if self.evaluate is None:
             return {}
         results: dict[str, Any] = {}
-        if self.world.is_main:
+        if self.sharded:  # every rank runs the (collective) forwards; rank 0 reports
             results = {f"eval/{k}": v for k, v in self.evaluate(self.model).items()}
+        if self.world.is_main:
+            if not self.sharded:
+                results = {f"eval/{k}": v for k, v in self.evaluate(self.model).items()}
             self._append_metrics({"step": step, **results})
             self._tensorboard(step, results)
         self.model.train()
@@ -659,9 +691,13 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0); other ranks wait."""
         target = None
+        weights, optimizer = None, None
+        if self.sharded:  # gathered by every rank, kept by rank 0
+            weights = full_model_state(self.model)
+            optimizer = full_optimizer_state(self.model, self.optimizer)
         if self.world.is_main:
             state = {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer if self.sharded else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "replay": self.replay.state_dict(),
@@ -678,16 +714,18 @@ class Trainer:
                 assert self.run is not None
                 target = save_checkpoint(
                     self.run, self.step, self.model, self.tokenizer, state,
-                    self.config.keep_checkpoints,
+                    self.config.keep_checkpoints, weights,
                 )  # fmt: skip
         barrier(self.world)
         return target
 
     def save_model(self, target: Path) -> None:
         """The trained model and tokenizer, loadable by ``from_pretrained`` (rank 0)."""
+        weights = full_model_state(self.model) if self.sharded else None
         if self.world.is_main:
             files = {"training_config.json": json.dumps(self.config.to_dict(), indent=2)}
             save_model_folder(
-                self.model, self.tokenizer, target, files | self.model_files, run=self.run
-            )
+                self.model, self.tokenizer, target, files | self.model_files, run=self.run,
+                weights=weights,
+            )  # fmt: skip
         barrier(self.world)

@@ -1,0 +1,84 @@
+"""Fully sharded data parallel (PyTorch's FSDP2, ``fully_shard``) under ``torchrun``.
+
+Each transformer block is its own shard group (its parameters are gathered just before the
+block runs and freed after), then the root holds what is left (embeddings, final norm, head;
+tied input/output embeddings stay one parameter). Gradients are reduce-scattered and averaged
+over the processes, as DDP averages them, so a sharded step computes the same update as an
+unsharded one. Checkpoints hold full (unsharded) tensors, gathered to the CPU, so a sharded
+run's files load with ``from_pretrained`` like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+
+from ..core.backspace import causal_lm
+
+FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer blocks: modules whose class the model names in
+    ``_no_split_modules`` (``LlamaDecoderLayer``, ``GPT2Block``, ...), peft wrappers looked
+    through."""
+    names = set(getattr(causal_lm(model), "_no_split_modules", None) or [])
+    blocks = [module for module in model.modules() if type(module).__name__ in names]
+    if not blocks:
+        raise ValueError(
+            f"fsdp: found no transformer blocks in {type(causal_lm(model)).__name__} (its "
+            "_no_split_modules names none of its modules); train it with fsdp false"
+        )
+    return blocks
+
+
+def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``model`` in place over the default process group: each block, then the root.
+
+    The module keeps its class (FSDP2 adds a mix-in), so callers use it as before; build the
+    optimiser after this call (the parameters become sharded ``DTensor`` s)."""
+    for block in block_modules(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, unsharded, on the CPU (a collective: all ranks call it)."""
+    return get_model_state_dict(model, options=FULL_ON_CPU)
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimiser state keyed by parameter name, unsharded, on the CPU (collective)."""
+    return get_optimizer_state_dict(model, optimizer, options=FULL_ON_CPU)
+
+
+def load_full_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Load a :func:`full_optimizer_state` (read by every rank) into the sharded optimiser."""
+    set_optimizer_state_dict(
+        model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+def total_gradient_norm(parameters: list[torch.nn.Parameter], clip: float) -> float:
+    """The global L2 norm of the (sharded) gradients, clipped to ``clip`` when ``clip > 0``
+    (a collective: all ranks call it)."""
+    norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip > 0 else float("inf"))
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm)
