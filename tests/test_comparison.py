@@ -19,6 +19,7 @@ from sequencematch.apps.comparison import (
     ONLINE,
     _train,
     method_configs,
+    prepare_output,
     warmup_config,
     with_overrides,
 )
@@ -178,6 +179,19 @@ def test_the_offline_method_never_samples_and_the_online_one_does(tmp_path):
     assert sum("sample/bkspc_rate" in r for r in logged[ONLINE]) == 2  # refills at steps 1, 3
     # the same objective on the first step (same batch, same start): only the samples differ
     assert logged[OFFLINE][0]["mle"] == pytest.approx(logged[ONLINE][0]["mle"])
+
+
+def test_resume_may_add_seeds_but_not_change_anything_else(tmp_path, capsys):
+    settings = DemoSettings.quick()
+    prepare_output(tmp_path, settings, resume=False)
+    (tmp_path / "seed-0").mkdir()
+    prepare_output(tmp_path, with_overrides(settings, seeds=5), resume=True)
+    assert (tmp_path / "seed-0").exists()  # kept for the resumed run
+    with pytest.raises(ValueError, match="these differ: lr, steps"):
+        prepare_output(tmp_path, with_overrides(settings, steps=3, lr=0.1), resume=True)
+    prepare_output(tmp_path, settings, resume=False)
+    assert not (tmp_path / "seed-0").exists()
+    assert "replacing the previous demo run" in capsys.readouterr().out
 
 
 def test_bad_demo_settings_are_refused():

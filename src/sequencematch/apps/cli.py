@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="runs trained at once, one process each (default: one per CPU; 1: in turn)",
     )
-    demo.add_argument("--resume", action="store_true",
-                      help="keep runs finished in --out (same settings), do the rest")  # fmt: skip
+    demo.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs finished in --out and do the rest (same options; --seeds may grow)",
+    )
     demo.add_argument("--progress", type=_flag, default=True, metavar="BOOL", help="bars")
     train = commands.add_parser(
         "train",

@@ -78,8 +78,10 @@ def summarise(results: dict[str, Any], comparison: Comparison) -> dict[str, Any]
 
 
 def training_cost(results: dict[str, Any]) -> dict[str, Any]:
-    """Mean training CPU seconds per seed of the warm-up and each method, and how many times
-    the offline method's the online one costs (what the model samples cost)."""
+    """Mean training CPU seconds per seed of the warm-up and each method, how many times the
+    offline method's the online one costs (what the model samples cost), and the CPU seconds
+    of every job together (``all_jobs_cpu``: divided by the cores, about what the whole
+    comparison takes on an idle machine)."""
     seeds = list(results["seeds"].values())
 
     def mean_cpu(records: list[dict[str, Any]]) -> float:
@@ -88,6 +90,9 @@ def training_cost(results: dict[str, Any]) -> dict[str, Any]:
     cost = {WARMUP: mean_cpu([s[WARMUP] for s in seeds])}
     cost |= {m: mean_cpu([s["methods"][m] for s in seeds]) for m in METHODS}
     cost["online_over_offline"] = cost[ONLINE] / cost[OFFLINE] if cost[OFFLINE] else math.nan
+    jobs = [s[WARMUP] for s in seeds] + [e for s in seeds for e in s["methods"].values()]
+    if all("job_cpu_seconds" in job for job in jobs):  # every job, loading and evaluation too
+        cost["all_jobs_cpu"] = sum(job["job_cpu_seconds"] for job in jobs)
     return {key: round(value, 2) for key, value in cost.items()}
 
 
