@@ -1,6 +1,8 @@
 """The paper's arithmetic comparison at CPU scale: several methods, seeds and difficulties.
 
-Each (difficulty, method, seed) run trains one model with the demo's settings and records
+The earlier, unpaired protocol (every method from scratch, :mod:`experiments.from_scratch`);
+``sequencematch demo`` runs the paired one. Each (difficulty, method, seed) run trains one
+model with the previous demo settings and records
 its forced-noise sweep on the held-out test split in ``OUT/runs.jsonl`` (one line per run,
 so an interrupted sweep resumes where it stopped). ``--table`` prints the markdown table
 (mean over seeds with a 95% Student-t interval) and writes the plot.
@@ -21,7 +23,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
+from experiments.from_scratch import ArithmeticSettings as DemoSettings  # noqa: E402
+from experiments.from_scratch import method_configs, train_and_evaluate  # noqa: E402
 from sequencematch.apps.parallel import describe_schedule, run_jobs, training_job  # noqa: E402
 from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
 

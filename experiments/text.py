@@ -1,10 +1,12 @@
 """The paper's text comparison at CPU scale: several methods and seeds on Shakespeare.
 
-Each (method, seed) run trains one model with the text demo's settings (or ``--size
-large``) and records its evaluation on the held-out works (``--split test``) or on the
-validation works (``--split valid``, for tuning) in ``OUT/runs.jsonl``, one line per run,
-so an interrupted sweep resumes. ``--table`` prints the markdown table: each metric's mean
-over seeds with a 95% Student-t interval.
+The earlier, unpaired protocol (every method from scratch, :mod:`experiments.from_scratch`);
+``sequencematch demo --task text`` runs the paired one. Each (method, seed) run trains one
+model with the previous text demo settings (or ``--size large``) and records its evaluation
+on the held-out works (``--split test``) or on the validation works (``--split valid``, for
+tuning) in ``OUT/runs.jsonl``, one line per run, so an interrupted sweep resumes.
+``--table`` prints the markdown table: each metric's mean over seeds with a 95% Student-t
+interval.
 
     python -m experiments.text --out runs/exp-text --seeds 0 1 2
     python -m experiments.text --out runs/exp-text --table
@@ -22,8 +24,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from experiments.from_scratch import TextSettings as TextDemoSettings  # noqa: E402
+from experiments.from_scratch import method_configs, train_and_evaluate_text  # noqa: E402
 from sequencematch.apps.parallel import describe_schedule, run_jobs, training_job  # noqa: E402
-from sequencematch.apps.text_demo import TextDemoSettings, method_configs, train_and_evaluate_text
 from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
 
 SIZES = {

@@ -1,8 +1,9 @@
 """Tuning SequenceMatch on the arithmetic task, on the validation split only.
 
-Each variant is a set of overrides of the demo's settings (and, for SequenceMatch, of its
-training configuration). Every run appends one line to ``OUT/tuning.jsonl`` with its
-forced-noise sweep on the validation questions, so an interrupted sweep resumes.
+Each variant is a set of overrides of the previous demo settings (every method from scratch,
+:mod:`experiments.from_scratch`; and, for SequenceMatch, of its training configuration).
+Every run appends one line to ``OUT/tuning.jsonl`` with its forced-noise sweep on the
+validation questions, so an interrupted sweep resumes.
 
     python -m experiments.tune_arithmetic --out runs/tune --seeds 0 --n-valid 400
     python -m experiments.tune_arithmetic --out runs/tune --table
@@ -20,7 +21,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs, train_and_evaluate  # noqa: E402
+from experiments.from_scratch import ArithmeticSettings as DemoSettings  # noqa: E402
+from experiments.from_scratch import method_configs, train_and_evaluate  # noqa: E402
 from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
 
 SM = "sequencematch-chi2-bkspc"

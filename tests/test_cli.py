@@ -1,4 +1,5 @@
-"""End to end through the command line: demo --quick, then generate and eval on its models."""
+"""End to end through the command line: demo --quick (and its resumption), then generate and
+eval on its models."""
 
 from __future__ import annotations
 
@@ -18,27 +19,54 @@ def demo_folder(tmp_path_factory):
     return out
 
 
-def test_demo_writes_report_plot_results_and_three_models(demo_folder):
-    for name in METHODS:
-        assert (demo_folder / name / "model" / "config.json").exists(), name
-        assert (demo_folder / name / "model" / "task.json").exists(), name
+def test_demo_writes_report_plot_results_and_every_model(demo_folder):
+    for seed in ("0", "1"):
+        assert (demo_folder / f"seed-{seed}" / "warmup" / "model" / "config.json").exists()
+        for name in METHODS:
+            assert (demo_folder / f"seed-{seed}" / name / "model" / "config.json").exists(), name
+            assert (demo_folder / f"seed-{seed}" / name / "model" / "task.json").exists(), name
     report = (demo_folder / "report.md").read_text()
     assert all(name in report for name in METHODS) and "p=0.1" in report
+    assert "### What the intervals support" in report and "Over 2 seeds" in report
     assert (demo_folder / "accuracy_vs_noise.png").stat().st_size > 1000
     results = json.loads((demo_folder / "results.json").read_text())
-    assert results["workers"] == len(METHODS) and list(results["methods"]) == list(METHODS)
-    for entry in results["methods"].values():
-        levels = [e["noise_prob"] for e in entry["sweep"]]
-        assert levels == [0.0, 0.05, 0.1, 0.2]
-        assert all(
-            0.0 <= e["ci_low"] <= e["accuracy"] <= e["ci_high"] <= 1.0 for e in entry["sweep"]
-        )
+    assert list(results["seeds"]) == ["0", "1"] and results["workers"] >= 1
+    for record in results["seeds"].values():
+        assert list(record["methods"]) == list(METHODS)
+        for entry in record["methods"].values():
+            levels = [e["noise_prob"] for e in entry["sweep"]]
+            assert levels == [0.0, 0.05, 0.1, 0.2]
+            for evaluation in entry["sweep"]:
+                assert 0.0 <= evaluation["ci_low"] <= evaluation["accuracy"] <= 1.0
+                assert len(evaluation["outcomes"]) == 60  # one per test question
+                assert evaluation["outcomes"].count("1") == evaluation["correct"]
+    over = results["paired"]["over_seeds"]["sequencematch-chi2-bkspc vs offline-chi2-bkspc"]
+    assert set(over) == {"accuracy@0", "accuracy@0.05", "accuracy@0.1", "accuracy@0.2"}
+
+
+def test_resume_reruns_only_what_did_not_finish_and_gets_the_same_answers(demo_folder):
+    unfinished = demo_folder / "seed-1" / "mle" / "record.json"
+    before = json.loads(unfinished.read_text())
+    kept = demo_folder / "seed-0" / "sequencematch-chi2-bkspc" / "record.json"
+    kept_time = kept.stat().st_mtime_ns
+    unfinished.unlink()
+    assert main(["demo", "--quick", "--out", str(demo_folder), "--progress", "false",
+                 "--resume"]) == 0  # fmt: skip
+    assert kept.stat().st_mtime_ns == kept_time  # read back, not trained again
+    after = json.loads(unfinished.read_text())
+    assert after["sweep"] == before["sweep"]  # same start, data, seed and threads
+
+
+def test_resume_refuses_other_settings(demo_folder, capsys):
+    code = main(["demo", "--quick", "--out", str(demo_folder), "--resume", "--steps", "17"])
+    assert code == 2
+    assert "these differ: steps" in capsys.readouterr().err
 
 
 def test_eval_prints_json_for_a_question_file(demo_folder, tmp_path, capsys):
     questions = tmp_path / "questions.jsonl"
     write_jsonl(make_splits(1, 1, 12, seed=5)["test"], questions)
-    model = demo_folder / "sequencematch-chi2-bkspc" / "model"
+    model = demo_folder / "seed-0" / "sequencematch-chi2-bkspc" / "model"
     capsys.readouterr()
     assert main(["eval", "--model", str(model), "--data", str(questions), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
@@ -50,7 +78,7 @@ def test_eval_prints_json_for_a_question_file(demo_folder, tmp_path, capsys):
 
 
 def test_generate_shows_text_and_edits(demo_folder, capsys):
-    model = demo_folder / "mle-bkspc" / "model"
+    model = demo_folder / "seed-0" / "mle-bkspc" / "model"
     capsys.readouterr()
     assert main(["generate", "--model", str(model), "--prompt", "In base 7, what is 12 + 5?",
                  "--json", "--noise", "0.5", "--seed", "1"]) == 0  # fmt: skip
@@ -69,16 +97,16 @@ def test_missing_files_are_reported_clearly(tmp_path, capsys):
 
 def test_a_second_demo_into_the_same_folder_replaces_the_first(tmp_path, capsys):
     out = tmp_path / "demo"
-    arguments = ["demo", "--quick", "--out", str(out), "--progress", "false", "--steps", "8",
-                 "--sm-steps", "3"]  # fmt: skip
+    arguments = ["demo", "--quick", "--out", str(out), "--progress", "false", "--seeds", "1",
+                 "--warmup-steps", "4", "--steps", "2", "--workers", "1"]  # fmt: skip
     assert main(arguments) == 0
-    first = (out / "mle" / "metrics.jsonl").stat().st_mtime_ns
+    first = (out / "seed-0" / "mle" / "metrics.jsonl").stat().st_mtime_ns
     capsys.readouterr()
     assert main(arguments) == 2  # an earlier demo is replaced only when asked
-    assert "already holds a run" in capsys.readouterr().err
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
     assert main([*arguments, "--overwrite"]) == 0
     assert "replacing the previous demo run" in capsys.readouterr().out
-    assert (out / "mle" / "metrics.jsonl").stat().st_mtime_ns != first
+    assert (out / "seed-0" / "mle" / "metrics.jsonl").stat().st_mtime_ns != first
 
 
 def test_training_errors_are_reported_without_a_traceback(tmp_path, capsys):
@@ -92,7 +120,7 @@ def test_training_errors_are_reported_without_a_traceback(tmp_path, capsys):
 
 
 def test_eval_without_data_scores_the_generated_test_split(demo_folder, capsys):
-    model = demo_folder / "mle" / "model"
+    model = demo_folder / "seed-0" / "mle" / "model"
     capsys.readouterr()
     assert main(["eval", "--model", str(model), "--json", "--n", "10"]) == 0
     record = json.loads(capsys.readouterr().out)

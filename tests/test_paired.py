@@ -9,6 +9,9 @@ import pytest
 from scipy import stats
 
 from sequencematch.evaluation.paired import (
+    PairedDifference,
+    bootstrap_difference,
+    bootstrap_indices,
     mcnemar,
     paired_bootstrap,
     seed_difference,
@@ -78,6 +81,26 @@ def test_paired_bootstrap_takes_any_statistic():
     b = [1.0] * 100
     result = paired_bootstrap(a, b, statistic=lambda values: float(max(values)), resamples=200)
     assert result.difference == 0.0
+
+
+def test_shared_resamples_give_the_paired_bootstrap():
+    # a statistic computed once per method and resample (e.g. MAUVE) and then paired
+    rng = random.Random(4)
+    a = [rng.random() for _ in range(80)]
+    b = [x + rng.gauss(0.05, 0.1) for x in a]
+    picks = bootstrap_indices(80, 300, seed=9)
+    assert picks.shape == (300, 80) and (bootstrap_indices(80, 300, seed=9) == picks).all()
+    a_means = [sum(a[i] for i in pick) / 80 for pick in picks]
+    b_means = [sum(b[i] for i in pick) / 80 for pick in picks]
+    shared = bootstrap_difference(sum(b) / 80 - sum(a) / 80, a_means, b_means, 80)
+    direct = paired_bootstrap(a, b, resamples=300, seed=9)
+    assert shared.low == pytest.approx(direct.low) and shared.high == pytest.approx(direct.high)
+    assert shared.p_value == pytest.approx(direct.p_value)
+
+
+def test_a_difference_survives_the_json_round_trip():
+    result = mcnemar(_outcomes(50, 0.5, 5), _outcomes(50, 0.6, 6))
+    assert PairedDifference.from_dict(result.as_dict()) == result
 
 
 def test_seed_difference_is_the_student_t_interval_of_the_mean():

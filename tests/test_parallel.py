@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs, train_and_evaluate
+from sequencematch.apps.comparison import ONLINE, warmup_config, warmup_job, with_overrides
 from sequencematch.apps.parallel import (
     Job,
     describe_schedule,
@@ -33,6 +34,25 @@ def test_results_come_back_under_their_names_with_workers_and_in_process():
     assert in_order == list(expected.items())
 
 
+def _double_then_stop(name, result):
+    """Follow-ups: after ``a`` (and only then), a job that doubles its result."""
+    return {"b": Job(operator.mul, (result, 2))} if name == "a" else {}
+
+
+def test_follow_up_jobs_start_after_the_job_they_need():
+    jobs = {"a": Job(operator.add, (2, 3)), "c": Job(pow, (2, 4))}
+    for workers in (1, 2):
+        finished = list(run_jobs(jobs, workers=workers, progress=False, then=_double_then_stop))
+        assert dict(finished) == {"a": 5, "b": 10, "c": 16}
+        assert [name for name, _ in finished].index("a") < [n for n, _ in finished].index("b")
+
+
+def test_follow_ups_may_not_reuse_a_name():
+    with pytest.raises(ValueError, match="reuse the names"):
+        list(run_jobs({"a": Job(abs, (1,))}, workers=1, progress=False,
+                      then=lambda name, result: {"a": Job(abs, (2,))}))  # fmt: skip
+
+
 def test_an_error_in_a_worker_is_raised_here():
     jobs = {"fine": Job(operator.add, (1, 1)), "bad": Job(math.sqrt, (-1.0,))}
     with pytest.raises(ValueError, match="math domain error"):
@@ -49,10 +69,11 @@ def test_threads_are_shared_between_workers():
 
 
 def test_training_in_a_worker_equals_training_here(tmp_path):
-    settings = DemoSettings.quick()
-    settings.steps, settings.sm_steps, settings.n_test = 12, 4, 8
-    here = method_configs(settings, tmp_path / "here")["sequencematch-chi2-bkspc"]
-    there = method_configs(settings, tmp_path / "there")["sequencematch-chi2-bkspc"]
+    settings = with_overrides(DemoSettings.quick(), warmup_steps=8, steps=6, n_test=8)
+    warmup_job(warmup_config(settings, 0, tmp_path / "warmup"))
+    start = tmp_path / "warmup" / "model"
+    here = method_configs(settings, 0, start, tmp_path / "here")[ONLINE]
+    there = method_configs(settings, 0, start, tmp_path / "there")[ONLINE]
     threads = torch.get_num_threads()
     torch.set_num_threads(threads_per_worker(2))
     try:
@@ -63,6 +84,7 @@ def test_training_in_a_worker_equals_training_here(tmp_path):
             "other": Job(operator.add, (1, 1))}  # fmt: skip
     remote = dict(run_jobs(jobs, workers=2, progress=False))["there"]
     assert local[0][0].as_dict() == remote[0][0].as_dict()
+    assert local[0][0].outcomes == remote[0][0].outcomes
     weights_here = load_file(Path(here.output_dir) / "model" / "model.safetensors")
     weights_there = load_file(Path(there.output_dir) / "model" / "model.safetensors")
     assert weights_here.keys() == weights_there.keys()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sequencematch.apps.cli import main
+from sequencematch.apps.comparison import METHODS
 from sequencematch.apps.setup import load_trained, prepare_run
 from sequencematch.evaluation.text_evaluation import evaluate_text
 from sequencematch.tasks.text_task import text_splits
@@ -146,16 +147,26 @@ def test_text_demo_quick_then_generate_and_eval(tmp_path, capsys):
                  "--progress", "false"])  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert list(results["methods"]) == ["mle", "mle-bkspc", "sequencematch-chi2-bkspc"]
-    for entry in results["methods"].values():
-        mauve = entry["eval"]["mauve"]
-        assert 0.0 <= mauve["mean"] <= 1.0 and len(mauve["scores"]) == 2
-        low, high = entry["diversity_interval"]
-        assert low <= high
+    assert list(results["seeds"]) == ["0", "1"]
+    for record in results["seeds"].values():
+        assert list(record["methods"]) == list(METHODS)
+        for entry in record["methods"].values():
+            mauve = entry["eval"]["mauve"]
+            assert 0.0 <= mauve["mean"] <= 1.0 and len(mauve["scores"]) == 2
+            low, high = entry["diversity_interval"]  # NaN when no text has four words
+            assert low <= high or math.isnan(entry["eval"]["statistics"]["diversity"])
+            assert len(entry["eval"]["completions"]) == len(entry["references"]) == 24
+    per_seed = results["paired"]["per_seed"]["0"]["sequencematch-chi2-bkspc vs mle"]
+    assert per_seed["mauve"]["method"] == "bootstrap"  # MAUVE recomputed per resample
+    assert per_seed["mauve"]["low"] <= per_seed["mauve"]["high"]
+    assert per_seed["perplexity"]["method"] == "none"  # no per-prompt values: over seeds only
+    over = results["paired"]["over_seeds"]["sequencematch-chi2-bkspc vs offline-chi2-bkspc"]
+    assert over["mauve"]["method"] == "t" and over["mauve"]["n"] == 2
     report = (out / "report.md").read_text()
     assert "MAUVE" in report and "sequencematch-chi2-bkspc" in report
+    assert "### What the intervals support" in report
     assert (out / "mauve_and_diversity.png").stat().st_size > 0
-    model_folder = out / "sequencematch-chi2-bkspc" / "model"
+    model_folder = out / "seed-0" / "sequencematch-chi2-bkspc" / "model"
     assert load_trained(model_folder).task_info["task"] == "text"
     capsys.readouterr()
 

@@ -29,8 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="SequenceMatch: imitation learning with backtracking for causal LMs",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train and compare MLE and SequenceMatch models")
-    demo.add_argument("--task", choices=("arithmetic", "text"), default="arithmetic",
+    demo = commands.add_parser(
+        "demo",
+        help="compare MLE, MLE+<bkspc>, offline chi2+<bkspc> and SequenceMatch, paired over seeds",
+        description="For each seed: one shared MLE warm-up, then every method continues from "
+        "it for the same steps on the same data, and is evaluated on the same items; the "
+        "report gives paired differences with intervals, per seed and over seeds.",
+    )
+    demo.add_argument("--task", choices=tuple(DEMOS), default="arithmetic",
                       help="arithmetic (default) or text (Shakespeare, or --corpus)")  # fmt: skip
     demo.add_argument("--corpus", default=None, help="text: a text file, folder or JSONL")
     demo.add_argument("--out", default=None, help="output folder (default: runs/demo[-text])")
@@ -39,22 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="replace an earlier demo in --out (deleting only what it wrote)",
     )  # fmt: skip
-    demo.add_argument("--seed", type=int, default=None, help="seed of data, init and noise")
-    demo.add_argument("--steps", type=int, default=None, help="optimiser steps per method")
-    demo.add_argument("--sm-steps", type=int, default=None, help="SequenceMatch steps (last)")
+    demo.add_argument("--seed", type=int, default=None, help="first seed (data, init, noise)")
+    demo.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
+    demo.add_argument("--warmup-steps", type=int, default=None,
+                      help="steps of each seed's shared MLE warm-up")  # fmt: skip
+    demo.add_argument("--steps", type=int, default=None,
+                      help="steps of every method after the warm-up")  # fmt: skip
     demo.add_argument("--alpha", type=float, default=None, help="chi2 regulariser scale")
-    demo.add_argument("--lambda-mle", type=float, default=None, help="MLE weight in SM phase")
+    demo.add_argument("--lambda-mle", type=float, default=None, help="MLE weight (chi2 methods)")
     demo.add_argument("--p-noise", type=float, default=None, help="training noise level")
     demo.add_argument("--noise-source", default=None, help="uniform, unigram or task")
     demo.add_argument("--difficulty", type=float, nargs=2, default=None, help="entropy bits")
     demo.add_argument("--hidden-size", type=int, default=None, help="model width")
     demo.add_argument("--num-layers", type=int, default=None, help="transformer blocks")
     demo.add_argument("--n-train", type=int, default=None, help="training questions")
+    demo.add_argument("--n-test", type=int, default=None, help="held-out questions / prompts")
     demo.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="methods trained at once, one process each (default: all; 1: in turn)",
+        help="runs trained at once, one process each (default: one per CPU; 1: in turn)",
+    )
+    demo.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs finished in --out and do the rest (same options; --seeds may grow)",
     )
     demo.add_argument("--progress", type=_flag, default=True, metavar="BOOL", help="bars")
     train = commands.add_parser(
@@ -111,8 +126,9 @@ def _flag(text: str) -> bool:
 
 DEMOS = {"arithmetic": "arithmetic_demo:DemoSettings", "text": "text_demo:TextDemoSettings"}
 """Each demo's settings: ``module:class`` in this package."""
-DEMO_OPTIONS = ("seed", "steps", "sm_steps", "alpha", "lambda_mle", "p_noise", "noise_source",
-                "difficulty", "hidden_size", "num_layers", "n_train", "corpus")  # fmt: skip
+DEMO_OPTIONS = ("seed", "seeds", "warmup_steps", "steps", "alpha", "lambda_mle", "p_noise",
+                "noise_source", "difficulty", "hidden_size", "num_layers", "n_train", "n_test",
+                "corpus")  # fmt: skip
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -127,7 +143,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     settings = with_overrides(settings, **{n: getattr(args, n) for n in DEMO_OPTIONS})
     run_comparison(
         Path(args.out or settings.default_out), settings, progress=args.progress,
-        workers=args.workers, overwrite=args.overwrite,
+        workers=args.workers, resume=args.resume, overwrite=args.overwrite,
     )  # fmt: skip
     return 0
 

@@ -1,11 +1,19 @@
-"""The comparison harness behind both demos: MLE, MLE+<bkspc> and SequenceMatch, compared.
+"""The comparison harness behind both demos: four methods, paired on one warm-up per seed.
 
-Every method trains the same model size on the same data batches for the same number of
-optimiser steps, and is evaluated on the same held-out split. The harness builds the three
-training configurations, trains them (at once, one process each, through
-:mod:`sequencematch.apps.parallel`), and writes ``results.json``, ``report.md`` and a plot;
-what is measured and how it is shown comes from the task
-(:class:`sequencematch.tasks.comparison.Comparison`).
+The protocol (SPEC sections 9 and 10), for each seed:
+
+1. one shared warm-up: plain MLE from scratch on the task's data (the paper's BC/MLE
+   warm-up), saved as a model folder;
+2. four methods continue from that folder for the same number of steps, on the same data
+   order and noise draws (same seed): MLE, MLE+``<bkspc>``, the offline (data-only)
+   chi2+``<bkspc>`` objective and online SequenceMatch-chi2+``<bkspc>``;
+3. every method is evaluated on the same held-out items with the same evaluation seed.
+
+Differences are then paired twice over: within a seed on the same items (the task's test,
+e.g. McNemar), and across seeds by the Student-t interval of the per-seed differences
+(:mod:`sequencematch.apps.paired_summary`). Jobs run in parallel processes
+(:mod:`sequencematch.apps.parallel`); a seed's four methods start as soon as its warm-up is
+saved. Each finished job leaves a record in its folder, so ``resume`` skips what is done.
 """
 
 from __future__ import annotations
@@ -19,19 +27,39 @@ from typing import Any, ClassVar
 from ..tasks.base import EvalOptions
 from ..tasks.comparison import Comparison
 from ..training.config import TrainConfig
-from .parallel import describe_schedule, run_jobs, schedule_note, schedule_record, training_job
-from .plotting import clear_previous_runs, pyplot
+from ..training.run_folder import RunFolder
+from .parallel import (
+    Job,
+    available_cpus,
+    run_jobs,
+    schedule_note,
+    schedule_record,
+    threads_per_worker,
+)
+from .plotting import DEMO_FILES, clear_previous_runs, pyplot
 from .setup import config_task, prepare_run, task_file
 
-METHODS = ("mle", "mle-bkspc", "sequencematch-chi2-bkspc")
+MLE, MLE_BKSPC = "mle", "mle-bkspc"
+OFFLINE, ONLINE = "offline-chi2-bkspc", "sequencematch-chi2-bkspc"
+METHODS = (MLE, MLE_BKSPC, OFFLINE, ONLINE)
+QUEUE_ORDER = (ONLINE, OFFLINE, MLE_BKSPC, MLE)  # the longest first: a shorter tail at the end
+COMPARISONS = ((MLE, MLE_BKSPC), (MLE, OFFLINE), (MLE, ONLINE), (OFFLINE, ONLINE))
+"""``(a, b)``: ``b`` is compared with ``a`` (differences are ``b`` minus ``a``): each method
+against MLE, and what the model's own samples add to the offline objective."""
+WARMUP = "warmup"
+RECORD = "record.json"  # a finished job's record in its run folder
+SETTINGS_FILE = "settings.json"
 
 
 @dataclass
 class ComparisonSettings:
     """What every comparison sets; a task's demo settings add their own fields and defaults.
 
+    Every training option the protocol relies on is set here (and passed explicitly in each
+    configuration), so the comparison does not move when the library's defaults do.
+
     Class attributes: ``task`` (the task's name), ``default_out`` (output folder), ``replay``
-    (SequenceMatch's replay sizes).
+    (the online method's replay sizes).
     """
 
     task: ClassVar[str] = ""
@@ -40,66 +68,117 @@ class ComparisonSettings:
         "samples_per_refresh": 64, "replay_size": 256, "model_batch_size": 16
     }  # fmt: skip
 
-    steps: int = 1000
-    sm_steps: int = 400
+    seed: int = 0  # the first seed; the others follow (seed, seed + 1, ...)
+    seeds: int = 3
+    warmup_steps: int = 600  # the shared MLE warm-up, from scratch
+    steps: int = 300  # every method's continuation
     batch_size: int = 32
     hidden_size: int = 128
     num_layers: int = 4
     n_train: int = 5000
     n_valid: int = 200
     n_test: int = 200
+    warmup_lr: float = 3e-3
     lr: float = 1e-3
     p_noise: float = 0.05
     noise_source: str = "uniform"
     alpha: float = 1.0
     gamma: float = 0.998
+    beta: float = 0.5
     lambda_mle: float = 0.5
-    sm_ramp_steps: int = 0
-    regularise_warmup: bool = True
     refresh_every: int = 25
-    seed: int = 0
+
+    def seed_list(self) -> list[int]:
+        """The seeds of the comparison: ``seed, seed + 1, ..., seed + seeds - 1``."""
+        return list(range(self.seed, self.seed + self.seeds))
+
+    def validate(self) -> ComparisonSettings:
+        """Raise ``ValueError`` naming the option and what to change; return ``self``."""
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.warmup_steps < 1 or self.steps < 1:
+            raise ValueError(
+                f"--warmup-steps and --steps must be at least 1, got {self.warmup_steps} and "
+                f"{self.steps}"
+            )
+        return self
 
     def task_config(self) -> dict[str, Any]:
         """The task's own fields of the training configuration."""
         return {}
 
     def evaluation_options(self) -> EvalOptions:
-        """How every trained method is evaluated."""
+        """How every trained method is evaluated (the seed is set per run)."""
         return EvalOptions(seed=self.seed)
 
 
-def method_configs(settings: ComparisonSettings, out: Path) -> dict[str, TrainConfig]:
-    """One training configuration per method, identical but for what defines the method."""
-    common = dict(
-        task=settings.task, model="tiny_llama", hidden_size=settings.hidden_size,
-        num_layers=settings.num_layers, num_heads=4, n_train=settings.n_train,
-        n_valid=settings.n_valid, n_test=settings.n_test, steps=settings.steps,
-        batch_size=settings.batch_size, lr=settings.lr,
-        warmup_steps=min(100, settings.steps // 10), seed=settings.seed, log_every=25,
-        save_every=0, noise_source=settings.noise_source, **settings.task_config(),
+def _shared_options(settings: ComparisonSettings, seed: int) -> dict[str, Any]:
+    """Options of every run of one seed, set explicitly (the protocol must not follow the
+    library's defaults when they change)."""
+    return dict(
+        overwrite=True,  # an unfinished run of this demo is started again (its own files only)
+        task=settings.task, n_train=settings.n_train, n_valid=settings.n_valid,
+        n_test=settings.n_test, batch_size=settings.batch_size, seed=seed, log_every=25,
+        save_every=0, eval_every=0, weight_decay=0.01, min_lr_ratio=0.1, clip_grad=1.0,
+        precision="fp32", grad_accum=1, **settings.task_config(),
     )  # fmt: skip
+
+
+def warmup_config(settings: ComparisonSettings, seed: int, folder: Path) -> TrainConfig:
+    """The shared warm-up of ``seed``: plain MLE from scratch, no ``<bkspc>``, no noise."""
+    return TrainConfig(
+        **_shared_options(settings, seed), model="tiny_llama", hidden_size=settings.hidden_size,
+        num_layers=settings.num_layers, num_heads=4, method="mle", backspace=False,
+        p_noise=0.0, steps=settings.warmup_steps, lr=settings.warmup_lr,
+        warmup_steps=min(100, settings.warmup_steps // 10), output_dir=str(folder),
+    )  # fmt: skip
+
+
+def method_configs(
+    settings: ComparisonSettings, seed: int, start: Path, out: Path
+) -> dict[str, TrainConfig]:
+    """The four continuations of ``seed`` from the warm-up model folder ``start``, identical
+    but for what defines each method (run folders ``out/<method>``); the objective's options
+    are set for all four (the MLE methods do not read them).
+
+    - ``mle``: cross-entropy on the clean data.
+    - ``mle-bkspc``: cross-entropy on noise-augmented data (inserted wrong tokens are not
+      expert actions), with the ``<bkspc>`` action added to the model.
+    - ``offline-chi2-bkspc``: the data-only objective on the same augmented data,
+      ``lambda_mle * MLE + (1 - lambda_mle) * L_SM`` with the mixture weight ``beta = 1``
+      (data transitions only): method ``sequencematch`` with ``regularise_warmup`` and a
+      warm-up (``mle_warmup_steps``) as long as the run, so no step samples the model.
+    - ``sequencematch-chi2-bkspc``: the same objective with the model's own samples in the
+      mixture (weight ``1 - beta``) from the first step (``mle_warmup_steps`` 0), refreshed
+      every ``refresh_every`` steps: it differs from the offline method only by the samples.
+    """
+    common = dict(
+        **_shared_options(settings, seed), model=str(start), steps=settings.steps,
+        lr=settings.lr, warmup_steps=min(50, settings.steps // 10),
+        noise_source=settings.noise_source, max_noise_run=1, noise_in_loss=False,
+        divergence="chi2", alpha=settings.alpha, gamma=settings.gamma, beta=settings.beta,
+        lambda_mle=settings.lambda_mle, regularise_warmup=True, sm_ramp_steps=0,
+        refresh_every=settings.refresh_every, sample_temperature=1.0, **settings.replay,
+    )  # fmt: skip
+    bkspc = dict(backspace=True, p_noise=settings.p_noise)
     return {
-        "mle": TrainConfig(**common, method="mle", backspace=False, p_noise=0.0,
-                           output_dir=str(out / "mle")),
-        "mle-bkspc": TrainConfig(**common, method="mle", backspace=True,
-                                 p_noise=settings.p_noise, output_dir=str(out / "mle-bkspc")),
-        "sequencematch-chi2-bkspc": TrainConfig(
-            **common, method="sequencematch", backspace=True, p_noise=settings.p_noise,
-            divergence="chi2", alpha=settings.alpha, gamma=settings.gamma,
-            lambda_mle=settings.lambda_mle, mle_warmup_steps=settings.steps - settings.sm_steps,
-            sm_ramp_steps=settings.sm_ramp_steps, regularise_warmup=settings.regularise_warmup,
-            refresh_every=settings.refresh_every, **settings.replay,
-            output_dir=str(out / "sequencematch-chi2-bkspc"),
-        ),
+        MLE: TrainConfig(**common, method="mle", backspace=False, p_noise=0.0,
+                         mle_warmup_steps=0, output_dir=str(out / MLE)),
+        MLE_BKSPC: TrainConfig(**common, **bkspc, method="mle", mle_warmup_steps=0,
+                               output_dir=str(out / MLE_BKSPC)),
+        OFFLINE: TrainConfig(**common, **bkspc, method="sequencematch",
+                             mle_warmup_steps=settings.steps, output_dir=str(out / OFFLINE)),
+        ONLINE: TrainConfig(**common, **bkspc, method="sequencematch", mle_warmup_steps=0,
+                            output_dir=str(out / ONLINE)),
     }  # fmt: skip
 
 
-def train_and_evaluate(
-    config: TrainConfig, options: EvalOptions, progress: bool = True, split: str = "test"
-) -> tuple[Any, float]:
-    """Train one method, save it, and evaluate it on the held-out ``split`` (``"valid"`` for
-    tuning, ``"test"`` for reported results) as its task's comparison does; return the
-    result and the training time in seconds. ``options.seed`` becomes the run's seed."""
+# ---------------------------------------------------------------------- the jobs
+
+
+def _train(config: TrainConfig, progress: bool) -> tuple[Any, Any, float, float]:
+    """Train one run to its end (the model is saved in ``output_dir/model``); return the
+    trainer, the run's inputs, and the training's wall-clock and CPU seconds."""
     from ..training.trainer import Trainer
 
     config = config.replace(progress=progress)
@@ -108,15 +187,75 @@ def train_and_evaluate(
         config, inputs.model, inputs.tokenizer, inputs.train,
         model_files=task_file(inputs.task_info), task_noise=inputs.task_noise,
     )  # fmt: skip
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - started
+    return trainer, inputs, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def train_and_evaluate(
+    config: TrainConfig, options: EvalOptions, progress: bool = True, split: str = "test"
+) -> tuple[Any, float]:
+    """Train one method, save it, and evaluate it on the held-out ``split`` (``"valid"`` for
+    tuning, ``"test"`` for reported results) as its task's comparison does; return the
+    result and the training time in seconds. ``options.seed`` becomes the run's seed."""
+    result, seconds, _ = _train_and_evaluate(config, options, progress, split)
+    return result, seconds
+
+
+def _train_and_evaluate(
+    config: TrainConfig, options: EvalOptions, progress: bool, split: str
+) -> tuple[Any, float, float]:
+    trainer, inputs, seconds, cpu_seconds = _train(config, progress)
     pairs = inputs.test if split == "test" else inputs.valid
     result = inputs.task.comparison().evaluate(
         inputs.task, trainer.model, trainer.tokenizer, pairs, bkspc_id=trainer.bkspc_id,
         max_new_tokens=inputs.sample_length, options=replace(options, seed=config.seed),
     )  # fmt: skip
-    return result, seconds
+    return result, seconds, cpu_seconds
+
+
+def warmup_job(config: TrainConfig, progress: bool = False) -> dict[str, float]:
+    """Train a seed's shared warm-up; record its cost in the run folder and return it.
+
+    Costs: ``train_seconds`` (wall clock) and ``train_cpu_seconds`` of the training alone,
+    ``job_cpu_seconds`` of the whole job (data, model loading and saving included): with
+    one thread per job, CPU seconds measure what the job costs on an idle core, whatever
+    else the machine was running."""
+    started = time.process_time()
+    _, _, seconds, cpu_seconds = _train(config, progress)
+    record = {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
+              "job_cpu_seconds": round(time.process_time() - started, 1)}  # fmt: skip
+    (Path(config.output_dir) / RECORD).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def method_job(
+    config: TrainConfig, options: EvalOptions, progress: bool = False, split: str = "test"
+) -> dict[str, Any]:
+    """Train and evaluate one method of one seed; its comparison entry (with the costs of
+    :func:`warmup_job`) is written to the run folder and returned."""
+    started = time.process_time()
+    result, seconds, cpu_seconds = _train_and_evaluate(config, options, progress, split)
+    entry = config_task(config).comparison().entry(result, seconds)
+    entry["train_cpu_seconds"] = round(cpu_seconds, 1)
+    entry["job_cpu_seconds"] = round(time.process_time() - started, 1)
+    (Path(config.output_dir) / RECORD).write_text(json.dumps(entry))
+    return entry
+
+
+def finished_record(folder: Path) -> dict[str, Any] | None:
+    """The record a finished job left in ``folder`` (``None`` when it did not finish)."""
+    path = folder / RECORD
+    if not path.exists() or not (folder / "model" / "config.json").exists():
+        return None
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def seed_folder(out: Path, seed: int) -> Path:
+    return out / f"seed-{seed}"
 
 
 def run_comparison(
@@ -124,50 +263,167 @@ def run_comparison(
     settings: ComparisonSettings,
     progress: bool = True,
     workers: int | None = None,
+    resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate the three methods; write report.md, the plot and results.json.
+    """Run the paired protocol for every seed; write results.json, report.md and a plot.
 
-    ``workers`` processes train the methods at once (default: all three; 1 = one after
-    the other in this process), see :mod:`sequencematch.apps.parallel`. An earlier demo in
+    ``workers`` processes run jobs at once (default: one per CPU, one thread each; 1: one
+    after the other in this process). With ``resume``, jobs that finished in an earlier
+    run of the same settings in ``out`` are read back instead of run again (with more
+    ``seeds`` than before, only the new seeds are run). Without it, an earlier demo in
     ``out`` is replaced only with ``overwrite``, and then only what it wrote is deleted.
     """
-    configs = method_configs(settings, out)
-    comparison: Comparison = config_task(next(iter(configs.values()))).comparison()
-    out.mkdir(parents=True, exist_ok=True)
-    clear_previous_runs(out, METHODS, overwrite)
-    schedule = schedule_record(workers, len(configs))
+    from .paired_summary import render, summarise
+
+    settings.validate()
+    started = time.perf_counter()
+    comparison: Comparison = config_task(warmup_config(settings, settings.seed, out)).comparison()
+    prepare_output(out, settings, resume, overwrite)
+    total_jobs = settings.seeds * (1 + len(METHODS))
+    schedule = schedule_record(_default_workers() if workers is None else workers, total_jobs)
     workers = schedule["workers"]
     options = comparison.share(settings.evaluation_options(), workers)
-    results: dict[str, Any] = {"settings": asdict(settings), "methods": {}, **schedule}
     bars = progress and workers <= 1  # parallel runs report through the status line
-    jobs = {
-        name: training_job(train_and_evaluate, config, options, bars)
-        for name, config in configs.items()
+    records: dict[int, dict[str, Any]] = {s: {"methods": {}} for s in settings.seed_list()}
+
+    def arm_jobs(seed: int) -> dict[str, Job]:
+        folder = seed_folder(out, seed)
+        configs = method_configs(settings, seed, folder / WARMUP / "model", folder)
+        jobs = {}
+        for method in QUEUE_ORDER:
+            config = configs[method]
+            done = finished_record(Path(config.output_dir))
+            if done is not None:
+                records[seed]["methods"][method] = done
+                continue
+            jobs[f"seed {seed} {method}"] = _job(method_job, config, options, bars)
+        return jobs
+
+    jobs: dict[str, Job] = {}
+    for seed in settings.seed_list():
+        config = warmup_config(settings, seed, seed_folder(out, seed) / WARMUP)
+        done = finished_record(Path(config.output_dir))
+        if done is not None:
+            records[seed][WARMUP] = done
+            jobs |= arm_jobs(seed)
+        else:
+            jobs[f"seed {seed} {WARMUP}"] = _job(warmup_job, config, bars)
+
+    def then(name: str, result: Any) -> dict[str, Job]:
+        _, seed_text, what = name.split(" ", 2)
+        seed = int(seed_text)
+        if what == WARMUP:
+            records[seed][WARMUP] = result
+            return arm_jobs(seed)
+        records[seed]["methods"][what] = result
+        print(comparison.row(f"{what} (seed {seed})", result), flush=True)
+        return {}
+
+    print(describe_protocol(settings, workers), flush=True)
+    for _ in run_jobs(jobs, workers, progress, then=then):
+        pass
+    results: dict[str, Any] = {
+        "settings": asdict(settings),
+        "seeds": {
+            str(seed): {
+                WARMUP: record[WARMUP],
+                "methods": {m: record["methods"][m] for m in METHODS},
+            }
+            for seed, record in records.items()
+        },  # fmt: skip
+        **schedule,
     }
-    print(describe_schedule(jobs, workers), flush=True)
-    finished: dict[str, Any] = {}
-    for name, (result, seconds) in run_jobs(jobs, workers, progress):
-        finished[name] = comparison.entry(result, seconds)
-        print(comparison.row(name, finished[name]), flush=True)
-    results["methods"] = {name: finished[name] for name in configs}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    table = comparison.table(results)
+    results["paired"] = summarise(results, comparison)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     plt = pyplot()
     plot = comparison.plot(results, out / comparison.plot_name, plt) if plt else None
-    (out / "report.md").write_text(comparison.report(results, table, timing_line(results), plot))
+    body = render(results, comparison)
+    (out / "report.md").write_text(comparison.report(results, body, plot))
     print()
-    print(table)
+    print(body)
     print(f"\nreport: {out / 'report.md'}")
     return results
 
 
-def timing_line(results: dict[str, Any]) -> str:
-    """``Training time: mle 120 s, ... (3 at once, 1 thread(s) each).``"""
-    timing = ", ".join(
-        f"{name} {entry['train_seconds']:.0f} s" for name, entry in results["methods"].items()
+def _job(function: Any, config: TrainConfig, *args: Any) -> Job:
+    return Job(function, (config, *args), metrics_file=Path(config.output_dir) / "metrics.jsonl",
+               total_steps=config.steps)  # fmt: skip
+
+
+def _default_workers() -> int:
+    """One worker per CPU (each single-threaded): the demo's models are too small for
+    intra-op threads to pay off."""
+    return available_cpus()
+
+
+def prepare_output(
+    out: Path, settings: ComparisonSettings, resume: bool, overwrite: bool = False
+) -> None:
+    """Claim ``out`` for this demo (see :class:`~sequencematch.training.run_folder.RunFolder`):
+    with ``resume``, the folder of an earlier run of the same settings (refused otherwise;
+    only the number of seeds may change, so a finished comparison can be extended by more
+    seeds); else a new demo, replacing an earlier one only with ``overwrite`` and deleting
+    only what it recorded writing. Files no demo wrote are never deleted."""
+    saved = out / SETTINGS_FILE
+    current = json.loads(json.dumps(asdict(settings)))
+    seeds = [seed_folder(out, seed).name for seed in settings.seed_list()]
+    outputs = (*DEMO_FILES, SETTINGS_FILE, *seeds)
+    if not resume:
+        clear_previous_runs(out, seeds, overwrite, (*DEMO_FILES, SETTINGS_FILE))
+    with RunFolder(out, "demo", outputs) as folder:
+        if folder.marker is None:  # --resume of a folder no demo wrote yet: a new demo
+            folder.claim_new(False, "choose another --out")
+        elif saved.exists():
+            previous = json.loads(saved.read_text())
+            changed = sorted(k for k in current.keys() | previous.keys()
+                             if current.get(k) != previous.get(k) and k != "seeds")  # fmt: skip
+            if changed and resume:
+                raise ValueError(
+                    f"--resume needs the settings of the run in {out}; these differ: "
+                    f"{', '.join(changed)}. Use the same options, or another --out"
+                )
+        folder.record(*outputs)
+    saved.write_text(json.dumps(current, indent=2))
+
+
+def describe_protocol(settings: ComparisonSettings, workers: int) -> str:
+    """``== seeds 0-2: a 600-step MLE warm-up each, then 4 methods x 300 steps; ...``."""
+    seeds = settings.seed_list()
+    named = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    how = "one after the other" if workers <= 1 else (
+        f"{workers} at a time, {threads_per_worker(workers)} thread(s) each"
+    )  # fmt: skip
+    return (
+        f"== {named}: a {settings.warmup_steps}-step MLE warm-up each, then "
+        f"{len(METHODS)} methods x {settings.steps} steps from it ({', '.join(METHODS)}); {how}"
     )
-    return f"Training time: {timing}{schedule_note(results)}."
+
+
+def timing_line(results: dict[str, Any]) -> str:
+    """Mean training time per seed of the warm-up and of each method, and the wall time."""
+    seeds = list(results["seeds"].values())
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    warmup = mean([s[WARMUP]["train_seconds"] for s in seeds])
+    parts = [f"warm-up {warmup:.0f} s"] + [
+        f"{m} {mean([s['methods'][m]['train_seconds'] for s in seeds]):.0f} s" for m in METHODS
+    ]
+    wall = results.get("wall_seconds")
+    total = f"; the whole comparison took {wall / 60:.1f} min" if wall else ""
+    cpu = results.get("paired", {}).get("cost", {}).get("all_jobs_cpu")
+    idle = (
+        f" Every job together (data, models, training, evaluation) used {cpu / 60:.1f} CPU "
+        f"minutes, {cpu / 60 / max(1, results['workers']):.1f} min per worker."
+        if cpu else ""
+    )  # fmt: skip
+    return (
+        f"Training time per seed (wall clock, mean over {len(seeds)} seed(s)): "
+        f"{', '.join(parts)}{schedule_note(results)}{total}.{idle}"
+    )
 
 
 def with_overrides(settings: ComparisonSettings, **changes: Any) -> ComparisonSettings:
@@ -181,4 +437,4 @@ def with_overrides(settings: ComparisonSettings, **changes: Any) -> ComparisonSe
             raise ValueError(f"{flag} does not apply to the {settings.task} demo")
     if "difficulty" in given:
         given["difficulty"] = list(given["difficulty"])
-    return replace(settings, **given)
+    return replace(settings, **given).validate()

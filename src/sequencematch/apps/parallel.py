@@ -56,37 +56,57 @@ def _run_in_worker(threads: int, job: Job) -> Any:
     return job.function(*job.args, **job.kwargs)
 
 
+FollowUp = Callable[[str, Any], Mapping[str, Job]]
+"""``then(name, result)``: the jobs that can start once job ``name`` returned ``result``."""
+
+
 def run_jobs(
     jobs: Mapping[str, Job],
     workers: int,
     progress: bool = True,
     poll_seconds: float = 2.0,
     print_every: float = 15.0,
+    then: FollowUp | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """Run ``jobs`` on ``workers`` processes; yield ``(name, result)`` as each finishes.
 
-    ``workers <= 1`` runs them here, one after the other, in order. A job that raises
-    stops the others and the error is raised here.
+    ``then``, when given, is called with each finished job's name and result and returns
+    more jobs (e.g. runs that start from a model the finished job saved); they queue behind
+    the jobs already waiting, so a free worker never waits for a whole stage to end.
+    ``workers <= 1`` runs them here, one after the other, in order. A job that raises stops
+    the others and the error is raised here.
     """
-    if workers <= 1 or len(jobs) <= 1:
-        for name, job in jobs.items():
-            yield name, job.function(*job.args, **job.kwargs)
+    queued = dict(jobs)  # every job so far, finished or not
+    if workers <= 1 or (then is None and len(jobs) <= 1):
+        order = list(queued)
+        for name in order:  # grows as follow-ups are added
+            job = queued[name]
+            result = job.function(*job.args, **job.kwargs)
+            yield name, result
+            added = _follow_ups(then, name, result, queued)
+            queued |= added
+            order += list(added)
         return
-    threads = threads_per_worker(min(workers, len(jobs)))
+    processes = workers if then is not None else min(workers, len(jobs))
+    threads = threads_per_worker(processes)
     context = multiprocessing.get_context("spawn")
-    pool = context.Pool(processes=min(workers, len(jobs)))
+    pool = context.Pool(processes=processes)
     try:
         pending = {
-            name: pool.apply_async(_run_in_worker, (threads, job)) for name, job in jobs.items()
+            name: pool.apply_async(_run_in_worker, (threads, job)) for name, job in queued.items()
         }
         started = last_print = time.monotonic()
         while pending:
             finished = [name for name, result in pending.items() if result.ready()]
             for name in finished:
-                yield name, pending.pop(name).get()  # re-raises the job's exception
+                result = pending.pop(name).get()  # re-raises the job's exception
+                yield name, result
+                for new_name, job in _follow_ups(then, name, result, queued).items():
+                    queued[new_name] = job
+                    pending[new_name] = pool.apply_async(_run_in_worker, (threads, job))
             now = time.monotonic()
             if pending and progress and now - last_print >= print_every:
-                print(progress_line({n: jobs[n] for n in pending}, now - started), flush=True)
+                print(progress_line({n: queued[n] for n in pending}, now - started), flush=True)
                 last_print = now
             if pending:
                 next(iter(pending.values())).wait(poll_seconds)
@@ -94,6 +114,19 @@ def run_jobs(
     finally:
         pool.terminate()
         pool.join()
+
+
+def _follow_ups(
+    then: FollowUp | None, name: str, result: Any, known: Mapping[str, Job]
+) -> dict[str, Job]:
+    """The jobs ``then`` adds after ``name`` (names must be new)."""
+    if then is None:
+        return {}
+    added = dict(then(name, result))
+    clash = sorted(set(added) & set(known))
+    if clash:
+        raise ValueError(f"follow-up jobs reuse the names of queued jobs: {clash}")
+    return added
 
 
 def progress_line(jobs: Mapping[str, Job], elapsed: float, shown: int = 4) -> str:

@@ -1,18 +1,19 @@
-"""The text demo: MLE, MLE+<bkspc> and SequenceMatch-chi2+<bkspc> on Shakespeare, compared.
+"""The text demo: MLE, MLE+<bkspc>, offline chi2+<bkspc> and SequenceMatch on Shakespeare, paired.
 
 The settings below are the text demo's sizes; the harness
-(:mod:`sequencematch.apps.comparison`) trains the methods and the text task evaluates them
-on prompts cut from held-out works: MAUVE against the human continuations (mean and spread
-over k-means seeds), repetition, diversity and n-gram entropy of the sampled continuations,
-perplexity and ``<bkspc>`` usage.
+(:mod:`sequencematch.apps.comparison`) trains one shared MLE warm-up per seed and the four
+methods from it, and the text task evaluates them on the same prompts cut from held-out
+works: MAUVE against the human continuations (mean and spread over k-means seeds),
+repetition, diversity and n-gram entropy of the sampled continuations, perplexity and
+``<bkspc>`` usage; two methods of one seed are compared by a bootstrap over prompts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
-from ..evaluation.text_evaluation import TextEval
 from ..tasks.base import EvalOptions
 from ..training.config import TrainConfig
 from . import comparison
@@ -32,8 +33,9 @@ class TextDemoSettings(ComparisonSettings):
     }  # fmt: skip
 
     corpus: str | None = None  # None: Shakespeare; else a text file, folder or JSONL
-    steps: int = 1200
-    sm_steps: int = 400
+    seeds: int = 3
+    warmup_steps: int = 800
+    steps: int = 400
     batch_size: int = 16
     vocab_size: int = 2048
     prompt_tokens: int = 32
@@ -41,15 +43,17 @@ class TextDemoSettings(ComparisonSettings):
     n_train: int = 0  # 0: every training window
     n_valid: int = 200
     n_test: int = 300
-    lr: float = 2e-3
+    warmup_lr: float = 2e-3
+    lr: float = 1e-3
     noise_source: str = "uniform"
     mauve_seeds: int = 5
+    bootstrap_resamples: int = 100  # per seed, over prompts (MAUVE recomputed on each)
 
     @classmethod
     def quick(cls, corpus: str | None = None) -> TextDemoSettings:
-        return cls(corpus=corpus, steps=30, sm_steps=10, batch_size=8, hidden_size=32,
-                   num_layers=1, vocab_size=300, prompt_tokens=8, completion_tokens=12,
-                   n_train=200, n_valid=16, n_test=24, refresh_every=5, sm_ramp_steps=3,
+        return cls(corpus=corpus, seeds=2, warmup_steps=20, steps=10, batch_size=8,
+                   hidden_size=32, num_layers=1, vocab_size=300, prompt_tokens=8,
+                   completion_tokens=12, n_train=200, n_valid=16, n_test=24, refresh_every=5,
                    mauve_seeds=2)  # fmt: skip
 
     def task_config(self) -> dict[str, Any]:
@@ -62,9 +66,11 @@ class TextDemoSettings(ComparisonSettings):
                            encoder=encoder)  # fmt: skip
 
 
-def method_configs(settings: TextDemoSettings, out: Any) -> dict[str, TrainConfig]:
-    """One training configuration per method (see :func:`comparison.method_configs`)."""
-    return comparison.method_configs(settings, out)
+def method_configs(
+    settings: TextDemoSettings, seed: int, start: Path, out: Path
+) -> dict[str, TrainConfig]:
+    """The four continuations of one seed (see :func:`comparison.method_configs`)."""
+    return comparison.method_configs(settings, seed, start, out)
 
 
 def train_and_evaluate_text(
@@ -73,7 +79,7 @@ def train_and_evaluate_text(
     progress: bool = True,
     split: str = "test",
     encoder: Any = None,
-) -> tuple[TextEval, float]:
+) -> tuple[Any, float]:
     """Train one method, save it, and evaluate its samples on the held-out ``split``."""
     return comparison.train_and_evaluate(
         config, settings.evaluation_options(encoder), progress, split

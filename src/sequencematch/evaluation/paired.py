@@ -49,6 +49,11 @@ class PairedDifference:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PairedDifference:
+        """Read back :meth:`as_dict` (JSON writes NaN bounds as ``NaN``, read back as NaN)."""
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__})
+
     def format(self, digits: int = 3) -> str:
         """``+0.052 [+0.013, +0.091]`` (p = 0.012)."""
         text = f"{self.difference:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
@@ -122,6 +127,44 @@ def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def bootstrap_indices(n: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """``[resamples, n]`` item indices drawn with replacement: resample ``i`` is row ``i``.
+
+    Scoring every method on the same rows keeps the pairing (an item that is hard for all
+    methods does not widen the interval of their difference), and lets an expensive
+    statistic be computed once per method and resample, then shared by every comparison.
+    """
+    if n < 1:
+        raise ValueError("paired samples are empty")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def bootstrap_difference(
+    observed: float,
+    a_resampled: Sequence[float],
+    b_resampled: Sequence[float],
+    n: int,
+    confidence: float = 0.95,
+) -> PairedDifference:
+    """The paired difference ``observed`` (statistic of ``b`` minus that of ``a`` on all
+    items) with the percentile interval of ``b_resampled[i] - a_resampled[i]`` (both
+    statistics computed on the same resample ``i`` of ``n`` items, see
+    :func:`bootstrap_indices`); the p-value is the two-sided fraction of resampled
+    differences on the other side of zero."""
+    _check_pairs(a_resampled, b_resampled)
+    _check_confidence(confidence)
+    differences = np.asarray(b_resampled, dtype=float) - np.asarray(a_resampled, dtype=float)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(differences, [tail, 1.0 - tail])
+    below, above = float(np.mean(differences <= 0)), float(np.mean(differences >= 0))
+    p_value = min(1.0, 2.0 * min(below, above))
+    return PairedDifference(
+        float(observed), float(low), float(high), p_value, n, confidence, "bootstrap"
+    )
+
+
 def paired_bootstrap(
     a: Sequence[Any],
     b: Sequence[Any],
@@ -146,20 +189,11 @@ def paired_bootstrap(
     a_items, b_items = list(a), list(b)
     n = len(a_items)
     observed = measure(b_items) - measure(a_items)
-    rng = np.random.default_rng(seed)
-    differences = np.empty(resamples)
-    for index in range(resamples):
-        picked = rng.integers(0, n, size=n)
-        differences[index] = measure([b_items[i] for i in picked]) - measure(
-            [a_items[i] for i in picked]
-        )
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(differences, [tail, 1.0 - tail])
-    below, above = float(np.mean(differences <= 0)), float(np.mean(differences >= 0))
-    p_value = min(1.0, 2.0 * min(below, above))
-    return PairedDifference(
-        float(observed), float(low), float(high), p_value, n, confidence, "bootstrap"
-    )
+    a_resampled, b_resampled = [], []
+    for picked in bootstrap_indices(n, resamples, seed):
+        a_resampled.append(measure([a_items[i] for i in picked]))
+        b_resampled.append(measure([b_items[i] for i in picked]))
+    return bootstrap_difference(observed, a_resampled, b_resampled, n, confidence)
 
 
 def seed_difference(differences: Sequence[float], confidence: float = 0.95) -> PairedDifference:

@@ -1,12 +1,15 @@
 """How a method comparison on arithmetic is measured and shown: exact match under forced noise.
 
 Every method is evaluated greedily on the same held-out questions at each forced-noise
-level (a random answer character forced with probability p per generated step); the table
-gives exact-match accuracy with 95% Wilson intervals, the plot accuracy against p.
+level (a random answer character forced with probability p per generated step), with the
+same noise seed. Two methods of one seed are compared on the questions' pairs (McNemar's
+exact test, Newcombe's interval of the difference); the table gives the mean accuracy over
+seeds, the plot the paired differences against p.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -14,13 +17,39 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..evaluation.paired import PairedDifference, mcnemar, seed_difference
+from ..evaluation.statistics import mean_confidence_interval
 from .base import EvalOptions, Pair, Task
-from .comparison import Comparison
+from .comparison import MODELS_LINE, Comparison, Metric
 from .exact_match import ExactMatchEval
 
 
+def encode_outcomes(outcomes: Sequence[bool]) -> str:
+    """``"0110..."``: one character per question, 1 right, 0 wrong (compact in JSON)."""
+    return "".join("1" if right else "0" for right in outcomes)
+
+
+def decode_outcomes(text: str) -> list[bool]:
+    """The outcomes that :func:`encode_outcomes` wrote."""
+    return [character == "1" for character in text]
+
+
+def _level(entry: dict[str, Any], level: float) -> dict[str, Any]:
+    for evaluation in entry["sweep"]:
+        if abs(evaluation["noise_prob"] - level) < 1e-9:
+            return evaluation
+    raise ValueError(f"no evaluation at forced-noise level {level} in this entry")
+
+
+def _mean_cell(values: list[float], digits: int = 3) -> str:
+    mean, low, high = mean_confidence_interval(values)
+    if math.isnan(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 class ArithmeticComparison(Comparison):
-    """Forced-noise sweep, accuracy table and accuracy-against-noise plot."""
+    """Forced-noise sweep, McNemar per seed, accuracy table and paired-difference plot."""
 
     plot_name = "accuracy_vs_noise.png"
 
@@ -49,78 +78,135 @@ class ArithmeticComparison(Comparison):
         ]
 
     def entry(self, result: list[ExactMatchEval], seconds: float) -> dict[str, Any]:
-        return {"train_seconds": round(seconds, 1), "sweep": [e.as_dict() for e in result]}
+        """Per level: the metrics and ``outcomes``, one character per test question."""
+        sweep = [e.as_dict() | {"outcomes": encode_outcomes(e.outcomes)} for e in result]
+        return {"train_seconds": round(seconds, 1), "sweep": sweep}
 
     def row(self, name: str, entry: dict[str, Any]) -> str:
         cells = [f"{e['accuracy']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
                  for e in entry["sweep"]]  # fmt: skip
         return f"| {name} | " + " | ".join(cells) + " |"
 
+    def metrics(self, settings: dict[str, Any]) -> list[Metric]:
+        """Exact-match accuracy at each forced-noise level."""
+        return [Metric(f"accuracy@{p:g}", f"p={p:g}") for p in settings["levels"]]
+
+    def value(self, entry: dict[str, Any], metric: Metric) -> float:
+        return float(_level(entry, float(metric.key.split("@")[1]))["accuracy"])
+
+    def within_seed(
+        self,
+        entries: dict[str, dict[str, Any]],
+        pairs: Sequence[tuple[str, str]],
+        settings: dict[str, Any],
+    ) -> dict[tuple[str, str], dict[str, PairedDifference]]:
+        """McNemar's exact test and Newcombe's interval on the same questions, per level."""
+        tested = {}
+        for a, b in pairs:
+            tested[(a, b)] = {}
+            for metric in self.metrics(settings):
+                level = float(metric.key.split("@")[1])
+                tested[(a, b)][metric.key] = mcnemar(
+                    decode_outcomes(_level(entries[a], level)["outcomes"]),
+                    decode_outcomes(_level(entries[b], level)["outcomes"]),
+                )
+        return tested
+
+    def within_seed_note(self, settings: dict[str, Any]) -> str:
+        return (
+            f"Difference in exact-match accuracy on the seed's {settings['n_test']} test "
+            "questions (the same questions and forced-noise seed for every method) [95% "
+            "Newcombe interval for paired proportions] (p: McNemar's exact test)."
+        )
+
     def table(self, results: dict[str, Any]) -> str:
-        """Exact-match accuracy [95% Wilson interval] per forced-noise level, and the
-        ``<bkspc>`` rate at p = 0.1."""
+        """Mean exact-match accuracy over seeds [95% Student-t interval] per forced-noise
+        level, and the mean share of forced tokens deleted at p = 0.1."""
         levels = results["settings"]["levels"]
         header = (
-            "| method | " + " | ".join(f"p={p:g}" for p in levels) + " | <bkspc> rate at p=0.1 |"
+            "| method | " + " | ".join(f"p={p:g}" for p in levels) + " | forced tokens "
+            "deleted at p=0.1 |"
         )
         lines = [header, "|---" * (len(levels) + 2) + "|"]
-        for name, entry in results["methods"].items():
-            at_01 = [e for e in entry["sweep"] if abs(e["noise_prob"] - 0.1) < 1e-9]
-            rate = f"{at_01[0]['bkspc_rate']:.3f}" if at_01 else "-"
-            lines.append(self.row(name, entry) + f" {rate} |")
+        seeds = list(results["seeds"].values())
+        for name in seeds[0]["methods"]:
+            entries = [seed["methods"][name] for seed in seeds]
+            cells = [_mean_cell([_level(e, p)["accuracy"] for e in entries]) for p in levels]
+            deleted = [
+                _level(e, 0.1)["forced_deleted_rate"] for e in entries
+                if any(abs(x["noise_prob"] - 0.1) < 1e-9 for x in e["sweep"])
+            ]  # fmt: skip
+            usable = [d for d in deleted if d is not None]
+            rate = f"{sum(usable) / len(usable):.2f}" if usable and name != "mle" else "-"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {rate} |")
         return "\n".join(lines)
 
     def plot(self, results: dict[str, Any], path: Path, plt: Any) -> Path:
-        """Accuracy against forced-noise level, one line per method, with 95% intervals."""
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for name, entry in results["methods"].items():
-            sweep = entry["sweep"]
-            accuracy = [e["accuracy"] for e in sweep]
-            low = [a - e["ci_low"] for a, e in zip(accuracy, sweep, strict=True)]
-            high = [e["ci_high"] - a for a, e in zip(accuracy, sweep, strict=True)]
-            axes.errorbar([e["noise_prob"] for e in sweep], accuracy, yerr=[low, high],
-                          marker="o", capsize=3, label=name)  # fmt: skip
+        """Paired accuracy difference (mean over seeds, 95% Student-t interval) against the
+        forced-noise level, one line per comparison."""
+        levels = results["settings"]["levels"]
+        seeds = list(results["seeds"].values())
+        figure, axes = plt.subplots(figsize=(6.5, 4))
+        for a, b in results["paired"]["comparisons"]:
+            points = []
+            for p in levels:
+                values = [
+                    _level(s["methods"][b], p)["accuracy"] - _level(s["methods"][a], p)["accuracy"]
+                    for s in seeds
+                ]
+                points.append(seed_difference(values))
+            mean = [d.difference for d in points]
+            low = [0.0 if math.isnan(d.low) else d.difference - d.low for d in points]
+            high = [0.0 if math.isnan(d.high) else d.high - d.difference for d in points]
+            axes.errorbar(levels, mean, yerr=[low, high], marker="o", capsize=3,
+                          label=f"{b} - {a}")  # fmt: skip
+        axes.axhline(0.0, color="black", linewidth=0.8)
         axes.set_xlabel("forced-noise probability per generated step")
-        axes.set_ylabel("exact-match accuracy (test split)")
-        axes.set_ylim(0, 1)
+        axes.set_ylabel(f"paired accuracy difference (mean of {len(seeds)} seeds)")
         axes.grid(alpha=0.3)
-        axes.legend()
+        axes.legend(fontsize=8)
         figure.tight_layout()
         figure.savefig(path, dpi=120)
         plt.close(figure)
         return path
 
-    def report(self, results: dict[str, Any], table: str, timing: str, plot: Path | None) -> str:
+    def report(self, results: dict[str, Any], body: str, plot: Path | None) -> str:
         settings = results["settings"]
+        seeds = list(results["seeds"])
         lines = [
             "# SequenceMatch demo: arithmetic in bases 2-16 under forced noise",
             "",
             f"Task: `add_or_sub_in_base` questions, operand entropy {settings['difficulty']} "
             f"bits, {settings['n_train']} training and {settings['n_test']} held-out test "
-            f"questions (seed {settings['seed']}). Every method trains the same model size "
-            f"({settings['num_layers']} layers, width {settings['hidden_size']}) for "
-            f"{settings['steps']} steps of {settings['batch_size']} sequences; SequenceMatch "
-            f"spends its last {settings['sm_steps']} steps on the SequenceMatch-chi2 objective "
-            f"(alpha {settings['alpha']}, gamma {settings['gamma']}, lambda_mle "
-            f"{settings['lambda_mle']}, {warmup_text(settings)}) with model samples refreshed "
-            f"every {settings['refresh_every']} steps. Noise-augmented demonstrations: p_noise "
-            f"{settings['p_noise']}, source `{settings['noise_source']}`.",
+            f"questions per seed (the seed also draws the questions). Seeds: "
+            f"{', '.join(seeds)}.",
             "",
-            "Exact-match accuracy on the test split, greedy decoding, with 95% Wilson "
-            "intervals; p is the probability that a random answer character is forced instead "
-            "of the model's choice at each generated step:",
+            "Protocol, per seed: one shared warm-up (plain MLE from scratch, "
+            f"{settings['warmup_steps']} steps of {settings['batch_size']} questions, Llama-style "
+            f"model with {settings['num_layers']} layers of width {settings['hidden_size']}, "
+            f"peak learning rate {settings['warmup_lr']}), saved; then every method continues "
+            f"from it for {settings['steps']} steps (peak learning rate {settings['lr']}) on the "
+            "same data order and noise draws, and is evaluated on the same questions:",
             "",
-            table,
+            "- `mle`: cross-entropy on the clean answers;",
+            "- `mle-bkspc`: cross-entropy on noise-augmented answers (p_noise "
+            f"{settings['p_noise']}, source `{settings['noise_source']}`; each inserted wrong "
+            "token is followed by `<bkspc>` and is not itself a target);",
+            f"- `offline-chi2-bkspc`: the data-only objective on the same data, lambda_mle "
+            f"{settings['lambda_mle']} x MLE + (1 - lambda_mle) x SequenceMatch-chi2 with data "
+            f"transitions only (beta 1; alpha {settings['alpha']}, gamma {settings['gamma']}); "
+            "no model samples;",
+            "- `sequencematch-chi2-bkspc`: the same objective with the model's own samples in "
+            f"the mixture (beta {settings['beta']}), refreshed every "
+            f"{settings['refresh_every']} steps.",
             "",
-            timing,
+            "Evaluation: greedy answers, exact match; p is the probability that a random answer "
+            "character is forced instead of the model's choice at each generated step (the "
+            "same noise seed for every method).",
+            "",
+            body,
         ]
         if plot is not None:
-            lines += ["", f"![accuracy against forced noise]({plot.name})"]
+            lines += ["", f"![paired accuracy differences against forced noise]({plot.name})"]
+        lines += ["", MODELS_LINE]
         return "\n".join(lines) + "\n"
-
-
-def warmup_text(settings: dict[str, Any]) -> str:
-    """How SequenceMatch's warm-up was run, in words."""
-    if settings.get("regularise_warmup"):
-        return "its warm-up trained on MLE plus the chi2 regulariser on data transitions"
-    return f"its weight ramped in over {settings['sm_ramp_steps']} steps"

@@ -1,31 +1,56 @@
-"""The task-specific parts of a method comparison: evaluation, table, plot and report.
+"""The task-specific parts of a method comparison: evaluation, paired tests, table, plot, report.
 
-The comparison harness (:mod:`sequencematch.apps.comparison`) trains every method and
-writes ``results.json``, ``report.md`` and a plot; what is measured on a trained model and
-how it is shown comes from the task, through one of these objects.
+The comparison harness (:mod:`sequencematch.apps.comparison`) trains every method on every
+seed and writes ``results.json``, ``report.md`` and a plot; what is measured on a trained
+model, how two methods are tested on the same items, and how it is shown comes from the
+task, through one of these objects.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..evaluation.paired import PairedDifference
 from .base import EvalOptions, Pair
 
 if TYPE_CHECKING:
     from .base import Task
 
 
+MODELS_LINE = "Models: `seed-<seed>/<method>/model` (warm-ups: `seed-<seed>/warmup/model`)."
+"""Where a comparison's models are (a line of its report)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a comparison reports per method and seed, and compares between methods.
+
+    Attributes:
+        key: its name in ``results.json`` (e.g. ``accuracy@0.1``).
+        label: its column heading (e.g. ``p=0.1``).
+        higher_is_better: which direction is an improvement.
+        digits: decimals shown.
+    """
+
+    key: str
+    label: str
+    higher_is_better: bool = True
+    digits: int = 3
+
+
 class Comparison(ABC):
     """How one task evaluates and reports a comparison of training methods.
 
-    ``results`` below is the harness's record: ``{"settings": {...}, "methods": {name:
-    entry}, "workers": ..., "threads_per_worker": ...}``, with each entry made by
-    :meth:`entry`.
+    ``results`` below is the harness's record: ``{"settings": {...}, "seeds": {seed:
+    {"warmup": {...}, "methods": {name: entry}}}, "paired": {...}, "workers": ...,
+    "threads_per_worker": ...}``, with each entry made by :meth:`entry`; ``entries`` are
+    the entries of one seed's methods, all evaluated on the same items.
     """
 
     plot_name: ClassVar[str] = "comparison.png"
@@ -52,21 +77,45 @@ class Comparison(ABC):
 
     @abstractmethod
     def entry(self, result: Any, seconds: float) -> dict[str, Any]:
-        """One method's JSON-ready record in ``results.json``."""
+        """One method's JSON-ready record of one seed in ``results.json``, with every
+        per-item outcome that its paired tests need (so they can be recomputed)."""
 
     @abstractmethod
     def row(self, name: str, entry: dict[str, Any]) -> str:
-        """One method's line of the markdown table (printed as each method finishes)."""
+        """One method's line on one seed (printed as each method finishes)."""
+
+    @abstractmethod
+    def metrics(self, settings: dict[str, Any]) -> list[Metric]:
+        """The numbers compared between methods."""
+
+    @abstractmethod
+    def value(self, entry: dict[str, Any], metric: Metric) -> float:
+        """``metric`` of one method on one seed."""
+
+    @abstractmethod
+    def within_seed(
+        self,
+        entries: dict[str, dict[str, Any]],
+        pairs: Sequence[tuple[str, str]],
+        settings: dict[str, Any],
+    ) -> dict[tuple[str, str], dict[str, PairedDifference]]:
+        """For each ``(a, b)`` of ``pairs``, the difference ``b - a`` of each metric on this
+        seed's items, with an interval from a paired test on those items. A metric the task
+        cannot test within a seed is left out."""
+
+    @abstractmethod
+    def within_seed_note(self, settings: dict[str, Any]) -> str:
+        """One paragraph: how :meth:`within_seed` tests each metric."""
 
     @abstractmethod
     def table(self, results: dict[str, Any]) -> str:
-        """The markdown table of every method."""
+        """The markdown table of every method (mean over seeds with intervals)."""
 
     @abstractmethod
     def plot(self, results: dict[str, Any], path: Path, plt: Any) -> Path:
         """Draw the comparison with matplotlib's ``plt`` into ``path``; return it."""
 
     @abstractmethod
-    def report(self, results: dict[str, Any], table: str, timing: str, plot: Path | None) -> str:
-        """``report.md``: what was compared and how, the table, the ``timing`` sentence and
-        the plot (when one was drawn)."""
+    def report(self, results: dict[str, Any], body: str, plot: Path | None) -> str:
+        """``report.md``: what was compared and how, then ``body`` (the tables, the paired
+        differences and what they support, the timing) and the plot (when one was drawn)."""

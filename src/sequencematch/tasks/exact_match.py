@@ -45,6 +45,8 @@ class ExactMatchEval:
         mean_actions: mean actions per prompt, ``<bkspc>`` included.
         finished_rate: fraction of completions that ended with ``<eos>`` (others were cut).
         examples: the first few prompts with answer, prediction and rendered trace.
+        outcomes: per prompt, in order, whether the completion was exactly right (what a
+            paired test of two models on the same prompts needs).
     """
 
     n: int
@@ -59,10 +61,13 @@ class ExactMatchEval:
     mean_actions: float
     finished_rate: float
     examples: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[bool] = field(default_factory=list, repr=False)
 
     def as_dict(self, include_examples: bool = False) -> dict[str, Any]:
-        """A JSON-ready dict of the metrics (examples only when asked)."""
+        """A JSON-ready dict of the metrics (examples only when asked; no per-prompt
+        outcomes)."""
         result = asdict(self)
+        del result["outcomes"]
         if not include_examples:
             del result["examples"]
         return result
@@ -89,7 +94,7 @@ def score_exact_match(
     if len(output.sequences) != len(pairs):
         raise ValueError(f"{len(pairs)} prompts but {len(output.sequences)} generated rows")
     eos = tokenizer.eos_token_id
-    correct = 0
+    outcomes: list[bool] = []
     examples: list[dict[str, Any]] = []
     for row, (prompt, answer) in enumerate(pairs):
         prediction = tokenizer.decode(
@@ -98,14 +103,14 @@ def score_exact_match(
             clean_up_tokenization_spaces=False,
         )
         right = is_exact_match(prediction, answer)
-        correct += right
+        outcomes.append(right)
         if row < num_examples:
             trace = format_trace(tokenizer, output.actions[row], bkspc_id, output.forced[row])
             examples.append(
                 {"prompt": prompt, "answer": answer, "prediction": prediction,
                  "correct": right, "trace": trace}
             )  # fmt: skip
-    n = len(pairs)
+    n, correct = len(pairs), sum(outcomes)
     low, high = wilson_interval(correct, n)
     stats = trace_statistics(output.actions, output.forced, bkspc_id)
     return ExactMatchEval(
@@ -121,6 +126,7 @@ def score_exact_match(
         mean_actions=stats.mean_actions,
         finished_rate=sum(output.finished) / n if n else 0.0,
         examples=examples,
+        outcomes=outcomes,
     )
 
 

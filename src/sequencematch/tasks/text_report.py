@@ -1,24 +1,36 @@
 """How a method comparison on text is measured and shown: MAUVE, diversity, repetition.
 
-Every method samples one continuation per held-out prompt (temperature 1); MAUVE compares
-them with the human continuations (mean and spread over k-means seeds), and repetition,
-diversity (with a bootstrap interval over prompts), n-gram entropy, perplexity of the human
-continuations and ``<bkspc>`` usage complete the table.
+Every method samples one continuation per held-out prompt (temperature 1, the same sampling
+seed); MAUVE compares them with the human continuations (mean and spread over k-means
+seeds), and repetition, diversity (with a bootstrap interval over prompts), n-gram entropy,
+perplexity of the human continuations and ``<bkspc>`` usage complete the table. Two methods
+of one seed are compared by a paired bootstrap over prompts: each resample draws the same
+prompts for both, MAUVE is recomputed on it (one k-means seed per resample) and diversity
+is recomputed over the drawn continuations; perplexity has no per-prompt values here, so it
+is compared over seeds only.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..evaluation.paired import (
+    PairedDifference,
+    bootstrap_difference,
+    bootstrap_indices,
+    seed_difference,
+)
+from ..evaluation.statistics import mean_confidence_interval
 from ..evaluation.text_evaluation import TextEval
 from .base import EvalOptions, Pair, Task
-from .comparison import Comparison
+from .comparison import MODELS_LINE, Comparison, Metric
 
 
 def bootstrap_interval(
@@ -38,19 +50,52 @@ def _cell(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _mean_cell(values: list[float], digits: int = 3) -> str:
+    if any(v is None or math.isnan(v) for v in values):
+        return "-"
+    mean, low, high = mean_confidence_interval(values)
+    if math.isnan(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+@dataclass
+class TextResult:
+    """One method's evaluation and the human continuations of the same prompts."""
+
+    eval: TextEval
+    references: list[str] = field(default_factory=list, repr=False)
+
+
+METRICS = (
+    Metric("mauve", "MAUVE"),
+    Metric("diversity", "diversity"),
+    Metric("perplexity", "perplexity", higher_is_better=False, digits=2),
+)
+
+
 class TextComparison(Comparison):
-    """Sampled continuations against human ones: table of text metrics, MAUVE and
-    diversity plot."""
+    """Sampled continuations against human ones: MAUVE, diversity and perplexity, compared
+    per seed by a bootstrap over prompts; table of text metrics; plot of paired differences."""
 
     plot_name = "mauve_and_diversity.png"
+
+    def __init__(self) -> None:
+        self._encoder: Any = None
 
     def share(self, options: EvalOptions, workers: int) -> EvalOptions:
         """One sentence encoder for every method when they train in this process."""
         if workers > 1 or not options.with_mauve or options.encoder is not None:
             return options  # each worker loads its own
-        from ..evaluation.text_metrics import SentenceEncoder
+        return replace(options, encoder=self.encoder())
 
-        return replace(options, encoder=SentenceEncoder())
+    def encoder(self) -> Any:
+        """The sentence encoder of MAUVE, loaded once."""
+        if self._encoder is None:
+            from ..evaluation.text_metrics import SentenceEncoder
+
+            self._encoder = SentenceEncoder()
+        return self._encoder
 
     def evaluate(
         self,
@@ -62,17 +107,21 @@ class TextComparison(Comparison):
         bkspc_id: int | None,
         max_new_tokens: int,
         options: EvalOptions,
-    ) -> TextEval:
-        return task.evaluate(
+    ) -> TextResult:
+        result = task.evaluate(
             model, tokenizer, pairs, bkspc_id=bkspc_id, max_new_tokens=max_new_tokens,
             options=options,
         )  # fmt: skip
+        return TextResult(result, [pair.completion for pair in pairs])
 
-    def entry(self, result: TextEval, seconds: float) -> dict[str, Any]:
+    def entry(self, result: TextResult, seconds: float) -> dict[str, Any]:
+        """The evaluation (with every sampled continuation), the human continuations and a
+        bootstrap interval of diversity."""
         return {
             "train_seconds": round(seconds, 1),
-            "eval": result.as_dict(),
-            "diversity_interval": bootstrap_interval(result.completions, "diversity"),
+            "eval": result.eval.as_dict(),
+            "references": result.references,
+            "diversity_interval": bootstrap_interval(result.eval.completions, "diversity"),
         }
 
     def row(self, name: str, entry: dict[str, Any]) -> str:
@@ -86,65 +135,147 @@ class TextComparison(Comparison):
         ]  # fmt: skip
         return f"| {name} | " + " | ".join(cells) + " |"
 
-    def table(self, results: dict[str, Any]) -> str:
-        """MAUVE (mean +- std over k-means seeds), diversity, repetition, 4-gram entropy,
-        perplexity of the human continuations and ``<bkspc>`` rate per method."""
-        header = (
-            "| method | MAUVE | diversity | rep-2 | rep-4 | entropy-4 | perplexity | <bkspc> rate |"
+    def metrics(self, settings: dict[str, Any]) -> list[Metric]:
+        """MAUVE, diversity and perplexity of the human continuations."""
+        return list(METRICS)
+
+    def value(self, entry: dict[str, Any], metric: Metric) -> float:
+        result = entry["eval"]
+        if metric.key == "mauve":
+            return math.nan if result["mauve"] is None else float(result["mauve"]["mean"])
+        if metric.key == "diversity":
+            return float(result["statistics"]["diversity"])
+        return float(result["perplexity"])
+
+    def within_seed(
+        self,
+        entries: dict[str, dict[str, Any]],
+        pairs: Sequence[tuple[str, str]],
+        settings: dict[str, Any],
+    ) -> dict[tuple[str, str], dict[str, PairedDifference]]:
+        """Paired bootstrap over prompts: the same resampled prompts for every method; MAUVE
+        recomputed on each resample (features encoded once), diversity recomputed over the
+        resampled continuations. Perplexity is left out (no per-prompt values)."""
+        from ..evaluation.text_metrics import text_statistics
+
+        names = sorted({name for pair in pairs for name in pair})
+        completions = {name: entries[name]["eval"]["completions"] for name in names}
+        n = len(completions[names[0]])
+        resamples = int(settings.get("bootstrap_resamples", 100))
+        picks = bootstrap_indices(n, resamples, seed=0)
+        resampled: dict[str, dict[str, list[float]]] = {"diversity": {}, "mauve": {}}
+        for name in names:
+            texts = completions[name]
+            resampled["diversity"][name] = [
+                text_statistics([texts[i] for i in pick])["diversity"] for pick in picks
+            ]
+        with_mauve = all(entries[name]["eval"]["mauve"] is not None for name in names)
+        if with_mauve:
+            resampled["mauve"] = self._resampled_mauve(entries, names, picks)
+        tested: dict[tuple[str, str], dict[str, PairedDifference]] = {}
+        for a, b in pairs:
+            tested[(a, b)] = {}
+            for metric in METRICS[:2]:
+                if metric.key == "mauve" and not with_mauve:
+                    continue
+                observed = self.value(entries[b], metric) - self.value(entries[a], metric)
+                if math.isnan(observed):
+                    continue
+                tested[(a, b)][metric.key] = bootstrap_difference(
+                    observed, resampled[metric.key][a], resampled[metric.key][b], n
+                )
+        return tested
+
+    def _resampled_mauve(
+        self, entries: dict[str, dict[str, Any]], names: list[str], picks: Any
+    ) -> dict[str, list[float]]:
+        """MAUVE of each method on each resample of prompts (k-means seed = resample)."""
+        from ..evaluation.text_metrics import mauve_score
+
+        references = entries[names[0]]["references"]
+        encoder = self.encoder()
+        human = encoder.encode(references)
+        features = {name: encoder.encode(entries[name]["eval"]["completions"]) for name in names}
+        return {
+            name: [
+                mauve_score(
+                    p_features=human[pick], q_features=features[name][pick], seeds=(index,)
+                ).mean
+                for index, pick in enumerate(picks)
+            ]  # fmt: skip
+            for name in names
+        }
+
+    def within_seed_note(self, settings: dict[str, Any]) -> str:
+        return (
+            f"Difference on the seed's {settings['n_test']} held-out prompts (the same prompts "
+            "and sampling seed for every method) [95% paired bootstrap interval over prompts, "
+            f"{settings.get('bootstrap_resamples', 100)} resamples: each draws the same prompts "
+            "for both methods; MAUVE is recomputed on each resample with one k-means seed, "
+            "diversity over the drawn continuations] (p: the bootstrap's two-sided p-value). "
+            "The difference shown is that of the full evaluation (MAUVE: mean over "
+            f"{settings['mauve_seeds']} k-means seeds). Perplexity has no per-prompt values "
+            "here: its difference is shown alone and tested over seeds only."
         )
-        lines = [header, "|---" * 8 + "|"]
-        lines += [self.row(name, entry) for name, entry in results["methods"].items()]
-        first = next(iter(results["methods"].values()), None)
-        if first is not None:
-            human = first["eval"]["reference_statistics"]
-            lines.append(
-                f"| human continuations | - | {human['diversity']:.3f} | {human['rep_2']:.3f} | "
-                f"{human['rep_4']:.3f} | {human['entropy_4']:.2f} | - | - |"
-            )
+
+    def table(self, results: dict[str, Any]) -> str:
+        """Mean over seeds [95% Student-t interval] of MAUVE, diversity and perplexity, and
+        the mean rep-2, 4-gram entropy and ``<bkspc>`` rate, per method."""
+        seeds = list(results["seeds"].values())
+        header = "| method | MAUVE | diversity | perplexity | rep-2 | entropy-4 | <bkspc> rate |"
+        lines = [header, "|---" * 7 + "|"]
+        for name in seeds[0]["methods"]:
+            entries = [seed["methods"][name] for seed in seeds]
+            cells = [_mean_cell([self.value(e, m) for e in entries], m.digits) for m in METRICS]
+            evals = [e["eval"] for e in entries]
+            cells += [
+                _mean_cell([e["statistics"]["rep_2"] for e in evals]).split(" [")[0],
+                _mean_cell([e["statistics"]["entropy_4"] for e in evals], 2).split(" [")[0],
+                _mean_cell([e["bkspc_rate"] for e in evals]).split(" [")[0],
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        human = [s["methods"][next(iter(s["methods"]))]["eval"]["reference_statistics"]
+                 for s in seeds]  # fmt: skip
+        lines.append(
+            f"| human continuations | - | {_mean_cell([h['diversity'] for h in human])} | - | "
+            f"{_mean_cell([h['rep_2'] for h in human]).split(' [')[0]} | "
+            f"{_mean_cell([h['entropy_4'] for h in human], 2).split(' [')[0]} | - |"
+        )
         return "\n".join(lines)
 
     def plot(self, results: dict[str, Any], path: Path, plt: Any) -> Path:
-        """Two panels: MAUVE (+- std over k-means seeds) and diversity (95% bootstrap
-        interval)."""
-        names = list(results["methods"])
-        evals = [results["methods"][name]["eval"] for name in names]
-        figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
-        if all(e["mauve"] is not None for e in evals):
-            left.bar(names, [e["mauve"]["mean"] for e in evals],
-                     yerr=[e["mauve"]["std"] for e in evals], capsize=4)  # fmt: skip
-        left.set_ylabel("MAUVE (higher is better)")
-        left.set_ylim(0, 1)
-        diversity = [e["statistics"]["diversity"] for e in evals]
-        intervals = [results["methods"][name].get("diversity_interval") for name in names]
-        errors = None
-        if all(interval is not None for interval in intervals):
+        """Two panels: the paired differences in MAUVE and in diversity (mean over seeds,
+        95% Student-t interval), one bar per comparison."""
+        seeds = list(results["seeds"].values())
+        comparisons = results["paired"]["comparisons"]
+        names = [f"{b}\n- {a}" for a, b in comparisons]
+        figure, panels = plt.subplots(1, 2, figsize=(10, 4))
+        for axes, metric in zip(panels, METRICS[:2], strict=True):
+            points = []
+            for a, b in comparisons:
+                values = [self.value(s["methods"][b], metric) - self.value(s["methods"][a], metric)
+                          for s in seeds]  # fmt: skip
+                points.append(seed_difference(values) if not any(map(math.isnan, values))
+                              else None)  # fmt: skip
+            heights = [0.0 if d is None else d.difference for d in points]
             errors = [
-                [d - low for d, (low, _) in zip(diversity, intervals, strict=True)],
-                [high - d for d, (_, high) in zip(diversity, intervals, strict=True)],
-            ]
-        right.bar(names, diversity, yerr=errors, capsize=4)
-        if evals:
-            human = evals[0]["reference_statistics"]["diversity"]
-            right.axhline(human, color="black", linestyle="--", label="human")
-            right.legend()
-        right.set_ylabel("diversity (higher is better)")
-        right.set_ylim(0, 1)
-        for axes in (left, right):
-            axes.tick_params(axis="x", labelrotation=15)
+                [0.0 if d is None or math.isnan(d.low) else d.difference - d.low for d in points],
+                [0.0 if d is None or math.isnan(d.high) else d.high - d.difference
+                 for d in points],
+            ]  # fmt: skip
+            axes.bar(range(len(names)), heights, yerr=errors, capsize=4)
+            axes.set_xticks(range(len(names)), names, fontsize=7)
+            axes.axhline(0.0, color="black", linewidth=0.8)
+            axes.set_ylabel(f"paired difference in {metric.label} (mean of {len(seeds)} seeds)")
             axes.grid(alpha=0.3, axis="y")
         figure.tight_layout()
         figure.savefig(path, dpi=120)
         plt.close(figure)
         return path
 
-    def report(self, results: dict[str, Any], table: str, timing: str, plot: Path | None) -> str:
+    def report(self, results: dict[str, Any], body: str, plot: Path | None) -> str:
         settings = results["settings"]
         corpus = settings["corpus"] or "the complete works of Shakespeare (split by work)"
-        warmup = (
-            ", its warm-up trained on MLE plus the chi2 regulariser on data transitions"
-            if settings.get("regularise_warmup")
-            else ""
-        )
         lines = [
             "# SequenceMatch demo: text generation",
             "",
@@ -152,27 +283,32 @@ class TextComparison(Comparison):
             f"the training works. Windows of {settings['prompt_tokens']} prompt + "
             f"{settings['completion_tokens']} completion tokens; a window cut from the middle "
             "of a work is not an ending (no `<eos>`: its value is bootstrapped), only a "
-            "window that ends its work is. Every method trains the same model "
-            f"({settings['num_layers']} layers, width {settings['hidden_size']}) for "
-            f"{settings['steps']} steps of {settings['batch_size']} windows (seed "
-            f"{settings['seed']}); SequenceMatch spends its last {settings['sm_steps']} steps "
-            f"on SequenceMatch-chi2 (alpha {settings['alpha']}, gamma {settings['gamma']}, "
-            f"lambda_mle {settings['lambda_mle']}{warmup}). Noise-augmented demonstrations: "
-            f"p_noise {settings['p_noise']}, source `{settings['noise_source']}`.",
+            f"window that ends its work is. Seeds: {', '.join(results['seeds'])}.",
+            "",
+            "Protocol, per seed: one shared warm-up (plain MLE from scratch, "
+            f"{settings['warmup_steps']} steps of {settings['batch_size']} windows, Llama-style "
+            f"model with {settings['num_layers']} layers of width {settings['hidden_size']}, "
+            f"peak learning rate {settings['warmup_lr']}), saved; then every method continues "
+            f"from it for {settings['steps']} steps (peak learning rate {settings['lr']}) on the "
+            "same data order and noise draws: `mle`; `mle-bkspc` (noise-augmented windows, "
+            f"p_noise {settings['p_noise']}, source `{settings['noise_source']}`); "
+            "`offline-chi2-bkspc` (the data-only objective: lambda_mle "
+            f"{settings['lambda_mle']} x MLE + the SequenceMatch-chi2 terms on data transitions "
+            f"only, alpha {settings['alpha']}, gamma {settings['gamma']}); "
+            "`sequencematch-chi2-bkspc` (the same with the model's own samples in the mixture, "
+            f"beta {settings['beta']}, refreshed every {settings['refresh_every']} steps).",
             "",
             f"Evaluation on {settings['n_test']} prompts from held-out works, one sampled "
-            "continuation each (temperature 1). MAUVE compares the sampled continuations with "
-            "the human ones in all-MiniLM-L6-v2 feature space (mean +- std over "
-            f"{settings['mauve_seeds']} k-means seeds); diversity = prod over n=2..4 of "
-            "(1 - rep-n) on whitespace words; perplexity is of the human continuations (an "
-            "`<eos>` is scored only after a window that ends its work).",
+            "continuation each (temperature 1, the same sampling seed for every method). MAUVE "
+            "compares the sampled continuations with the human ones in all-MiniLM-L6-v2 "
+            f"feature space (mean over {settings['mauve_seeds']} k-means seeds); diversity = "
+            "prod over n=2..4 of (1 - rep-n) on whitespace words; perplexity is of the human "
+            "continuations (an `<eos>` is scored only after a window that ends its work).",
             "",
-            table,
-            "",
-            timing,
+            body,
         ]
         if plot is not None:
-            lines += ["", f"![MAUVE and diversity]({plot.name})"]
-        lines += ["", "Models: " + ", ".join(f"`{name}/model`" for name in results["methods"]),
+            lines += ["", f"![paired differences in MAUVE and diversity]({plot.name})"]
+        lines += ["", MODELS_LINE,
                   ""]  # fmt: skip
         return "\n".join(lines)

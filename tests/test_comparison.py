@@ -1,0 +1,223 @@
+"""The paired protocol: what each method's configuration is, what the offline method never
+does, and what the report may say given the intervals (on made-up results)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sequencematch.apps.arithmetic_demo import DemoSettings
+from sequencematch.apps.comparison import (
+    COMPARISONS,
+    METHODS,
+    MLE,
+    MLE_BKSPC,
+    OFFLINE,
+    ONLINE,
+    _train,
+    method_configs,
+    prepare_output,
+    warmup_config,
+    with_overrides,
+)
+from sequencematch.apps.paired_summary import conclusion, label, render, summarise
+from sequencematch.evaluation.paired import mcnemar
+from sequencematch.tasks.arithmetic_report import ArithmeticComparison, decode_outcomes
+from sequencematch.tasks.text_report import TextComparison
+
+N = 400
+LEVELS = (0.0, 0.2)
+
+
+def _entry(correct: dict[float, int], cpu: float = 10.0) -> dict:
+    """A method's entry: at each level, the first ``correct[p]`` of N questions right."""
+    sweep = [
+        {"noise_prob": p, "accuracy": k / N, "forced_deleted_rate": 0.5,
+         "outcomes": "1" * k + "0" * (N - k)}
+        for p, k in correct.items()
+    ]  # fmt: skip
+    return {"train_seconds": cpu, "train_cpu_seconds": cpu, "sweep": sweep}
+
+
+def fake_results(per_seed: list[dict[str, dict[float, int]]]) -> dict:
+    """Results of the harness's shape: ``per_seed[i][method] = {level: correct}``."""
+    costs = {MLE: 10.0, MLE_BKSPC: 10.0, OFFLINE: 11.0, ONLINE: 22.0}
+    seeds = {
+        str(index): {"warmup": {"train_seconds": 30.0, "train_cpu_seconds": 30.0},
+                     "methods": {m: _entry(correct[m], costs[m]) for m in METHODS}}
+        for index, correct in enumerate(per_seed)
+    }  # fmt: skip
+    settings = {"levels": list(LEVELS), "n_test": N}
+    results = {"settings": settings, "seeds": seeds, "workers": 2, "threads_per_worker": 1,
+               "wall_seconds": 600.0}  # fmt: skip
+    results["paired"] = summarise(results, ArithmeticComparison())
+    return json.loads(json.dumps(results))  # as read back from results.json
+
+
+def _seed(mle: int, bkspc: int, offline: int, online: int, clean: tuple[int, ...]) -> dict:
+    """Correct answers at p=0.2 per method, and at p=0 (``clean``, same order)."""
+    return {
+        MLE: {0.0: clean[0], 0.2: mle}, MLE_BKSPC: {0.0: clean[1], 0.2: bkspc},
+        OFFLINE: {0.0: clean[2], 0.2: offline}, ONLINE: {0.0: clean[3], 0.2: online},
+    }  # fmt: skip
+
+
+# <bkspc> helps under noise on every seed (+38..+42 of 400); the offline objective helps on
+# one seed and hurts on another; the samples cost clean accuracy on every seed.
+CONSISTENT = [
+    _seed(100, 138, 150, 150, (200, 205, 200, 190)),
+    _seed(110, 150, 90, 90, (180, 178, 182, 171)),
+    _seed(90, 132, 92, 92, (190, 192, 191, 180)),
+]
+
+
+def test_over_seed_verdicts_follow_the_student_t_intervals():
+    results = fake_results(CONSISTENT)
+    over = results["paired"]["over_seeds"]
+    bkspc = over[label(MLE, MLE_BKSPC)]
+    assert bkspc["accuracy@0.2"]["difference"] == pytest.approx(40 / N)
+    assert bkspc["accuracy@0.2"]["low"] > 0 and bkspc["accuracy@0"]["low"] < 0
+    lines = "\n".join(conclusion(results))
+    assert "- **mle-bkspc** vs mle: better at p=0.2 (+0.100 [" in lines
+    assert "no significant difference at p=0." in lines.split("mle-bkspc** vs mle")[1]
+    # seed 0 at p=0: 5 discordant questions, all for <bkspc>: Newcombe's interval excludes
+    # zero but McNemar's exact p is 0.0625, so that seed does not count as a difference
+    assert "Within single seeds, on the same items: better at p=0.2 on 3 of 3." in lines
+    offline = next(line for line in lines.splitlines() if line.startswith("- **offline"))
+    assert "better" not in offline.split(".")[0]  # one seed up, one down: no claim
+    assert "no significant difference at p=0 and p=0.2" in offline
+    assert "Within single seeds, on the same items: better at p=0.2 on 1 of 3" in offline
+    online = next(line for line in lines.splitlines() if "vs offline-chi2-bkspc" in line)
+    assert "worse at p=0 (" in online and "no significant difference at p=0.2" in online
+    assert "The model samples cost 2.00x the offline objective's training" in lines
+    assert "of the 8 intervals above, about 0.4 would exclude zero by chance" in lines
+
+
+def test_per_seed_tests_are_recomputable_from_the_stored_outcomes():
+    results = fake_results(CONSISTENT)
+    for seed, record in results["seeds"].items():
+        for a, b in COMPARISONS:
+            stored = results["paired"]["per_seed"][seed][label(a, b)]["accuracy@0.2"]
+            outcomes = {
+                m: decode_outcomes(
+                    next(e for e in record["methods"][m]["sweep"] if e["noise_prob"] == 0.2)[
+                        "outcomes"
+                    ]
+                )
+                for m in (a, b)
+            }
+            again = mcnemar(outcomes[a], outcomes[b]).as_dict()
+            assert stored == pytest.approx(again)
+            assert stored["method"] == "mcnemar+newcombe"
+
+
+def test_one_seed_claims_nothing_beyond_its_items():
+    results = fake_results(CONSISTENT[:1])
+    lines = "\n".join(conclusion(results))
+    assert lines.startswith("One seed: there is no interval over seeds")
+    assert "(this seed's items): p=0: " in lines and "p=0.2: better (+0.095 [" in lines
+    over = results["paired"]["over_seeds"][label(MLE, MLE_BKSPC)]["accuracy@0.2"]
+    assert math.isnan(over["low"])
+
+
+def test_the_report_body_shows_every_table_and_the_timing():
+    results = fake_results(CONSISTENT)
+    body = render(results, ArithmeticComparison())
+    for heading in (
+        "### Each method: mean over 3 seed(s)",
+        "### Paired differences over seeds",
+        "### Per seed, paired on the same items",
+        "### What the intervals support",
+    ):
+        assert heading in body  # fmt: skip
+    assert "| mle-bkspc vs mle | +0.012 [" in body  # p=0 cell of the over-seed table
+    assert "**better** |" in body and "n.s." in body
+    assert "| 2 | sequencematch-chi2-bkspc vs offline-chi2-bkspc | -0.027 [" in body
+    assert "the whole comparison took 10.0 min" in body
+
+
+def test_the_four_methods_differ_only_in_what_defines_them(tmp_path):
+    settings = DemoSettings.quick()
+    configs = method_configs(settings, 5, tmp_path / "warmup" / "model", tmp_path)
+    assert tuple(configs) == METHODS
+    dicts = {name: config.to_dict() for name, config in configs.items()}
+
+    def differing(a: str, b: str) -> set[str]:
+        return {key for key in dicts[a] if dicts[a][key] != dicts[b][key]} - {"output_dir"}
+
+    assert differing(MLE, MLE_BKSPC) == {"backspace", "p_noise"}
+    assert differing(MLE_BKSPC, OFFLINE) == {"method", "mle_warmup_steps"}
+    assert differing(OFFLINE, ONLINE) == {"mle_warmup_steps"}
+    assert dicts[OFFLINE]["mle_warmup_steps"] == settings.steps  # data-only for every step
+    assert dicts[ONLINE]["mle_warmup_steps"] == 0  # samples from the first step
+    for values in dicts.values():
+        assert values["model"] == str(tmp_path / "warmup" / "model")
+        assert values["seed"] == 5 and values["steps"] == settings.steps
+        assert values["lr"] == settings.lr and values["regularise_warmup"] is True
+    warmup = warmup_config(settings, 5, tmp_path / "warmup").to_dict()
+    assert warmup["method"] == "mle" and warmup["backspace"] is False
+    assert warmup["steps"] == settings.warmup_steps and warmup["p_noise"] == 0.0
+
+
+def test_the_offline_method_never_samples_and_the_online_one_does(tmp_path):
+    settings = with_overrides(DemoSettings.quick(), warmup_steps=6, steps=4, n_train=64)
+    _train(warmup_config(settings, 0, tmp_path / "warmup"), progress=False)
+    configs = method_configs(settings, 0, tmp_path / "warmup" / "model", tmp_path)
+    logged = {}
+    for name in (OFFLINE, ONLINE):
+        config = configs[name].replace(log_every=1, refresh_every=2)
+        _train(config, progress=False)
+        lines = Path(config.output_dir, "metrics.jsonl").read_text().splitlines()
+        logged[name] = [json.loads(line) for line in lines if '"phase"' in line]
+    assert [r["phase"] for r in logged[OFFLINE]] == ["mle"] * 4
+    assert not any(key.startswith("sample/") for r in logged[OFFLINE] for key in r)
+    assert all(r["regulariser"] > 0 for r in logged[OFFLINE])  # the chi2 data terms are on
+    assert [r["phase"] for r in logged[ONLINE]] == ["sequencematch"] * 4
+    assert sum("sample/bkspc_rate" in r for r in logged[ONLINE]) == 2  # refills at steps 1, 3
+    # the same objective on the first step (same batch, same start): only the samples differ
+    assert logged[OFFLINE][0]["mle"] == pytest.approx(logged[ONLINE][0]["mle"])
+
+
+def test_resume_may_add_seeds_but_not_change_anything_else(tmp_path, capsys):
+    settings = DemoSettings.quick()
+    prepare_output(tmp_path, settings, resume=False)
+    (tmp_path / "seed-0").mkdir()
+    prepare_output(tmp_path, with_overrides(settings, seeds=5), resume=True)
+    assert (tmp_path / "seed-0").exists()  # kept for the resumed run
+    with pytest.raises(ValueError, match="these differ: lr, steps"):
+        prepare_output(tmp_path, with_overrides(settings, steps=3, lr=0.1), resume=True)
+    prepare_output(tmp_path, settings, resume=False)
+    assert not (tmp_path / "seed-0").exists()
+    assert "replacing the previous demo run" in capsys.readouterr().out
+
+
+def test_bad_demo_settings_are_refused():
+    with pytest.raises(ValueError, match="--seeds must be at least 1"):
+        with_overrides(DemoSettings(), seeds=0)
+    with pytest.raises(ValueError, match="--warmup-steps and --steps"):
+        with_overrides(DemoSettings(), steps=0)
+    with pytest.raises(ValueError, match="--corpus does not apply"):
+        with_overrides(DemoSettings(), corpus="x.txt")
+
+
+def _text_entry(completions: list[str]) -> dict:
+    from sequencematch.evaluation.text_metrics import text_statistics
+
+    evaluation = {"completions": completions, "mauve": None, "perplexity": 20.0,
+                  "statistics": text_statistics(completions)}  # fmt: skip
+    return {"eval": evaluation, "references": ["a b c d e"] * len(completions)}
+
+
+def test_text_methods_are_compared_by_a_bootstrap_over_the_same_prompts():
+    varied = [f"w{i} w{i + 1} w{i + 2} w{i + 3} w{i + 4} w{i + 5}" for i in range(0, 240, 6)]
+    looping = ["la la la la la la"] * 20 + varied[20:]  # half the prompts loop
+    entries = {"a": _text_entry(varied), "b": _text_entry(looping)}
+    settings = {"bootstrap_resamples": 100, "n_test": 40, "mauve_seeds": 1}
+    tested = TextComparison().within_seed(entries, [("a", "b")], settings)[("a", "b")]
+    assert set(tested) == {"diversity"}  # no MAUVE computed, perplexity has no per-prompt values
+    diversity = tested["diversity"]
+    assert diversity.method == "bootstrap" and diversity.n == 40
+    assert diversity.difference < 0 and diversity.high < 0  # the looping method is less diverse
