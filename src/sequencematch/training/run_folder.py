@@ -328,6 +328,9 @@ class RunFolder:
             return
         for file in path.glob("events.out.tfevents.*"):  # TensorBoard's own file names
             file.unlink()
+        for child in sorted(path.iterdir()):  # a folder of run folders (a demo's seed folder)
+            if child.is_dir() and read_marker(child) is not None:
+                self._remove_owned_tree(child)
         with _ignore_not_empty():
             path.rmdir()
 
