@@ -72,6 +72,7 @@ class ChunkedLogits:
             chunk_tokens if chunk_tokens is not None else max(1, CHUNK_LOGITS // vocab)
         )
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._slices: dict[object, ChunkedLogits] = {}
 
     # ---------------------------------------------------------------- tensor-like surface
 
@@ -91,17 +92,24 @@ class ChunkedLogits:
             return self
         return self._like(self.hidden, torch.float32)
 
-    def __getitem__(self, rows: slice | int | torch.Tensor) -> ChunkedLogits:
-        """The logits of some rows (an index over the batch dimension only)."""
-        if isinstance(rows, tuple):
+    def __getitem__(self, rows: slice | int) -> ChunkedLogits:
+        """The logits of some rows (a slice or an integer over the batch dimension only).
+
+        The same slice gives the same object, so terms that slice it separately share what
+        it has computed.
+        """
+        if not isinstance(rows, (slice, int)):
             raise ValueError(
-                "ChunkedLogits index rows only (logits[a:b]); call .dense() for the full "
-                "[batch, time, vocab] tensor"
+                "ChunkedLogits index rows only, with a slice or an integer (logits[a:b]); call "
+                ".dense() for the full [batch, time, vocab] tensor"
             )
-        hidden = self.hidden[rows]
-        if hidden.dim() == 2:
-            hidden = hidden[None]  # an integer index keeps its row as a batch of one
-        return self._like(hidden, self.dtype)
+        key = (rows.start, rows.stop, rows.step) if isinstance(rows, slice) else rows
+        if key not in self._slices:
+            hidden = self.hidden[rows]
+            if hidden.dim() == 2:
+                hidden = hidden[None]  # an integer index keeps its row as a batch of one
+            self._slices[key] = self._like(hidden, self.dtype)
+        return self._slices[key]
 
     def _like(self, hidden: torch.Tensor, dtype: torch.dtype) -> ChunkedLogits:
         return ChunkedLogits(hidden, self.head, chunk_tokens=self.chunk_tokens,
