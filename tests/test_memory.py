@@ -179,7 +179,7 @@ def test_the_head_runs_once_for_the_mle_and_sequencematch_terms():
         read = chunked(network, bk, chunk_tokens=None, recompute=False)
         logits = read(data)
         first, rest = logits[:2], logits[2:]
-        calls.clear()  # the vocabulary probes
+        calls.clear()  # the vocabulary probe
         head_rows, tail_rows = data_rows(data, slice(0, 2)), data_rows(data, slice(2, None))
         mle = mle_loss(logits[:2], head_rows, bk, 1.0)
         terms = sequencematch_loss(logits[:2], head_rows, rest, tail_rows, bk,

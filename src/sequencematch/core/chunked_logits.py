@@ -41,6 +41,8 @@ class ChunkedLogits:
         recompute: with more than one chunk, keep only the hidden states for the backward
             pass and recompute each chunk's logits there (activation checkpointing); ``False``
             keeps every chunk's logits instead (faster, as much memory as full logits).
+        dtype: the dtype of the logits read (default: the head's, float32 at least).
+        vocab: the head's output size (default: found by running it on an empty input).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ChunkedLogits:
         chunk_tokens: int | None = None,
         recompute: bool = True,
         dtype: torch.dtype | None = None,
+        vocab: int | None = None,
     ) -> None:
         if hidden.dim() != 3:
             raise ValueError(f"hidden must be [batch, time, hidden], got {tuple(hidden.shape)}")
@@ -65,8 +68,9 @@ class ChunkedLogits:
         self._head_dtype = _head_dtype(head, hidden)
         at_least_float32 = torch.promote_types(self._head_dtype, torch.float32)
         self.dtype = dtype if dtype is not None else at_least_float32
-        with torch.no_grad():  # the vocabulary size, from an empty input
-            vocab = self._head(hidden[:0, :0]).shape[-1]
+        if vocab is None:
+            with torch.no_grad():
+                vocab = self._head(hidden[:0, :0]).shape[-1]
         self.shape = torch.Size((*hidden.shape[:2], vocab))
         self._chunk_size = (
             chunk_tokens if chunk_tokens is not None else max(1, CHUNK_LOGITS // vocab)
@@ -112,8 +116,10 @@ class ChunkedLogits:
         return self._slices[key]
 
     def _like(self, hidden: torch.Tensor, dtype: torch.dtype) -> ChunkedLogits:
-        return ChunkedLogits(hidden, self.head, chunk_tokens=self.chunk_tokens,
-                             recompute=self.recompute, dtype=dtype)  # fmt: skip
+        return ChunkedLogits(
+            hidden, self.head, chunk_tokens=self.chunk_tokens, recompute=self.recompute,
+            dtype=dtype, vocab=self.shape[-1],
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
