@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.layout_overhead
 	$(BIN)/python -m bench.generate_speed
 	$(BIN)/python -m bench.train_step
+	$(BIN)/python -m bench.pretrained_train
+	$(BIN)/python -m bench.pretrained_generate
+	$(BIN)/python -m bench.pretrained_memory
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

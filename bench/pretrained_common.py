@@ -184,13 +184,13 @@ class Step:
         """The step's loss and, for SequenceMatch, the loss as a float (else the MLE)."""
         logits = self.read()
         n = self.data_count
-        data = rows(self.batch, slice(0, n))
-        mle = mle_loss(logits[:n], data, self.bkspc_id, 1.0)
+        data, data_logits = rows(self.batch, slice(0, n)), logits[:n]
+        mle = mle_loss(data_logits, data, self.bkspc_id, 1.0)
         if self.method == "mle":
             return mle, float(mle.detach())
         model_rows = rows(self.batch, slice(n, None))
         terms = sequencematch_loss(
-            logits[:n], data, logits[n:], model_rows, self.bkspc_id, self.eos_id,
+            data_logits, data, logits[n:], model_rows, self.bkspc_id, self.eos_id,
             gamma=0.998, alpha=1.0, beta=0.5,
         )  # fmt: skip
         loss = 0.5 * mle + 0.5 * terms.loss

@@ -50,6 +50,10 @@ def losses_and_gradients(network, read, data, model_rows, bk, eos, divergence="c
     return [mle.item(), *terms.as_floats().values()], gradients
 
 
+def data_rows(batch: Batch, rows: slice) -> Batch:
+    return Batch(*(tensor[rows] for tensor in batch.__dict__.values()))
+
+
 def dense(network, bk):
     return lambda b: state_logits(network, b.sequences, b.prompt_lengths, b.lengths, bk)
 
@@ -174,14 +178,18 @@ def test_the_head_runs_once_for_the_mle_and_sequencematch_terms():
     try:
         read = chunked(network, bk, chunk_tokens=None, recompute=False)
         logits = read(data)
+        first, rest = logits[:2], logits[2:]
         calls.clear()  # the vocabulary probe
-        mle = mle_loss(logits, data, bk, 1.0)
-        terms = sequencematch_loss(logits, data, None, None, bk, tokenizer.eos_token_id)
+        head_rows, tail_rows = data_rows(data, slice(0, 2)), data_rows(data, slice(2, None))
+        mle = mle_loss(logits[:2], head_rows, bk, 1.0)
+        terms = sequencematch_loss(logits[:2], head_rows, rest, tail_rows, bk,
+                                   tokenizer.eos_token_id)  # fmt: skip
         (mle + terms.loss).backward()
     finally:
         handle.remove()
-    states = int((data.lengths - data.prompt_lengths + 1).sum())  # last prompt element + actions
-    assert calls == [states]
+    assert logits[:2] is first
+    states = (data.lengths - data.prompt_lengths + 1).tolist()  # last prompt element + actions
+    assert calls == [sum(states[:2]), sum(states[2:])]
 
 
 def test_generate_prefill_reads_logits_at_the_last_prompt_positions_only():
@@ -209,6 +217,8 @@ def test_chunked_logits_refuse_bad_arguments():
     logits = chunked_state_logits(*args)
     with pytest.raises(ValueError, match="index rows only"):
         logits[:, 1:]
+    with pytest.raises(ValueError, match="index rows only"):
+        logits[torch.tensor([0, 1])]
     with pytest.raises(ValueError, match="first two dimensions"):
         mle_loss(logits[:2], data, bk)
     with pytest.raises(ValueError, match="hidden must be"):

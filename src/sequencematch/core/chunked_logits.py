@@ -41,6 +41,8 @@ class ChunkedLogits:
         recompute: with more than one chunk, keep only the hidden states for the backward
             pass and recompute each chunk's logits there (activation checkpointing); ``False``
             keeps every chunk's logits instead (faster, as much memory as full logits).
+        dtype: the dtype of the logits read (default: the head's, float32 at least).
+        vocab: the head's output size (default: found by running it on an empty input).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ChunkedLogits:
         chunk_tokens: int | None = None,
         recompute: bool = True,
         dtype: torch.dtype | None = None,
+        vocab: int | None = None,
     ) -> None:
         if hidden.dim() != 3:
             raise ValueError(f"hidden must be [batch, time, hidden], got {tuple(hidden.shape)}")
@@ -65,13 +68,15 @@ class ChunkedLogits:
         self._head_dtype = _head_dtype(head, hidden)
         at_least_float32 = torch.promote_types(self._head_dtype, torch.float32)
         self.dtype = dtype if dtype is not None else at_least_float32
-        with torch.no_grad():  # the vocabulary size, from an empty input
-            vocab = self._head(hidden[:0, :0]).shape[-1]
+        if vocab is None:
+            with torch.no_grad():
+                vocab = self._head(hidden[:0, :0]).shape[-1]
         self.shape = torch.Size((*hidden.shape[:2], vocab))
         self._chunk_size = (
             chunk_tokens if chunk_tokens is not None else max(1, CHUNK_LOGITS // vocab)
         )
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._slices: dict[object, ChunkedLogits] = {}
 
     # ---------------------------------------------------------------- tensor-like surface
 
@@ -91,21 +96,30 @@ class ChunkedLogits:
             return self
         return self._like(self.hidden, torch.float32)
 
-    def __getitem__(self, rows: slice | int | torch.Tensor) -> ChunkedLogits:
-        """The logits of some rows (an index over the batch dimension only)."""
-        if isinstance(rows, tuple):
+    def __getitem__(self, rows: slice | int) -> ChunkedLogits:
+        """The logits of some rows (a slice or an integer over the batch dimension only).
+
+        The same slice gives the same object, so terms that slice it separately share what
+        it has computed.
+        """
+        if not isinstance(rows, (slice, int)):
             raise ValueError(
-                "ChunkedLogits index rows only (logits[a:b]); call .dense() for the full "
-                "[batch, time, vocab] tensor"
+                "ChunkedLogits index rows only, with a slice or an integer (logits[a:b]); call "
+                ".dense() for the full [batch, time, vocab] tensor"
             )
-        hidden = self.hidden[rows]
-        if hidden.dim() == 2:
-            hidden = hidden[None]  # an integer index keeps its row as a batch of one
-        return self._like(hidden, self.dtype)
+        key = (rows.start, rows.stop, rows.step) if isinstance(rows, slice) else rows
+        if key not in self._slices:
+            hidden = self.hidden[rows]
+            if hidden.dim() == 2:
+                hidden = hidden[None]  # an integer index keeps its row as a batch of one
+            self._slices[key] = self._like(hidden, self.dtype)
+        return self._slices[key]
 
     def _like(self, hidden: torch.Tensor, dtype: torch.dtype) -> ChunkedLogits:
-        return ChunkedLogits(hidden, self.head, chunk_tokens=self.chunk_tokens,
-                             recompute=self.recompute, dtype=dtype)  # fmt: skip
+        return ChunkedLogits(
+            hidden, self.head, chunk_tokens=self.chunk_tokens, recompute=self.recompute,
+            dtype=dtype, vocab=self.shape[-1],
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
