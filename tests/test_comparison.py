@@ -27,6 +27,7 @@ from sequencematch.apps.paired_summary import conclusion, label, render, summari
 from sequencematch.evaluation.paired import mcnemar
 from sequencematch.tasks.arithmetic_report import ArithmeticComparison, decode_outcomes
 from sequencematch.tasks.text_report import TextComparison
+from sequencematch.training.run_folder import RunFolderError
 
 N = 400
 LEVELS = (0.0, 0.2)
@@ -189,7 +190,9 @@ def test_resume_may_add_seeds_but_not_change_anything_else(tmp_path, capsys):
     assert (tmp_path / "seed-0").exists()  # kept for the resumed run
     with pytest.raises(ValueError, match="these differ: lr, steps"):
         prepare_output(tmp_path, with_overrides(settings, steps=3, lr=0.1), resume=True)
-    prepare_output(tmp_path, settings, resume=False)
+    with pytest.raises(RunFolderError, match="pass --overwrite to replace it"):
+        prepare_output(tmp_path, settings, resume=False)  # an earlier demo: only when asked
+    prepare_output(tmp_path, settings, resume=False, overwrite=True)
     assert not (tmp_path / "seed-0").exists()
     assert "replacing the previous demo run" in capsys.readouterr().out
 

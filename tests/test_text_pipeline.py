@@ -153,8 +153,8 @@ def test_text_demo_quick_then_generate_and_eval(tmp_path, capsys):
         for entry in record["methods"].values():
             mauve = entry["eval"]["mauve"]
             assert 0.0 <= mauve["mean"] <= 1.0 and len(mauve["scores"]) == 2
-            low, high = entry["diversity_interval"]  # NaN when no text has four words
-            assert low <= high or math.isnan(entry["eval"]["statistics"]["diversity"])
+            low, high = entry["diversity_interval"]  # NaN where resamples have no 4-word text
+            assert low <= high or math.isnan(low) or math.isnan(high)
             assert len(entry["eval"]["completions"]) == len(entry["references"]) == 24
     per_seed = results["paired"]["per_seed"]["0"]["sequencematch-chi2-bkspc vs mle"]
     assert per_seed["mauve"]["method"] == "bootstrap"  # MAUVE recomputed per resample
