@@ -218,9 +218,9 @@ def warmup_job(config: TrainConfig, progress: bool = False) -> dict[str, float]:
     """Train a seed's shared warm-up; record its cost in the run folder and return it.
 
     Costs: ``train_seconds`` (wall clock) and ``train_cpu_seconds`` of the training alone,
-    ``job_cpu_seconds`` of the whole job (data, model loading and saving included): with
-    one thread per job, CPU seconds measure what the job costs on an idle core, whatever
-    else the machine was running."""
+    ``job_cpu_seconds`` of the whole job (data, model loading and saving included). With one
+    thread per job, CPU seconds are a much steadier measure of a job's cost than wall time on
+    a shared machine (contention still inflates them somewhat)."""
     started = time.process_time()
     _, _, seconds, cpu_seconds = _train(config, progress)
     record = {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
