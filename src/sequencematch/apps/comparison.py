@@ -217,9 +217,9 @@ def warmup_job(config: TrainConfig, progress: bool = False) -> dict[str, float]:
     """Train a seed's shared warm-up; record its cost in the run folder and return it.
 
     Costs: ``train_seconds`` (wall clock) and ``train_cpu_seconds`` of the training alone,
-    ``job_cpu_seconds`` of the whole job (data, model loading and saving included): with
-    one thread per job, CPU seconds measure what the job costs on an idle core, whatever
-    else the machine was running."""
+    ``job_cpu_seconds`` of the whole job (data, model loading and saving included). With one
+    thread per job, CPU seconds are a much steadier measure of a job's cost than wall time on
+    a shared machine (contention still inflates them somewhat)."""
     started = time.process_time()
     _, _, seconds, cpu_seconds = _train(config, progress)
     record = {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
@@ -284,7 +284,10 @@ def run_comparison(
     bars = progress and workers <= 1  # parallel runs report through the status line
     records: dict[int, dict[str, Any]] = {s: {"methods": {}} for s in settings.seed_list()}
 
+    read_back = 0  # jobs that finished in an earlier run (--resume)
+
     def arm_jobs(seed: int) -> dict[str, Job]:
+        nonlocal read_back
         folder = seed_folder(out, seed)
         configs = method_configs(settings, seed, folder / WARMUP / "model", folder)
         jobs = {}
@@ -293,6 +296,7 @@ def run_comparison(
             done = finished_record(Path(config.output_dir))
             if done is not None:
                 records[seed]["methods"][method] = done
+                read_back += 1
                 continue
             shutil.rmtree(config.output_dir, ignore_errors=True)  # an unfinished run
             jobs[f"seed {seed} {method}"] = _job(method_job, config, options, bars)
@@ -304,6 +308,7 @@ def run_comparison(
         done = finished_record(Path(config.output_dir))
         if done is not None:
             records[seed][WARMUP] = done
+            read_back += 1
             jobs |= arm_jobs(seed)
         else:
             shutil.rmtree(config.output_dir, ignore_errors=True)
@@ -335,6 +340,7 @@ def run_comparison(
     }
     results["paired"] = summarise(results, comparison)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["jobs_read_back"] = read_back
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plt = pyplot()
     plot = comparison.plot(results, out / comparison.plot_name, plt) if plt else None
@@ -409,8 +415,14 @@ def timing_line(results: dict[str, Any]) -> str:
     parts = [f"warm-up {warmup:.0f} s"] + [
         f"{m} {mean([s['methods'][m]['train_seconds'] for s in seeds]):.0f} s" for m in METHODS
     ]
-    wall = results.get("wall_seconds")
+    wall, read_back = results.get("wall_seconds"), results.get("jobs_read_back", 0)
     total = f"; the whole comparison took {wall / 60:.1f} min" if wall else ""
+    if wall and read_back:
+        jobs = len(seeds) * (1 + len(METHODS))
+        total = (
+            f"; this invocation took {wall / 60:.1f} min ({read_back} of {jobs} runs were read "
+            "back from an earlier one)"
+        )
     cpu = results.get("paired", {}).get("cost", {}).get("all_jobs_cpu")
     idle = (
         f" Every job together (data, models, training, evaluation) used {cpu / 60:.1f} CPU "
