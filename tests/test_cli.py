@@ -55,6 +55,10 @@ def test_resume_reruns_only_what_did_not_finish_and_gets_the_same_answers(demo_f
     assert kept.stat().st_mtime_ns == kept_time  # read back, not trained again
     after = json.loads(unfinished.read_text())
     assert after["sweep"] == before["sweep"]  # same start, data, seed and threads
+    assert (
+        "(9 of 10 runs were read back from an earlier one)"
+        in (demo_folder / "report.md").read_text()
+    )
 
 
 def test_resume_refuses_other_settings(demo_folder, capsys):

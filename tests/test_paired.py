@@ -98,6 +98,14 @@ def test_shared_resamples_give_the_paired_bootstrap():
     assert shared.p_value == pytest.approx(direct.p_value)
 
 
+def test_resamples_where_a_statistic_is_undefined_are_left_out():
+    nan = math.nan
+    result = bootstrap_difference(0.1, [0.0, nan, 0.0, 0.0], [0.1, 0.2, nan, 0.1], 4)
+    assert result.low == pytest.approx(0.1) and result.high == pytest.approx(0.1)
+    empty = bootstrap_difference(0.1, [nan, 0.0], [0.1, nan], 2)
+    assert math.isnan(empty.low) and empty.p_value is None
+
+
 def test_a_difference_survives_the_json_round_trip():
     result = mcnemar(_outcomes(50, 0.5, 5), _outcomes(50, 0.6, 6))
     assert PairedDifference.from_dict(result.as_dict()) == result

@@ -287,7 +287,10 @@ def run_comparison(
     bars = progress and workers <= 1  # parallel runs report through the status line
     records: dict[int, dict[str, Any]] = {s: {"methods": {}} for s in settings.seed_list()}
 
+    read_back = 0  # jobs that finished in an earlier run (--resume)
+
     def arm_jobs(seed: int) -> dict[str, Job]:
+        nonlocal read_back
         folder = seed_folder(out, seed)
         configs = method_configs(settings, seed, folder / WARMUP / "model", folder)
         jobs = {}
@@ -296,6 +299,7 @@ def run_comparison(
             done = finished_record(Path(config.output_dir))
             if done is not None:
                 records[seed]["methods"][method] = done
+                read_back += 1
                 continue
             jobs[f"seed {seed} {method}"] = _job(method_job, config, options, bars)
         return jobs
@@ -306,6 +310,7 @@ def run_comparison(
         done = finished_record(Path(config.output_dir))
         if done is not None:
             records[seed][WARMUP] = done
+            read_back += 1
             jobs |= arm_jobs(seed)
         else:
             jobs[f"seed {seed} {WARMUP}"] = _job(warmup_job, config, bars)
@@ -336,6 +341,7 @@ def run_comparison(
     }
     results["paired"] = summarise(results, comparison)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["jobs_read_back"] = read_back
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plt = pyplot()
     plot = comparison.plot(results, out / comparison.plot_name, plt) if plt else None
@@ -412,8 +418,14 @@ def timing_line(results: dict[str, Any]) -> str:
     parts = [f"warm-up {warmup:.0f} s"] + [
         f"{m} {mean([s['methods'][m]['train_seconds'] for s in seeds]):.0f} s" for m in METHODS
     ]
-    wall = results.get("wall_seconds")
+    wall, read_back = results.get("wall_seconds"), results.get("jobs_read_back", 0)
     total = f"; the whole comparison took {wall / 60:.1f} min" if wall else ""
+    if wall and read_back:
+        jobs = len(seeds) * (1 + len(METHODS))
+        total = (
+            f"; this invocation took {wall / 60:.1f} min ({read_back} of {jobs} runs were read "
+            "back from an earlier one)"
+        )
     cpu = results.get("paired", {}).get("cost", {}).get("all_jobs_cpu")
     idle = (
         f" Every job together (data, models, training, evaluation) used {cpu / 60:.1f} CPU "

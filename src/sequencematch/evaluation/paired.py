@@ -152,10 +152,16 @@ def bootstrap_difference(
     items) with the percentile interval of ``b_resampled[i] - a_resampled[i]`` (both
     statistics computed on the same resample ``i`` of ``n`` items, see
     :func:`bootstrap_indices`); the p-value is the two-sided fraction of resampled
-    differences on the other side of zero."""
+    differences on the other side of zero. A resample where either statistic is undefined
+    (NaN) is left out; with none left, the interval is NaN and there is no p-value."""
     _check_pairs(a_resampled, b_resampled)
     _check_confidence(confidence)
     differences = np.asarray(b_resampled, dtype=float) - np.asarray(a_resampled, dtype=float)
+    differences = differences[np.isfinite(differences)]
+    if differences.size == 0:
+        return PairedDifference(
+            float(observed), math.nan, math.nan, None, n, confidence, "bootstrap"
+        )
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(differences, [tail, 1.0 - tail])
     below, above = float(np.mean(differences <= 0)), float(np.mean(differences >= 0))

@@ -143,11 +143,14 @@ class ArithmeticComparison(Comparison):
 
     def plot(self, results: dict[str, Any], path: Path, plt: Any) -> Path:
         """Paired accuracy difference (mean over seeds, 95% Student-t interval) against the
-        forced-noise level, one line per comparison."""
+        forced-noise level, one line per comparison (shifted sideways a little, so that the
+        intervals do not hide each other)."""
         levels = results["settings"]["levels"]
         seeds = list(results["seeds"].values())
         figure, axes = plt.subplots(figsize=(6.5, 4))
-        for a, b in results["paired"]["comparisons"]:
+        comparisons = results["paired"]["comparisons"]
+        shift = 0.06 * (max(levels) - min(levels) or 1.0) / max(1, len(comparisons))
+        for index, (a, b) in enumerate(comparisons):
             points = []
             for p in levels:
                 values = [
@@ -158,7 +161,8 @@ class ArithmeticComparison(Comparison):
             mean = [d.difference for d in points]
             low = [0.0 if math.isnan(d.low) else d.difference - d.low for d in points]
             high = [0.0 if math.isnan(d.high) else d.high - d.difference for d in points]
-            axes.errorbar(levels, mean, yerr=[low, high], marker="o", capsize=3,
+            shifted = [p + (index - (len(comparisons) - 1) / 2) * shift for p in levels]
+            axes.errorbar(shifted, mean, yerr=[low, high], marker="o", capsize=3,
                           label=f"{b} - {a}")  # fmt: skip
         axes.axhline(0.0, color="black", linewidth=0.8)
         axes.set_xlabel("forced-noise probability per generated step")

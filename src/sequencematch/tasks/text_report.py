@@ -36,14 +36,20 @@ from .comparison import MODELS_LINE, Comparison, Metric
 def bootstrap_interval(
     texts: list[str], statistic: str, resamples: int = 200, seed: int = 0
 ) -> tuple[float, float]:
-    """95% percentile bootstrap interval of one :func:`text_statistics` entry over texts."""
+    """95% percentile bootstrap interval of one :func:`text_statistics` entry over texts.
+
+    Resamples where the statistic is undefined (NaN, e.g. diversity when no drawn text has
+    four words) are left out; NaN bounds when none is defined."""
     from ..evaluation.text_metrics import text_statistics
 
     rng = random.Random(seed)
-    values = sorted(
+    drawn = (
         text_statistics([rng.choice(texts) for _ in texts])[statistic] for _ in range(resamples)
     )
-    return values[int(0.025 * (resamples - 1))], values[int(0.975 * (resamples - 1))]
+    values = sorted(value for value in drawn if not math.isnan(value))
+    if not values:
+        return math.nan, math.nan
+    return values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]
 
 
 def _cell(value: float | None, digits: int = 3) -> str:
