@@ -27,6 +27,8 @@ from sequencematch.tasks.arithmetic import (
     to_base,
     write_jsonl,
 )
+from sequencematch.tasks.arithmetic_task import ArithmeticMistakes
+from sequencematch.tasks.text import train_bpe_tokenizer
 
 # Independent parser of the question text (does not use the module's own parsing).
 QUESTION_RE = re.compile(r"In base (\d+), what is (-?[0-9a-f]+) ([+-]) (-?[0-9a-f]+)\?")
@@ -369,3 +371,25 @@ def test_plausible_mistake_rejects_bad_input() -> None:
         plausible_mistake("In base 7, what is 1 + 1?", "", "12", rng)
     with pytest.raises(ValueError):
         plausible_mistake("not a question", "", "1", rng)
+
+
+def test_task_noise_handles_subword_tokens_of_several_characters():
+    """A BPE tokenizer merges answer characters ("ad", "-1"): the mistake is a wrong first
+    character, never the correct token."""
+    questions = make_splits(300, 10, 10, difficulty=[4.0, 10.0], seed=3)["train"]
+    texts = [format_prompt(q.question) + q.answer for q in questions]
+    tokenizer = train_bpe_tokenizer(texts * 3, vocab_size=400)
+    mistakes = ArithmeticMistakes(tokenizer)
+    rng = random.Random(0)
+    multi = 0
+    for q in questions[:80]:
+        prompt = tokenizer(format_prompt(q.question), add_special_tokens=False).input_ids
+        answer = tokenizer(q.answer, add_special_tokens=False).input_ids
+        for i, correct in enumerate(answer):
+            multi += len(tokenizer.decode([correct])) > 1
+            wrong = mistakes(prompt + answer[:i], correct, rng)
+            assert wrong != correct
+            assert not (q.answer[len(tokenizer.decode(answer[:i])) :]).startswith(
+                tokenizer.decode([wrong])
+            )
+    assert multi > 0  # the tokenizer did merge characters of answers

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 
 
 class ArithmeticMistakes:
-    """Task noise for arithmetic: a plausible wrong character (digit of the base, sign)."""
+    """Task noise for arithmetic: a plausible wrong character (digit of the base, sign).
+
+    With a subword tokenizer the correct next token may hold several characters (``"ad"``);
+    the mistake is then a wrong first character, which is never the correct token nor a
+    prefix of the right text."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
@@ -40,10 +44,10 @@ class ArithmeticMistakes:
         question, _, answer_prefix = text.partition(arithmetic.PROMPT_SEPARATOR)
         question = question.strip()
         at_end = correct in (-1, self.eos_id)  # the answer should end here
-        correct_char = "" if at_end else self.tokenizer.decode([correct])
-        mistake = arithmetic.plausible_mistake(question, answer_prefix, correct_char, rng)
-        (token,) = self.tokenizer(mistake, add_special_tokens=False).input_ids
-        return int(token)
+        correct_text = "" if at_end else self.tokenizer.decode([correct]).strip()
+        mistake = arithmetic.plausible_mistake(question, answer_prefix, correct_text[:1], rng)
+        tokens = self.tokenizer(mistake, add_special_tokens=False).input_ids
+        return int(tokens[0])  # one character: one token for any tokenizer with its bytes
 
 
 class ArithmeticTask(Task):
