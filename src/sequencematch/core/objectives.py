@@ -105,8 +105,17 @@ def transitions(
     batch: Batch,
     bkspc_id: int | None,
     eos_id: int | None,
+    *,
+    offsets: torch.Tensor | None = None,
+    normalise: bool = False,
 ) -> Transitions:
     """Q, V, V' and flags of every action transition of a batch (see module doc).
+
+    How logits are read as Q (SPEC section 11): by default ``Q = logits``. ``offsets``
+    (``[B, T]``, one scalar ``b(s)`` per state after each element) are added to every Q of
+    that state; with ``normalise`` the logits are first replaced by their log-softmax, so
+    ``Q = log pi + b`` and ``V = b``. The policy ``softmax(Q)`` is the same in all three
+    readings, and so is ``V(s) - Q(s, a) = -log pi(a|s)``.
 
     ``<bkspc>`` is masked to ``-inf`` in every state whose visible length equals the prompt
     length (it would delete the prompt), so it never enters ``V`` there. ``bkspc_id=None``:
@@ -163,6 +172,18 @@ def transitions(
                                              bkspc_id)  # fmt: skip
     else:
         values, next_q = _dense_state_values(logits, is_state, next_ids, at_boundary, bkspc_id)
+    if normalise:  # Q = log pi (+ b): the logits' own log-sum-exp is not read as value
+        next_q = next_q - values  # [B, T] log pi(next action | state)
+        values = torch.zeros_like(values)  # [B, T]
+    if offsets is not None:
+        if tuple(offsets.shape) != tuple(values.shape):
+            raise ValueError(
+                f"offsets must be one value per state, shape {tuple(values.shape)}, got "
+                f"{tuple(offsets.shape)}"
+            )
+        offsets = offsets.to(values.dtype)
+        values = values + torch.where(is_state | action, offsets, 0.0)  # [B, T]
+        next_q = next_q + torch.where(is_state | action, offsets, 0.0)  # [B, T]
     # Shift by one: the transition of element t starts in the state after element t-1.
     q = torch.zeros_like(values)  # [B, T]
     v = torch.zeros_like(values)  # [B, T]
@@ -396,6 +417,8 @@ def sequencematch_loss(
     alpha: float = 0.01,
     beta: float = 0.5,
     totals: tuple[float, float | None] | None = None,
+    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    normalise: bool = False,
 ) -> SequenceMatchTerms:
     """The SequenceMatch objective of SPEC section 4 (minimised).
 
@@ -414,6 +437,10 @@ def sequencematch_loss(
     ``totals``: ``(data_total, model_total)`` normalisers of the whole data and model
     batches (:func:`weight_total`) when these batches are shards of larger ones; the shard
     losses then sum to the loss of the whole batches.
+
+    ``offsets``: ``(data_offsets, model_offsets)``, a learned per-state value offset ``b(s)``
+    of each batch (``[B, T]``, or ``None``) and ``normalise``: how Q is read, see
+    :func:`transitions`. Neither changes the policy or the identity above.
 
     Raises:
         ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
@@ -441,7 +468,10 @@ def sequencematch_loss(
             )
 
     data_total, model_total = (None, None) if totals is None else totals
-    data_t = transitions(data_logits, data, bkspc_id, eos_id)
+    data_offsets, model_offsets = (None, None) if offsets is None else offsets
+    data_t = transitions(
+        data_logits, data, bkspc_id, eos_id, offsets=data_offsets, normalise=normalise
+    )
     if data_total is None:
         _require_transitions(data_t, "data")
     r_data = data_t.reward(gamma)  # [B, T]
@@ -457,7 +487,9 @@ def sequencematch_loss(
     if model is None:
         value, square = value_data, square_data
     else:
-        model_t = transitions(model_logits, model, bkspc_id, eos_id)
+        model_t = transitions(
+            model_logits, model, bkspc_id, eos_id, offsets=model_offsets, normalise=normalise
+        )
         if model_total is None:
             _require_transitions(model_t, "model")
         r_model = model_t.reward(gamma)  # [B', T']
@@ -536,6 +568,8 @@ def training_loss(
     alpha: float = 1.0,
     beta: float = 0.5,
     totals: tuple[float | None, float | None, float | None] | None = None,
+    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    normalise: bool = False,
 ) -> TrainingLoss:
     """The loss a training step minimises: ``(1 - w) * MLE + w * L_SM`` with ``w = sm_weight``.
 
@@ -546,6 +580,8 @@ def training_loss(
 
     ``totals``: ``(mle_total, data_total, model_total)`` normalisers of the whole step when
     these rows are one micro-batch of it (:func:`weight_total`; gamma 1 for the first).
+    ``offsets`` and ``normalise``: how ``L_SM`` reads Q (:func:`sequencematch_loss`); the MLE
+    term does not depend on them.
 
     Raises:
         ValueError: ``sm_weight`` outside ``[0, 1]``, or whatever the two losses refuse.
@@ -560,7 +596,7 @@ def training_loss(
     terms = sequencematch_loss(
         data_logits, data, model_logits, model, bkspc_id, eos_id, divergence=divergence,
         gamma=gamma, alpha=alpha, beta=beta if model is not None else 1.0,
-        totals=(data_total, model_total),
+        totals=(data_total, model_total), offsets=offsets, normalise=normalise,
     )  # fmt: skip
     return TrainingLoss(
         loss=(1.0 - sm_weight) * mle + sm_weight * terms.loss,

@@ -20,6 +20,7 @@ import yaml
 from ..core.files import read_utf8
 
 METHODS = ("mle", "sequencematch")
+VALUE_HEADS = ("none", "offset", "normalised")
 NOISE_SOURCES = ("uniform", "unigram", "task", "model")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "per_phase")
@@ -133,6 +134,13 @@ class TrainConfig:
     sm_ramp_steps: int = _field(
         0, "steps over which the SequenceMatch weight rises to 1-lambda_mle after a plain warm-up"
     )
+    value_head: str = _field(
+        "none",
+        "how SequenceMatch reads logits as Q: none (Q = logits, the paper), offset (Q = logits "
+        "+ b(s)) or normalised (Q = log-softmax + b(s)), b a learned scalar head on the last "
+        "hidden state; the policy is the same in all three",
+    )
+    value_head_lr: float = _field(1e-3, "learning rate of the value head b(s) (AdamW)")
     # model samples (replay buffer)
     refresh_every: int = _field(25, "steps between refills of the replay buffer")
     samples_per_refresh: int = _field(64, "sequences sampled from the model per refill")
@@ -254,6 +262,8 @@ class TrainConfig:
         need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}")
         need(self.replay_draw in REPLAY_DRAWS, f"replay_draw must be one of {REPLAY_DRAWS}")
         need(self.sm_ramp_steps >= 0, "sm_ramp_steps must be >= 0")
+        need(self.value_head in VALUE_HEADS, f"value_head must be one of {VALUE_HEADS}")
+        need(self.value_head_lr > 0, f"value_head_lr must be positive, got {self.value_head_lr}")
         need(self.lora_r >= 0, f"lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
         need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
         need(

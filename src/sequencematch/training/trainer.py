@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..core.actions import Batch, NoiseSource
-from ..core.backspace import check_backspace_support
+from ..core.backspace import causal_lm, check_backspace_support
 from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
 from ..core.files import atomic_write_text, disk_full_error, is_disk_full
@@ -68,6 +68,7 @@ from .sharding import (
     shard_model,
     total_gradient_norm,
 )
+from .value_head import ValueHead, hidden_size
 
 # Options that may differ between a run and its resumption (the learning-rate schedule,
 # length, logging, checkpoint and evaluation cadence, device); every other one must match.
@@ -200,7 +201,12 @@ class Trainer:
                 task_noise,
             )  # fmt: skip
         verify_layout_once(self.model)
-        if precision_body_dtype(config.precision) is not None or config.logits_chunk_mb:
+        # b(s), when SequenceMatch reads Q with a learned value offset (SPEC section 11)
+        self.value_head: ValueHead | None = None
+        if config.method == "sequencematch" and config.value_head != "none":
+            self.value_head = ValueHead(hidden_size(causal_lm(self.model))).to(self.device)
+        hidden_read = self.value_head is not None or config.logits_chunk_mb
+        if precision_body_dtype(config.precision) is not None or hidden_read:
             verify_head_once(self.model)  # the logits must be head(last hidden state)
         self.sharded = config.fsdp
         if self.sharded:  # before the optimiser: sharding replaces the parameters
@@ -275,6 +281,10 @@ class Trainer:
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        if self.value_head is not None:  # its own learning rate, on the same schedule
+            lr = self.config.value_head_lr
+            groups.append({"params": list(self.value_head.parameters()), "weight_decay": 0.0,
+                           "lr": lr, "base_lr": lr})  # fmt: skip
         return torch.optim.AdamW(groups, lr=self.config.lr)
 
     def _restore(self, checkpoint: Path) -> None:
@@ -314,6 +324,10 @@ class Trainer:
                 load_trainable_state(self.model, state["trainable"])
             except (KeyError, ValueError) as error:
                 raise CheckpointError(f"checkpoint {checkpoint}: {error}") from error
+        if self.value_head is not None:
+            if "value_head" not in state:
+                raise CheckpointError(f"checkpoint {checkpoint} holds no value head")
+            self.value_head.load_state_dict(state["value_head"])
         self.step = int(state["step"])
         self._drop_metrics_after(self.step)
         self.replay.load_state_dict(state["replay"], self.step)
@@ -327,10 +341,12 @@ class Trainer:
         """Set the learning rate of the restored step from this run's ``lr`` and schedule
         (which may differ from the checkpoint's: lowering lr is how a run recovers)."""
         scheduler = self.scheduler
-        scheduler.base_lrs = [self.config.lr for _ in self.optimizer.param_groups]
-        for group, factor in zip(self.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-            group["initial_lr"] = self.config.lr
-            group["lr"] = self.config.lr * factor(scheduler.last_epoch)
+        groups = self.optimizer.param_groups
+        scheduler.base_lrs = [group.get("base_lr", self.config.lr) for group in groups]
+        for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas,
+                                       strict=True):  # fmt: skip
+            group["initial_lr"] = base
+            group["lr"] = base * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _drop_metrics_after(self, step: int) -> None:
@@ -460,26 +476,32 @@ class Trainer:
     def _phase(self, step: int) -> str:
         return phase_at(self.config, step)
 
-    def _state_logits(self, batch: Batch) -> torch.Tensor | ChunkedLogits:
+    def _state_logits(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor | ChunkedLogits, torch.Tensor | None]:
         """``[B, T, V]`` logits of the batch's states, float32 (padding rows of the vocabulary
-        cut). fp32: one plain forward; bf16/fp16: the body under autocast and the LM head in
-        float32 (autocast over the whole model would round the logits, and the rewards
+        cut), and the ``[B, T, H]`` last hidden states when the value head reads them. fp32:
+        one plain forward; bf16/fp16: the body under autocast and the LM head in float32
+        (autocast over the whole model would round the logits, and the rewards
         ``r = Q - gamma V'`` read off them, to bf16's 0.125 steps at logit 16)."""
         body_dtype = precision_body_dtype(self.config.precision)
         rows = (batch.sequences, batch.prompt_lengths, batch.lengths, self.bkspc_id)
         rows_of_head = self.model.get_input_embeddings().weight.shape[0]
         if self.config.logits_chunk_mb and rows_of_head == self.vocab_size:
             chunk = max(1, self.config.logits_chunk_mb * 2**20 // (4 * rows_of_head))
-            return chunked_state_logits(
+            chunked = chunked_state_logits(
                 self.network, *rows, validate=False, body_dtype=body_dtype, chunk_tokens=chunk
             )  # [B, T, V] read a chunk of states at a time
-        if body_dtype is None:
+            return chunked, chunked.hidden if self.value_head is not None else None
+        hidden = None
+        if body_dtype is None and self.value_head is None:
             logits = state_logits(self.network, *rows, validate=False)
         else:
-            logits = chunked_state_logits(
+            chunked = chunked_state_logits(
                 self.network, *rows, validate=False, body_dtype=body_dtype, recompute=False
-            ).dense()
-        return logits[..., : self.vocab_size].float()
+            )
+            logits, hidden = chunked.dense(), chunked.hidden  # [B, T, V], [B, T, H]
+        return logits[..., : self.vocab_size].float(), hidden
 
     def _micro_batches(self, step: int, phase: str) -> list[MicroBatch]:
         """This rank's micro-batches of the step (each with the whole step's normalisers)."""
@@ -498,15 +520,20 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         config = self.config
         batch = batch.to(self.device)
-        logits = self._state_logits(batch)  # [B, T, V] float32
+        logits, hidden = self._state_logits(batch)  # [B, T, V] float32, [B, T, H]
         data = Batch(*(t[:data_count] for t in batch.__dict__.values()))
         model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
         with_model = phase == "sequencematch"
+        offsets = None
+        if self.value_head is not None:
+            b = self.value_head(hidden)  # [B, T] b(s) of the state after each element
+            offsets = (b[:data_count], b[data_count:] if with_model else None)
         return training_loss(
             logits[:data_count], data, logits[data_count:] if with_model else None,
             model if with_model else None, self.bkspc_id, self.eos_id,
             sm_weight=self.sm_weight(step), divergence=config.divergence, gamma=config.gamma,
-            alpha=config.alpha, beta=config.beta, totals=totals,
+            alpha=config.alpha, beta=config.beta, totals=totals, offsets=offsets,
+            normalise=config.value_head == "normalised",
         ).as_dict()  # fmt: skip
 
     def _train_step(self, step: int) -> dict[str, float]:
@@ -549,6 +576,7 @@ class Trainer:
             if name in sums:
                 sums[name] /= self.world.size
         self.scaler.unscale_(self.optimizer)
+        self._reduce_value_head_gradients()
         grad_norm = self._gradient_norm()
         # fp16's scaler skips such a step itself (and lowers its scale); elsewhere it is fatal
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
@@ -565,6 +593,24 @@ class Trainer:
         if phase == "sequencematch":  # mean steps since the step's model rows were sampled
             sums["sample/age"] = ReplayBuffer.mean_age(self._model_rows(step), step)
         return {**sums, "grad_norm": grad_norm, "lr": lr, "phase": phase}
+
+    def _reduce_value_head_gradients(self) -> None:
+        """Average the value head's gradients over processes (it is outside DDP/FSDP) and
+        refuse non-finite ones; the head is not part of the model's clipped norm."""
+        if self.value_head is None:
+            return
+        for parameter in self.value_head.parameters():
+            if parameter.grad is None:
+                continue
+            if self.world.size > 1:
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= self.world.size
+            if not bool(torch.isfinite(parameter.grad).all()):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingError(
+                    f"non-finite value-head gradient at step {self.step}; training stopped. "
+                    f"{self._recovery_advice()}"
+                )
 
     def _gradient_norm(self) -> float:
         """The global gradient norm (clipped to ``clip_grad`` when that is set)."""
@@ -707,6 +753,8 @@ class Trainer:
                 "identity": self.identity,
                 "mle_warmup": self.config.mle_warmup(),
             }
+            if self.value_head is not None:
+                state["value_head"] = self.value_head.state_dict()
             if self.config.lora_r > 0:  # the adapters and <bkspc> row; the base is rebuilt
                 state["trainable"] = trainable_state(self.model)
             existing = latest_checkpoint(self.run_dir)

@@ -1,0 +1,33 @@
+"""A learned per-state value offset ``b(s)`` for reading a pretrained model's logits as Q.
+
+A pretrained model's logits carry an arbitrary per-state level (their log-sum-exp, ~9-28 on
+SmolLM2-135M) that the SequenceMatch terms read as value; flattening it through the shared
+network moves the policy too (SPEC section 11). ``b(s)`` is a zero-initialised linear head on
+the detached last hidden state: the chi2 regulariser and the value term can be met by ``b``
+while the policy ``softmax(logits)`` never sees it (``b`` cancels in it and in the MLE
+identity). It lives beside the model, is trained by its own optimiser group, and is saved in
+checkpoints only: the saved model is the policy alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ValueHead(torch.nn.Module):
+    """``b(s) = w . h(s) + c`` on the last hidden state ``h`` (no gradient into the model)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, T, H]`` hidden states -> ``[B, T]`` float32 offsets."""
+        return self.linear(hidden.detach().float()).squeeze(-1)  # [B, T]
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    """Width of the hidden state the LM head reads (the input of its weight)."""
+    return int(model.get_output_embeddings().weight.shape[1])
