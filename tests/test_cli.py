@@ -134,3 +134,34 @@ def test_eval_without_data_scores_the_generated_test_split(demo_folder, capsys):
 def test_demo_options_of_another_task_are_refused(tmp_path, capsys):
     assert main(["demo", "--corpus", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "--corpus does not apply to the arithmetic demo" in capsys.readouterr().err
+
+
+def metric_at(folder, step: int) -> float:
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return next(json.loads(line)["mle"] for line in lines if json.loads(line)["step"] == step)
+
+
+def test_demo_fine_tunes_a_pretrained_model_folder(demo_folder, tmp_path):
+    """demo --model: the shared warm-up fine-tunes the given model instead of a fresh preset,
+    and SequenceMatch reads Q with the learned value offset."""
+    start = demo_folder / "seed-0" / "warmup" / "model"
+    out = tmp_path / "pretrained"
+    code = main(["demo", "--quick", "--model", str(start), "--seeds", "1", "--out", str(out),
+                 "--progress", "false"])  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["model"] == str(start)
+    assert results["settings"]["value_head"] == "normalised"
+    # it starts where the earlier warm-up ended: far below a fresh model at the same step
+    assert metric_at(out / "seed-0" / "warmup", 25) < metric_at(
+        demo_folder / "seed-0" / "warmup", 25
+    )
+    for name in METHODS:
+        assert (out / "seed-0" / name / "model" / "config.json").exists(), name
+
+
+def test_demo_refuses_preset_sizes_for_a_pretrained_model(demo_folder, capsys):
+    start = demo_folder / "seed-0" / "warmup" / "model"
+    code = main(["demo", "--quick", "--model", str(start), "--hidden-size", "32"])
+    assert code == 2
+    assert "keeps its own" in capsys.readouterr().err

@@ -10,7 +10,7 @@ forced with probability p per generated step).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,6 +56,11 @@ class DemoSettings(ComparisonSettings):
     def quick(cls) -> DemoSettings:
         return cls(seeds=2, warmup_steps=40, steps=16, n_train=400, n_test=60, n_valid=20,
                    hidden_size=48, num_layers=2, refresh_every=8)  # fmt: skip
+
+    @classmethod
+    def pretrained(cls, model: str) -> DemoSettings:
+        """The reduced comparison for a pretrained model, at forced noise 0 and 0.1."""
+        return replace(super().pretrained(model), levels=(0.0, 0.1))
 
     def task_config(self) -> dict[str, Any]:
         # Samples may show 16 tokens, more than the longest answer with its <eos> (9 tokens

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="output folder (default: runs/demo[-text])")
     demo.add_argument("--quick", action="store_true", help="a one-minute version")
     demo.add_argument(
+        "--model", default=None,
+        help="fine-tune this pretrained model (e.g. smollm2-135m, a model folder) in a reduced "
+        "comparison instead of training a tiny model from scratch",
+    )  # fmt: skip
+    demo.add_argument(
         "--overwrite", action="store_true",
         help="replace an earlier demo in --out (deleting only what it wrote)",
     )  # fmt: skip
@@ -133,13 +138,27 @@ DEMO_OPTIONS = ("seed", "seeds", "warmup_steps", "steps", "alpha", "lambda_mle",
 
 def run_demo_command(args: argparse.Namespace) -> int:
     import importlib
+    from dataclasses import replace
     from pathlib import Path
 
+    from ..models.loading import PRESETS
     from .comparison import run_comparison, with_overrides
 
     module, _, name = DEMOS[args.task].partition(":")
     settings_class = getattr(importlib.import_module(f"{__package__}.{module}"), name)
     settings = settings_class.quick() if args.quick else settings_class()
+    if args.model is not None and args.model not in PRESETS:
+        if args.hidden_size is not None or args.num_layers is not None:
+            raise ValueError(
+                "--hidden-size and --num-layers size a preset trained from scratch; a "
+                f"pretrained model ({args.model}) keeps its own: leave them out"
+            )
+        # pretrained: the reduced sizes (the quick ones stay quick, with this model)
+        settings = (replace(settings, model=args.model, precision="bf16",
+                            value_head="normalised") if args.quick
+                    else settings_class.pretrained(args.model))  # fmt: skip
+    elif args.model is not None:
+        settings = replace(settings, model=args.model)
     settings = with_overrides(settings, **{n: getattr(args, n) for n in DEMO_OPTIONS})
     run_comparison(
         Path(args.out or settings.default_out), settings, progress=args.progress,

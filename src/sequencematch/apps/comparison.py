@@ -2,8 +2,9 @@
 
 The protocol (SPEC sections 9 and 10), for each seed:
 
-1. one shared warm-up: plain MLE from scratch on the task's data (the paper's BC/MLE
-   warm-up), saved as a model folder;
+1. one shared warm-up: plain MLE on the task's data (the paper's BC/MLE warm-up), from
+   scratch for a preset model, or fine-tuning a pretrained one (``model``), saved as a
+   model folder;
 2. four methods continue from that folder for the same number of steps, on the same data
    order and noise draws (same seed): MLE, MLE+``<bkspc>``, the offline (data-only)
    chi2+``<bkspc>`` objective and online SequenceMatch-chi2+``<bkspc>``;
@@ -67,6 +68,13 @@ class ComparisonSettings:
     replay: ClassVar[dict[str, int]] = {
         "samples_per_refresh": 64, "replay_size": 256, "model_batch_size": 16
     }  # fmt: skip
+    pretrained_replay: ClassVar[dict[str, int]] = {
+        "samples_per_refresh": 32, "replay_size": 64, "model_batch_size": 8
+    }  # fmt: skip
+
+    model: str = "tiny_llama"  # a preset (trained from scratch) or a pretrained model
+    precision: str = "fp32"
+    value_head: str = "none"  # how SequenceMatch reads Q (TrainConfig.value_head)
 
     seed: int = 0  # the first seed; the others follow (seed, seed + 1, ...)
     seeds: int = 3
@@ -87,6 +95,25 @@ class ComparisonSettings:
     beta: float = 0.5
     lambda_mle: float = 0.5
     refresh_every: int = 25
+
+    @classmethod
+    def pretrained(cls, model: str) -> ComparisonSettings:
+        """A reduced comparison that fine-tunes the pretrained ``model`` (bf16 body, a
+        learned value offset for SequenceMatch: docs/RESULTS.md), sized for about half an
+        hour on 2 CPU cores with a 135M-parameter model."""
+        return cls(model=model, precision="bf16", value_head="normalised", seeds=2,
+                   warmup_steps=40, steps=30, batch_size=16, n_train=2000, n_valid=50,
+                   n_test=200, warmup_lr=1e-4, lr=5e-5, refresh_every=10)  # fmt: skip
+
+    def from_scratch(self) -> bool:
+        """Whether the warm-up trains a preset model from scratch (else: fine-tuning)."""
+        from ..models.loading import PRESETS
+
+        return self.model in PRESETS
+
+    def replay_options(self) -> dict[str, int]:
+        """The online method's replay sizes (smaller for a pretrained model's steps)."""
+        return dict(self.replay if self.from_scratch() else self.pretrained_replay)
 
     def seed_list(self) -> list[int]:
         """The seeds of the comparison: ``seed, seed + 1, ..., seed + seeds - 1``."""
@@ -120,16 +147,20 @@ def _shared_options(settings: ComparisonSettings, seed: int) -> dict[str, Any]:
         task=settings.task, n_train=settings.n_train, n_valid=settings.n_valid,
         n_test=settings.n_test, batch_size=settings.batch_size, seed=seed, log_every=25,
         save_every=0, eval_every=0, weight_decay=0.01, min_lr_ratio=0.1, clip_grad=1.0,
-        precision="fp32", grad_accum=1, **settings.task_config(),
+        precision=settings.precision, grad_accum=1, **settings.task_config(),
     )  # fmt: skip
 
 
 def warmup_config(settings: ComparisonSettings, seed: int, folder: Path) -> TrainConfig:
-    """The shared warm-up of ``seed``: plain MLE from scratch, no ``<bkspc>``, no noise."""
+    """The shared warm-up of ``seed``: plain MLE (from scratch for a preset, fine-tuning a
+    pretrained model otherwise), no ``<bkspc>``, no noise."""
+    sizes = {}
+    if settings.from_scratch():
+        sizes = dict(hidden_size=settings.hidden_size, num_layers=settings.num_layers,
+                     num_heads=4)  # fmt: skip
     return TrainConfig(
-        **_shared_options(settings, seed), model="tiny_llama", hidden_size=settings.hidden_size,
-        num_layers=settings.num_layers, num_heads=4, method="mle", backspace=False,
-        p_noise=0.0, steps=settings.warmup_steps, lr=settings.warmup_lr,
+        **_shared_options(settings, seed), model=settings.model, **sizes, method="mle",
+        backspace=False, p_noise=0.0, steps=settings.warmup_steps, lr=settings.warmup_lr,
         warmup_steps=min(100, settings.warmup_steps // 10), output_dir=str(folder),
     )  # fmt: skip
 
@@ -158,7 +189,8 @@ def method_configs(
         noise_source=settings.noise_source, max_noise_run=1, noise_in_loss=False,
         divergence="chi2", alpha=settings.alpha, gamma=settings.gamma, beta=settings.beta,
         lambda_mle=settings.lambda_mle, regularise_warmup=True, sm_ramp_steps=0,
-        refresh_every=settings.refresh_every, sample_temperature=1.0, **settings.replay,
+        refresh_every=settings.refresh_every, sample_temperature=1.0,
+        value_head=settings.value_head, **settings.replay_options(),
     )  # fmt: skip
     bkspc = dict(backspace=True, p_noise=settings.p_noise)
     return {
@@ -401,8 +433,9 @@ def describe_protocol(settings: ComparisonSettings, workers: int) -> str:
     how = "one after the other" if workers <= 1 else (
         f"{workers} at a time, {threads_per_worker(workers)} thread(s) each"
     )  # fmt: skip
+    start = "" if settings.from_scratch() else f" of {settings.model}"
     return (
-        f"== {named}: a {settings.warmup_steps}-step MLE warm-up each, then "
+        f"== {named}: a {settings.warmup_steps}-step MLE warm-up{start} each, then "
         f"{len(METHODS)} methods x {settings.steps} steps from it ({', '.join(METHODS)}); {how}"
     )
 
