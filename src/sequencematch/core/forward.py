@@ -269,8 +269,8 @@ def _verify_layout(model: torch.nn.Module) -> None:
     if not verdict.accepted:
         raise ValueError(
             f"{type(model).__name__} does not follow a custom 4-D attention mask with explicit "
-            f"position ids (probe logits differ by {verdict.error:.3g}, more than the "
-            f"{verdict.tolerance:.3g} that rounding explains); load it with "
+            f"position ids (probe logits differ by {verdict.error:.3g}, allowed "
+            f"{verdict.tolerance:.3g}); load it with "
             "attn_implementation='sdpa' or 'eager', or use a model family that supports "
             "custom masks (GPT-2, Llama, Qwen2, Mistral without sliding window, ...)"
         )
@@ -289,26 +289,13 @@ def _probe_logits(model: torch.nn.Module) -> dict:
         torch.tensor([row], device=device), as_lengths([2], device),
         as_lengths([len(row)], device), bkspc,
     )  # fmt: skip
-    mask = model_mask(model, layout.attention_mask)
+    ids, mask = layout.input_ids, model_mask(model, layout.attention_mask)
     counted = torch.arange(len(row), device=device)[None]  # [1, T] positions, no deletion
 
     def states(**inputs) -> torch.Tensor:  # [8, V]: states after elements 1..8
         return model(**inputs, use_cache=False).logits[0, 1:].float()
 
-    # plain forwards, each state alone and all of them inside one batch right-padded to the
-    # layout's length: two computations that differ by rounding only
-    alone = torch.stack([
-        model(input_ids=torch.tensor([state], device=device), use_cache=False).logits[0, -1]
-        for state in visible_states
-    ]).float()  # fmt: skip
-    padded = torch.tensor([state + [a] * (len(row) - len(state)) for state in visible_states],
-                          device=device)  # fmt: skip
-    padding = torch.tensor([[1] * len(state) + [0] * (len(row) - len(state))
-                            for state in visible_states], device=device)  # fmt: skip
-    last = torch.tensor([len(state) - 1 for state in visible_states], device=device)
-    batched = model(input_ids=padded, attention_mask=padding, use_cache=False).logits
-    batched = batched[torch.arange(len(visible_states), device=device), last].float()
-    ids = layout.input_ids
+    alone, batched = _plain_logits(model, visible_states, len(row), pad_id=a)
     return {
         "layout": states(input_ids=ids, attention_mask=mask, position_ids=layout.position_ids),
         "correct": alone,
@@ -318,6 +305,26 @@ def _probe_logits(model: torch.nn.Module) -> dict:
             "positions rebuilt": states(input_ids=ids, attention_mask=mask, position_ids=counted),
         },
     }
+
+
+def _plain_logits(
+    model: torch.nn.Module, states: list[list[int]], length: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[S, V]`` float last-position logits of plain forwards over ``states``, computed twice:
+    each state alone, and all of them in one batch right-padded to ``length``; the two differ
+    by rounding only."""
+    device = model.get_input_embeddings().weight.device
+    alone = []
+    for state in states:
+        ids = torch.tensor([state], device=device)  # [1, L]
+        output = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        alone.append(output.logits[0, -1])
+    padded = torch.tensor([s + [pad_id] * (length - len(s)) for s in states], device=device)
+    real = torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in states], device=device)
+    logits = model(input_ids=padded, attention_mask=real, use_cache=False).logits  # [S, T, V]
+    last = torch.tensor([len(s) - 1 for s in states], device=device)
+    batched = logits[torch.arange(len(states), device=device), last]
+    return torch.stack(alone).float(), batched.float()
 
 
 @torch.no_grad()
