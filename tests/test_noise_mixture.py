@@ -9,13 +9,15 @@ import pytest
 from conftest import ALPHABET
 
 from sequencematch.apps.cli import main
+from sequencematch.apps.setup import prepare_run
 from sequencematch.core.backspace import BKSPC_TOKEN
-from sequencematch.core.examples import Example
+from sequencematch.core.examples import Example, special_ids
 from sequencematch.models.presets import char_tokenizer
 from sequencematch.tasks import arithmetic
 from sequencematch.tasks.arithmetic_task import ArithmeticMistakes
 from sequencematch.training.config import TrainConfig, noise_source_parts
 from sequencematch.training.noise import MixtureNoise, build_noise_source
+from sequencematch.training.trainer import Trainer
 
 
 class Constant:
@@ -127,3 +129,26 @@ def test_training_with_a_mixture_through_the_command_line(tmp_path):
     config = json.loads((run / "model" / "training_config.json").read_text())
     assert config["noise_source"] == "task+uniform"
     assert (run / "model" / "config.json").exists()
+
+
+def test_a_training_batch_mixes_plausible_and_garbage_wrong_tokens(tmp_path):
+    config = TrainConfig(task="arithmetic", method="mle", steps=1, p_noise=0.5, batch_size=16,
+                         noise_source="task+uniform", n_train=16, n_valid=4, n_test=4,
+                         hidden_size=16, num_layers=1, num_heads=2, save_every=0,
+                         progress=False, output_dir=str(tmp_path / "run"))  # fmt: skip
+    inputs = prepare_run(config)
+    trainer = Trainer(config, inputs.model, inputs.tokenizer, inputs.train,
+                      task_noise=inputs.task_noise)  # fmt: skip
+    _, actions, experts = trainer._data_rows(1)
+    bk, tokenizer = trainer.bkspc_id, trainer.tokenizer
+    forbidden = {*special_ids(tokenizer), bk}
+    inserted = []
+    for row, flags in zip(actions, experts, strict=True):
+        for index, (action, expert) in enumerate(zip(row, flags, strict=True)):
+            if not expert:  # a wrong token: a real token of the vocabulary, then deleted
+                assert action < len(tokenizer) and action not in forbidden
+                assert row[index + 1] == bk
+                inserted.append(tokenizer.decode([action]))
+    plausible = [text for text in inserted if text in arithmetic.DIGITS + "-"]
+    assert len(plausible) >= 5 and len(inserted) - len(plausible) >= 5
+    assert trainer._data_rows(1)[1] == actions  # the same draws for the same step
