@@ -17,6 +17,7 @@ from .models.backspace import add_backspace
 from .models.loading import load_model
 from .models.presets import char_tokenizer, tiny_model
 from .training.config import TrainConfig
+from .training.noise import MixtureNoise
 from .training.trainer import Trainer, TrainingError
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "PHI",
     "Batch",
     "GenerationOutput",
+    "MixtureNoise",
     "TrainConfig",
     "Trainer",
     "TrainingError",

@@ -116,10 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     evaluate.add_argument("--n", type=int, default=None,
                           help="pairs to evaluate (default: all; text: 200 windows)")  # fmt: skip
-    evaluate.add_argument("--temperature", type=float, default=1.0, help="text: sampling")
+    evaluate.add_argument("--sample", action="store_true",
+                          help="arithmetic, jsonl: sample answers at --temperature instead of "
+                          "greedy decoding (text always samples)")  # fmt: skip
+    evaluate.add_argument("--temperature", type=float, default=None,
+                          help="sampling temperature (default 1): text, and answers with "
+                          "--sample")  # fmt: skip
     evaluate.add_argument("--no-mauve", action="store_true", help="text: skip MAUVE")
     evaluate.add_argument("--noise", type=float, default=0.0, help="forced-noise probability")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the forced noise")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="seed of sampling, the forced noise and --n's choice")  # fmt: skip
     evaluate.add_argument("--batch-size", type=int, default=64, help="questions per batch")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -234,8 +240,12 @@ def run_eval(args: argparse.Namespace) -> int:
         _warn_unknown_characters(
             trained.tokenizer, [p.prompt for p in pairs], args.data or "the data"
         )
+    if args.temperature is not None and not args.sample and task.name != "text":
+        print(f"warning: --temperature applies to {task.name} answers only with --sample; "
+              "they are decoded greedily", file=sys.stderr)  # fmt: skip
     options = EvalOptions(
-        seed=args.seed, noise_prob=args.noise, temperature=args.temperature,
+        seed=args.seed, noise_prob=args.noise, sample=args.sample,
+        temperature=1.0 if args.temperature is None else args.temperature,
         batch_size=args.batch_size, with_mauve=not args.no_mauve,
     )  # fmt: skip
     if options.with_mauve and task.name == "text" and len(pairs) < MIN_MAUVE_SAMPLES:
@@ -305,7 +315,7 @@ def _load_model_folder(folder: str) -> Any:
 def _check_sampling_options(args: argparse.Namespace) -> None:
     if not 0.0 <= args.noise <= 1.0:
         raise ValueError(f"--noise is a probability in [0, 1], got {args.noise}")
-    if not args.temperature > 0:
+    if args.temperature is not None and not args.temperature > 0:
         raise ValueError(f"--temperature must be positive, got {args.temperature}")
 
 

@@ -16,7 +16,7 @@ from ..models.loading import PRESETS, load_model
 from ..models.prompts import format_prompt
 from ..tasks.base import Evaluator, Pair, Task, TaskData, TaskOptions
 from ..tasks.registry import build_task, task_from_info
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, noise_source_parts
 
 TASK_FILE = "task.json"
 
@@ -108,7 +108,7 @@ def prepare_run(config: TrainConfig, task: Task | None = None) -> RunInputs:
     if not data.train:
         raise ValueError(f"the {task.name} task produced no training examples")
     task_noise = task.noise_source(tokenizer)
-    if config.noise_source == "task" and task_noise is None:
+    if "task" in noise_source_parts(config.noise_source) and task_noise is None:
         raise ValueError(
             f"noise_source task needs the task's own mistakes, and the {task.name} task defines "
             "none: use uniform, unigram or model"

@@ -70,9 +70,11 @@ def evaluate_arithmetic(
     max_new_tokens: int = 16,
     seed: int = 0,
     do_sample: bool = False,
+    temperature: float = 1.0,
     num_examples: int = 5,
 ) -> ArithmeticEval:
-    """Generate an answer to every question (greedy by default) and score exact matches.
+    """Generate an answer to every question (greedy by default; ``do_sample``: sampled at
+    ``temperature``) and score exact matches.
 
     Prompts are :func:`arithmetic.format_prompt` of the questions. With ``noise_prob > 0``,
     each step forces, with that probability, a token drawn uniformly from
@@ -87,7 +89,7 @@ def evaluate_arithmetic(
         model, tokenizer, pairs, bkspc_id=bkspc_id, noise_prob=noise_prob,
         noise_token_ids=answer_token_ids(tokenizer) if noise_prob > 0 else None,
         batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample,
-        num_examples=num_examples,
+        temperature=temperature, num_examples=num_examples,
     )  # fmt: skip
 
 

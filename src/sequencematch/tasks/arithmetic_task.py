@@ -115,12 +115,14 @@ class ArithmeticTask(Task):
         max_new_tokens: int,
         options: EvalOptions,
     ) -> ExactMatchEval:
-        """Greedy answers, exact match, at forced noise ``options.noise_prob``."""
+        """Greedy answers (sampled at ``options.temperature`` with ``options.sample``), exact
+        match, at forced noise ``options.noise_prob``."""
         return evaluate_exact_match(
             model, tokenizer, [(p.prompt, p.completion) for p in pairs], bkspc_id=bkspc_id,
             noise_prob=options.noise_prob,
             noise_token_ids=self.forced_noise_ids(tokenizer) if options.noise_prob else None,
             batch_size=options.batch_size, max_new_tokens=max_new_tokens, seed=options.seed,
+            do_sample=options.sample, temperature=options.temperature,
         )  # fmt: skip
 
     def metrics(self, result: ExactMatchEval) -> dict[str, float]:

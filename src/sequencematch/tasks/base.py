@@ -88,8 +88,10 @@ class EvalOptions:
         seed: seed of sampling and of the forced noise.
         noise_prob: forced-noise probability per generated step (a single evaluation).
         levels: forced-noise levels of a comparison's sweep (exact-match tasks).
-        temperature: sampling temperature of open-ended generation (text); answers to
-            questions are decoded greedily.
+        temperature: sampling temperature: of open-ended generation (text, always
+            sampled), and of answers (exact-match tasks) when ``sample`` is set.
+        sample: exact-match tasks: sample answers at ``temperature`` instead of decoding
+            greedily (how a model behaves when it samples: compounding error unforced).
         batch_size: prompts generated at once.
         n: held-out pairs to evaluate (0: all).
         with_mauve: text: compute MAUVE (slow: it encodes every text).
@@ -101,6 +103,7 @@ class EvalOptions:
     noise_prob: float = 0.0
     levels: tuple[float, ...] = (0.0,)
     temperature: float = 1.0
+    sample: bool = False
     batch_size: int = 64
     n: int = 0
     with_mauve: bool = True

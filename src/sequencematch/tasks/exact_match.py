@@ -47,6 +47,8 @@ class ExactMatchEval:
         examples: the first few prompts with answer, prediction and rendered trace.
         outcomes: per prompt, in order, whether the completion was exactly right (what a
             paired test of two models on the same prompts needs).
+        decoding: ``"greedy"`` or ``"sample"``.
+        temperature: the sampling temperature (``None`` when greedy).
     """
 
     n: int
@@ -62,6 +64,8 @@ class ExactMatchEval:
     finished_rate: float
     examples: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[bool] = field(default_factory=list, repr=False)
+    decoding: str = "greedy"
+    temperature: float | None = None
 
     def as_dict(self, include_examples: bool = False) -> dict[str, Any]:
         """A JSON-ready dict of the metrics (examples only when asked; no per-prompt
@@ -73,10 +77,15 @@ class ExactMatchEval:
         return result
 
     def summary(self) -> str:
-        """One line: accuracy with its interval, the noise level and the ``<bkspc>`` rate."""
+        """One line: accuracy with its interval, the decoding, the noise level and the
+        ``<bkspc>`` rate."""
+        decoding = "greedy" if self.temperature is None else (
+            f"sampled at temperature {self.temperature:g}"
+        )  # fmt: skip
         return (
             f"accuracy {self.accuracy:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] on {self.n} "
-            f"prompts (forced noise {self.noise_prob:g}); <bkspc> rate {self.bkspc_rate:.3f}"
+            f"prompts ({decoding}, forced noise {self.noise_prob:g}); "
+            f"<bkspc> rate {self.bkspc_rate:.3f}"
         )
 
 
@@ -88,9 +97,11 @@ def score_exact_match(
     *,
     noise_prob: float = 0.0,
     num_examples: int = 5,
+    temperature: float | None = None,
 ) -> ExactMatchEval:
     """Score generated completions (row ``i`` answers ``pairs[i] = (shown prompt, answer)``)
-    and collect trace statistics."""
+    and collect trace statistics; ``temperature``: the completions were sampled at it
+    (``None``: greedy)."""
     if len(output.sequences) != len(pairs):
         raise ValueError(f"{len(pairs)} prompts but {len(output.sequences)} generated rows")
     eos = tokenizer.eos_token_id
@@ -127,6 +138,8 @@ def score_exact_match(
         finished_rate=sum(output.finished) / n if n else 0.0,
         examples=examples,
         outcomes=outcomes,
+        decoding="greedy" if temperature is None else "sample",
+        temperature=None if temperature is None else float(temperature),
     )
 
 
@@ -142,10 +155,11 @@ def evaluate_exact_match(
     max_new_tokens: int = 16,
     seed: int = 0,
     do_sample: bool = False,
+    temperature: float = 1.0,
     num_examples: int = 5,
 ) -> ExactMatchEval:
-    """Generate a completion for every ``(prompt, answer)`` pair (greedy by default) and score
-    exact matches.
+    """Generate a completion for every ``(prompt, answer)`` pair (greedy by default;
+    ``do_sample``: sampled at ``temperature``) and score exact matches.
 
     Prompts are encoded with :func:`encode_prompt`. With ``noise_prob > 0`` each step forces,
     with that probability, a token drawn uniformly from ``noise_token_ids`` (default: every
@@ -157,6 +171,8 @@ def evaluate_exact_match(
         raise ValueError("no prompts to evaluate")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
     prompts = [encode_prompt(tokenizer, prompt) for prompt, _ in pairs]
     device = model.get_input_embeddings().weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -167,6 +183,7 @@ def evaluate_exact_match(
             bkspc_id=bkspc_id,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
+            temperature=temperature,
             eos_token_id=tokenizer.eos_token_id,
             noise_prob=noise_prob,
             noise_token_ids=noise_token_ids if noise_prob > 0 else None,
@@ -176,5 +193,5 @@ def evaluate_exact_match(
     ]
     return score_exact_match(
         tokenizer, pairs, concatenate_outputs(outputs), bkspc_id, noise_prob=noise_prob,
-        num_examples=num_examples,
+        num_examples=num_examples, temperature=temperature if do_sample else None,
     )  # fmt: skip

@@ -62,12 +62,13 @@ class JsonlTask(Task):
         max_new_tokens: int,
         options: EvalOptions,
     ) -> ExactMatchEval:
-        """Greedy completions, exact match, at forced noise ``options.noise_prob`` (any
-        ordinary token is forced)."""
+        """Greedy completions (sampled at ``options.temperature`` with ``options.sample``),
+        exact match, at forced noise ``options.noise_prob`` (any ordinary token is forced)."""
         return evaluate_exact_match(
             model, tokenizer, [(p.prompt, p.completion) for p in pairs], bkspc_id=bkspc_id,
             noise_prob=options.noise_prob, batch_size=options.batch_size,
-            max_new_tokens=max_new_tokens, seed=options.seed,
+            max_new_tokens=max_new_tokens, seed=options.seed, do_sample=options.sample,
+            temperature=options.temperature,
         )  # fmt: skip
 
     def metrics(self, result: ExactMatchEval) -> dict[str, float]:

@@ -22,9 +22,28 @@ from ..core.files import read_utf8
 METHODS = ("mle", "sequencematch")
 VALUE_HEADS = ("none", "offset", "normalised")
 NOISE_SOURCES = ("uniform", "unigram", "task", "model")
+MIXABLE_NOISE_SOURCES = ("uniform", "unigram", "task")
+"""Sources a ``+``-joined mixture may list (``model`` samples come from a per-batch pass)."""
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "per_phase")
 REPLAY_DRAWS = ("uniform", "fresh")
+
+
+def noise_source_parts(noise_source: str) -> list[str]:
+    """The sources a ``noise_source`` names: one of :data:`NOISE_SOURCES`, or a mixture of
+    distinct :data:`MIXABLE_NOISE_SOURCES` joined by ``+`` (``task+uniform``).
+
+    Raises ``ValueError`` (one line, naming the valid sources) for anything else."""
+    parts = noise_source.split("+") if isinstance(noise_source, str) else []
+    if len(parts) == 1 and parts[0] in NOISE_SOURCES:
+        return parts
+    distinct = len(set(parts)) == len(parts)
+    if len(parts) > 1 and distinct and set(parts) <= set(MIXABLE_NOISE_SOURCES):
+        return parts
+    raise ValueError(
+        f"noise_source must be one of {', '.join(NOISE_SOURCES)} or a '+'-joined mixture of "
+        f"distinct {', '.join(MIXABLE_NOISE_SOURCES)} (e.g. task+uniform), got {noise_source!r}"
+    )
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -108,7 +127,10 @@ class TrainConfig:
     backspace: bool = _field(True, "add the <bkspc> action and noise-augmented demonstrations")
     p_noise: float = _field(0.1, "probability of inserting a wrong token (+ <bkspc>) per token")
     noise_source: str = _field(
-        "uniform", "uniform, unigram (corpus counts), task mistakes or model (its own samples)"
+        "uniform",
+        "uniform, unigram (corpus counts), task mistakes or model (its own samples); or a "
+        "'+'-joined mixture such as task+uniform (each wrong token from one listed source, "
+        "chosen uniformly at random)",
     )
     max_noise_run: int = _field(1, "longest run of wrong tokens before the backspaces")
     noise_in_loss: bool = _field(False, "also train on the inserted wrong tokens (BC reading)")
@@ -222,7 +244,10 @@ class TrainConfig:
 
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         need(bool(self.task), "task must name a task (e.g. arithmetic, jsonl or text)")
-        need(self.noise_source in NOISE_SOURCES, f"noise_source must be one of {NOISE_SOURCES}")
+        try:
+            noise_source_parts(self.noise_source)
+        except ValueError as error:
+            problems.append(str(error))
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
         need(0.0 < self.gamma <= 1.0, f"gamma must lie in (0, 1], got {self.gamma}")
         need(self.alpha > 0 and math.isfinite(self.alpha), f"alpha must be > 0, got {self.alpha}")
