@@ -47,6 +47,15 @@ ARMS: dict[str, dict[str, Any]] = {
     "mle": {"method": "mle"},
     "sm-alpha1": {"method": "sequencematch"},
     "sm-alpha10": {"method": "sequencematch", "alpha": 10.0, "sm_ramp_steps": 20},
+    # noise sources with a 49k vocabulary: which teach deleting what sampling reaches
+    "mle-uniform": {"method": "mle", "noise_source": "uniform"},
+    "mle-task+uniform": {"method": "mle", "noise_source": "task+uniform"},
+    "mle-model": {"method": "mle", "noise_source": "model"},
+    "sm-normalised-task+uniform": {
+        "method": "sequencematch",
+        "value_head": "normalised",
+        "noise_source": "task+uniform",
+    },
     "sm-offset": {"method": "sequencematch", "value_head": "offset"},
     "sm-normalised": {"method": "sequencematch", "value_head": "normalised"},
 }

@@ -20,7 +20,7 @@ import yaml
 from ..core.files import read_utf8
 
 METHODS = ("mle", "sequencematch")
-VALUE_HEADS = ("none", "offset", "normalised")
+VALUE_HEADS = ("auto", "none", "offset", "normalised")
 NOISE_SOURCES = ("uniform", "unigram", "task", "model")
 MIXABLE_NOISE_SOURCES = ("uniform", "unigram", "task")
 """Sources a ``+``-joined mixture may list (``model`` samples come from a per-batch pass)."""
@@ -157,10 +157,11 @@ class TrainConfig:
         0, "steps over which the SequenceMatch weight rises to 1-lambda_mle after a plain warm-up"
     )
     value_head: str = _field(
-        "none",
+        "auto",
         "how SequenceMatch reads logits as Q: none (Q = logits, the paper), offset (Q = logits "
         "+ b(s)) or normalised (Q = log-softmax + b(s)), b a learned scalar head on the last "
-        "hidden state; the policy is the same in all three",
+        "hidden state; the policy is the same in all three. auto: none for a preset trained "
+        "from scratch, normalised for any other (pretrained) model",
     )
     value_head_lr: float = _field(1e-3, "learning rate of the value head b(s) (AdamW)")
     # model samples (replay buffer)

@@ -68,7 +68,7 @@ from .sharding import (
     shard_model,
     total_gradient_norm,
 )
-from .value_head import ValueHead, hidden_size
+from .value_head import ValueHead, hidden_size, q_reading
 
 # Options that may differ between a run and its resumption (the learning-rate schedule,
 # length, logging, checkpoint and evaluation cadence, device); every other one must match.
@@ -202,8 +202,9 @@ class Trainer:
             )  # fmt: skip
         verify_layout_once(self.model)
         # b(s), when SequenceMatch reads Q with a learned value offset (SPEC section 11)
+        self.q_reading = q_reading(config.value_head, config.model)
         self.value_head: ValueHead | None = None
-        if config.method == "sequencematch" and config.value_head != "none":
+        if config.method == "sequencematch" and self.q_reading != "none":
             self.value_head = ValueHead(hidden_size(causal_lm(self.model))).to(self.device)
         hidden_read = self.value_head is not None or config.logits_chunk_mb
         if precision_body_dtype(config.precision) is not None or hidden_read:
@@ -533,7 +534,7 @@ class Trainer:
             model if with_model else None, self.bkspc_id, self.eos_id,
             sm_weight=self.sm_weight(step), divergence=config.divergence, gamma=config.gamma,
             alpha=config.alpha, beta=config.beta, totals=totals, offsets=offsets,
-            normalise=config.value_head == "normalised",
+            normalise=self.q_reading == "normalised",
         ).as_dict()  # fmt: skip
 
     def _train_step(self, step: int) -> dict[str, float]:

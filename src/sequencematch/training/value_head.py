@@ -13,6 +13,21 @@ from __future__ import annotations
 
 import torch
 
+from ..models.loading import PRESETS
+
+READINGS = ("none", "offset", "normalised")
+"""How the SequenceMatch terms read Q from the logits (``TrainConfig.value_head``)."""
+
+
+def q_reading(value_head: str, model: str) -> str:
+    """The reading a run uses: ``value_head`` itself, or for ``auto`` plain logits on a preset
+    trained from scratch (its logit levels are learned under SequenceMatch's own terms) and
+    ``normalised`` on any other model, whose pretrained logit levels the value terms would
+    otherwise read as value (measured in docs/RESULTS.md)."""
+    if value_head != "auto":
+        return value_head
+    return "none" if model in PRESETS else "normalised"
+
 
 class ValueHead(torch.nn.Module):
     """``b(s) = w . h(s) + c`` on the last hidden state ``h`` (no gradient into the model)."""
