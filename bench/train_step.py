@@ -2,12 +2,14 @@
 
 Same model, same data batch: one SequenceMatch step (data batch + model batch from the
 replay buffer, one forward and backward, excluding sampling) versus one MLE step; the
-cost of one replay refill amortised over ``refresh_every`` steps; and the training
-throughput in FLOP/s as a fraction of the float32 matmul peak measured in the same run.
+cost of one replay refill amortised over ``refresh_every`` steps; the training
+throughput in FLOP/s as a fraction of the float32 matmul peak measured in the same run;
+and the trainer's fused AdamW step against torch's unfused one on the same parameters.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 
@@ -15,6 +17,7 @@ import torch
 
 from sequencematch.apps.setup import prepare_run
 from sequencematch.training.config import TrainConfig
+from sequencematch.training.optimizer import build_adamw, is_fused
 from sequencematch.training.trainer import Trainer
 
 from .common import interleaved_medians, parse_args, print_summary
@@ -28,6 +31,23 @@ def matmul_peak(size: int, repeats: int) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def optimiser_step_seconds(model: torch.nn.Module, repeats: int) -> dict[str, float]:
+    """Median seconds of one AdamW step over ``model``'s parameters: the trainer's fused one
+    and torch's unfused one, each on its own copy (same gradients), timed in alternation."""
+    generator = torch.Generator().manual_seed(0)
+    steps = {}
+    for name in ("fused", "unfused"):
+        params = list(copy.deepcopy(model).parameters())
+        for parameter in params:
+            parameter.grad = 1e-3 * torch.randn(parameter.shape, generator=generator)
+        groups = [{"params": params, "weight_decay": 0.01}]
+        optimiser = (build_adamw(groups, lr=1e-4) if name == "fused"
+                     else torch.optim.AdamW(groups, lr=1e-4, fused=False))  # fmt: skip
+        assert is_fused(optimiser) == (name == "fused")
+        steps[name] = optimiser.step
+    return interleaved_medians(steps, repeats)
 
 
 def make_trainer(config: TrainConfig) -> Trainer:
@@ -68,6 +88,8 @@ def main() -> None:
         tokens = sum(len(p) + len(a) for p, a in zip(prompts, actions, strict=True))
         mle_elements = sum(b.sequences.numel() for b, *_ in mle._micro_batches(2, "mle"))
         sm_elements = sum(b.sequences.numel() for b, *_ in sm._micro_batches(2, "sequencematch"))
+    optimiser = optimiser_step_seconds(mle.model, repeats)
+    fused_ratio = optimiser["fused"] / optimiser["unfused"]
     peak = matmul_peak(1024 if args.quick else 2048, 5 if args.quick else 10)
     model_flops = 6 * parameters * tokens  # forward + backward, dense part
     mfu = model_flops / times["mle"] / peak
@@ -86,7 +108,11 @@ def main() -> None:
     )
     print(f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s; MLE training "
           f"{model_flops / times['mle'] / 1e9:.1f} GFLOP/s: utilisation {mfu:.1%}")  # fmt: skip
+    print(f"AdamW step ({parameters / 1e6:.2f}M parameters): fused "
+          f"{optimiser['fused'] * 1e3:.2f} ms, unfused {optimiser['unfused'] * 1e3:.2f} ms: "
+          f"ratio fused/unfused {fused_ratio:.3f}")  # fmt: skip
     print_summary({"sm_step_over_mle_step": round(ratio, 3),
+                   "fused_over_unfused_optimiser_step": round(fused_ratio, 3),
                    "sm_elements_over_mle_elements": round(sm_elements / mle_elements, 3),
                    "sampling_per_step_over_mle_step": round(amortised, 3),
                    "mfu": round(mfu, 3), "quick": args.quick})  # fmt: skip

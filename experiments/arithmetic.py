@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -85,7 +84,6 @@ def run(args: argparse.Namespace) -> None:
             for method, config in experiment_configs(settings, folder).items():
                 if method not in args.methods or (difficulty, method, seed) in done:
                     continue
-                shutil.rmtree(config.output_dir, ignore_errors=True)
                 name = f"{difficulty}/{method}/seed{seed}"
                 jobs[name] = training_job(train_and_evaluate, config, settings.levels, False)
                 records[name] = {"difficulty": difficulty, "method": method, "seed": seed}

@@ -96,8 +96,11 @@ class TextSettings:
 
 
 def method_configs(settings: Any, out: Path) -> dict[str, TrainConfig]:
-    """MLE, MLE+<bkspc> and SequenceMatch-chi2+<bkspc>, each from scratch."""
+    """MLE, MLE+<bkspc> and SequenceMatch-chi2+<bkspc>, each from scratch. A run folder is
+    replaced only where its marker proves an earlier run wrote it (``overwrite``: an
+    unfinished run starts again; a folder holding anything else is refused, untouched)."""
     common = dict(
+        overwrite=True,
         task=settings.task, model="tiny_llama", hidden_size=settings.hidden_size,
         num_layers=settings.num_layers, num_heads=4, n_train=settings.n_train,
         n_valid=settings.n_valid, n_test=settings.n_test, steps=settings.steps,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -86,7 +85,6 @@ def run(args: argparse.Namespace) -> None:
         for method, config in experiment_configs(settings, folder).items():
             if method not in args.methods or (method, seed) in done:
                 continue
-            shutil.rmtree(config.output_dir, ignore_errors=True)
             name = f"{method}/seed{seed}"
             jobs[name] = training_job(train_and_evaluate_text, config, settings, False,
                                       args.split, encoder=encoder)  # fmt: skip

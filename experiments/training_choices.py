@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,11 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from sequencematch.apps.arithmetic_demo import (  # noqa: E402
-    DemoSettings,
-    method_configs,
-    train_and_evaluate,
-)
+from experiments.from_scratch import ArithmeticSettings as DemoSettings  # noqa: E402
+from experiments.from_scratch import method_configs, train_and_evaluate  # noqa: E402
 from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
 
 SM = "sequencematch-chi2-bkspc"
@@ -70,7 +66,6 @@ def run(args: argparse.Namespace) -> None:
             config = method_configs(settings, folder)[SM].replace(log_every=5, **VARIANTS[name])
             if (name, seed) in done:
                 continue
-            shutil.rmtree(config.output_dir, ignore_errors=True)
             print(f"== {name} seed {seed}", flush=True)
             sweep, seconds = train_and_evaluate(config, settings.levels, False, split="valid")
             warmups[name] = warmup_metrics(Path(config.output_dir), config.mle_warmup())

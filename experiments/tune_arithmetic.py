@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from experiments.from_scratch import ArithmeticSettings as DemoSettings  # noqa: E402
 from experiments.from_scratch import method_configs, train_and_evaluate  # noqa: E402
 from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
+from sequencematch.training.run_folder import remove_run_folder  # noqa: E402
 
 SM = "sequencematch-chi2-bkspc"
 
@@ -62,7 +62,6 @@ def run(args: argparse.Namespace) -> None:
             settings = replace(DemoSettings(), seed=seed, n_valid=args.n_valid, **setting_overrides)
             folder = args.out / name / f"seed{seed}"
             config = method_configs(settings, folder)[method].replace(**config_overrides)
-            shutil.rmtree(config.output_dir, ignore_errors=True)
             print(f"== {name} seed {seed}", flush=True)
             sweep, seconds = train_and_evaluate(config, settings.levels, False, split="valid")
             record = {"variant": name, "seed": seed, "n_valid": args.n_valid,
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
             with open(log, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             print({e.noise_prob: round(e.accuracy, 3) for e in sweep}, flush=True)
-            shutil.rmtree(config.output_dir, ignore_errors=True)
+            remove_run_folder(config.output_dir)  # what the run wrote, nothing else
 
 
 def table(out: Path) -> str:

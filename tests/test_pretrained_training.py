@@ -111,19 +111,29 @@ def test_gradient_checkpointing_and_logit_chunks_give_the_same_loss(tmp_path: Pa
         assert torch.allclose(a.grad, b.grad, atol=1e-5)
 
 
-def test_chat_template_formats_training_and_generate_prompts_alike(tmp_path: Path):
-    from sequencematch.apps.setup import load_trained, prepare_run
+CHAT_TEMPLATE = "{% for m in messages %}is {{ m['content'] }}{% endfor %} t"
+
+
+def chat_model_config(tmp_path: Path):
+    """A one-step MLE run with ``chat_template`` of a tiny model saved with a chat template
+    (a character tokenizer of the arithmetic alphabet)."""
     from sequencematch.tasks.arithmetic_task import ArithmeticTask
     from sequencematch.tasks.base import TaskOptions
 
     tokenizer = ArithmeticTask(TaskOptions()).preset_tokenizer()
-    tokenizer.chat_template = "{% for m in messages %}is {{ m['content'] }}{% endfor %} t"
+    tokenizer.chat_template = CHAT_TEMPLATE
     model = tiny_model("tiny_llama", tokenizer, hidden_size=32, num_hidden_layers=1,
                        num_attention_heads=2)  # fmt: skip
     model.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
-    config = small_config(tmp_path, "chat", model=str(tmp_path / "base"), method="mle",
-                          steps=1, chat_template=True)  # fmt: skip
+    return small_config(tmp_path, "chat", model=str(tmp_path / "base"), method="mle",
+                        steps=1, chat_template=True)  # fmt: skip
+
+
+def test_chat_template_formats_training_and_generate_prompts_alike(tmp_path: Path):
+    from sequencematch.apps.setup import load_trained, prepare_run
+
+    config = chat_model_config(tmp_path)
     inputs = prepare_run(config)
     first = inputs.tokenizer.decode(inputs.train[0].prompt, skip_special_tokens=True)
     assert first.startswith("is In base ") and first.endswith(" t")
@@ -136,6 +146,62 @@ def test_chat_template_formats_training_and_generate_prompts_alike(tmp_path: Pat
     plain = small_config(tmp_path, "plain", chat_template=True)  # a preset: no template
     with pytest.raises(ValueError, match="chat template"):
         prepare_run(plain)
+
+
+def test_eval_scores_prompts_in_the_chat_template_the_model_was_trained_with(
+    tmp_path: Path, monkeypatch
+):
+    """eval of a model trained with chat_template: every task (arithmetic, jsonl, text)
+    generates from prompts that encode to the template's tokens, as training's were."""
+    import json
+
+    from sequencematch.apps.cli import main
+    from sequencematch.apps.setup import load_trained, prepare_run
+    from sequencematch.core.examples import encode_prompt, with_bos
+    from sequencematch.tasks.arithmetic_task import ArithmeticTask
+    from sequencematch.tasks.base import choose_pairs
+    from sequencematch.tasks.jsonl_task import JsonlTask
+    from sequencematch.tasks.text_task import TextTask
+
+    config = chat_model_config(tmp_path)
+    inputs = prepare_run(config)
+    Trainer(config, inputs.model, inputs.tokenizer, inputs.train,
+            model_files=task_file(inputs.task_info)).train()  # fmt: skip
+    folder = str(tmp_path / "chat" / "model")
+    tokenizer = load_trained(folder).tokenizer
+    seen: dict[str, list[str]] = {}
+    for task in (ArithmeticTask, JsonlTask, TextTask):
+        original = task.evaluate
+
+        def spy(self, model, tok, pairs, *, _original=original, **kwargs):
+            seen[self.name] = [p.prompt for p in pairs]
+            return _original(self, model, tok, pairs, **kwargs)
+
+        monkeypatch.setattr(task, "evaluate", spy)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "1 + 2 =", "completion": " 3"}) + "\n")
+    assert main(["eval", "--model", folder, "--n", "2"]) == 0
+    assert main(["eval", "--model", folder, "--task", "jsonl", "--data", str(data)]) == 0
+    assert main(["eval", "--model", folder, "--task", "text", "--data", str(data),
+                 "--no-mauve"]) == 0  # fmt: skip
+    test_split = choose_pairs(ArithmeticTask(inputs.task.options).splits["test"], 2, seed=0)
+    # the same test questions as training formats them
+    assert seen["arithmetic"] == [p.prompt for p in choose_pairs(inputs.test, 2, seed=0)]
+    raw = {
+        "arithmetic": [p.prompt for p in test_split],
+        "jsonl": ["1 + 2 ="],
+        "text": ["1 + 2 ="],
+    }
+    assert set(seen) == set(raw)
+    for name, prompts in seen.items():
+        assert len(prompts) == len(raw[name]), name
+        for prompt, text in zip(prompts, raw[name], strict=True):
+            template = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True,
+                return_dict=True,
+            )["input_ids"]  # fmt: skip
+            assert encode_prompt(tokenizer, prompt) == with_bos(tokenizer, template), name
+            assert prompt == f"is {text} t", name
 
 
 def test_a_fraction_warm_up_stays_put_when_a_resume_changes_steps(tmp_path: Path):

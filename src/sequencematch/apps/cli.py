@@ -251,6 +251,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if options.with_mauve and task.name == "text" and len(pairs) < MIN_MAUVE_SAMPLES:
         print(f"warning: MAUVE from {len(pairs)} samples is unreliable (hundreds are usual); "
               "give more --data or pass --no-mauve", file=sys.stderr)  # fmt: skip
+    pairs = trained.prompts_as_trained(pairs)  # the chat template, if training used one
     result = task.evaluate(
         trained.model, trained.tokenizer, pairs, bkspc_id=trained.bkspc_id,
         max_new_tokens=trained.sample_length, options=options,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -144,10 +145,17 @@ def chat_formatted(tokenizer: Any, data: TaskData) -> TaskData:
                                                                          skip_special_tokens=True))))
         for e in data.train
     ]  # fmt: skip
-    held_out = [
-        [replace(p, prompt=chat(p.prompt)) for p in pairs] for pairs in (data.valid, data.test)
+    return TaskData(train, chat_pairs(tokenizer, data.valid), chat_pairs(tokenizer, data.test))
+
+
+def chat_pairs(tokenizer: Any, pairs: Sequence[Pair]) -> list[Pair]:
+    """``pairs`` with every prompt in the tokenizer's chat template (one user turn, then the
+    start of the assistant's reply): the held-out prompts of a run with ``chat_template``."""
+    check_chat_template(tokenizer)
+    return [
+        replace(pair, prompt=format_prompt(tokenizer, pair.prompt, chat_template=True))
+        for pair in pairs
     ]
-    return TaskData(train, *held_out)
 
 
 def check_chat_template(tokenizer: Any) -> None:
@@ -186,6 +194,13 @@ class TrainedModel:
         if self.task_info.get("chat_template"):
             formatted = format_prompt(self.tokenizer, formatted, chat_template=True)
         return formatted
+
+    def prompts_as_trained(self, pairs: Sequence[Pair]) -> list[Pair]:
+        """Held-out pairs (prompts in the task's format) with prompts as the model saw them in
+        training: inside the chat template when it was trained with one, else unchanged."""
+        if self.task_info.get("chat_template"):
+            return chat_pairs(self.tokenizer, pairs)
+        return list(pairs)
 
 
 def load_trained(folder: str | Path, device: str = "cpu") -> TrainedModel:

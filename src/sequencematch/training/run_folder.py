@@ -317,14 +317,8 @@ class RunFolder:
 
     def _remove_owned_tree(self, path: Path) -> None:
         """A recorded folder without a manifest (a demo's run folder, TensorBoard logs)."""
-        marker = read_marker(path)
-        if marker is not None:  # a nested run folder: only what its own marker lists
-            with RunFolder(path, marker.kind, ()) as nested:
-                nested.remove_outputs()
-                (path / MARKER_FILE).unlink(missing_ok=True)
-                (path / LOCK_FILE).unlink(missing_ok=True)
-            with _ignore_not_empty():
-                path.rmdir()
+        if read_marker(path) is not None:  # a nested run folder: only what its marker lists
+            remove_run_folder(path)
             return
         for file in path.glob("events.out.tfevents.*"):  # TensorBoard's own file names
             file.unlink()
@@ -386,3 +380,29 @@ class RunFolder:
             if is_disk_full(error):
                 raise disk_full_error(path) from error
             raise
+
+
+def remove_run_folder(path: str | os.PathLike[str]) -> list[str]:
+    """Delete a finished run's folder, as far as its marker proves the run wrote it.
+
+    The outputs the marker lists are deleted (inside a written folder, only the files its
+    manifest lists; a file it does not list refuses the whole removal, untouched), then the
+    marker and the lock, then the folder if nothing else is left. Returns the entries left
+    because no run recorded writing them. A folder without a marker is refused: nothing in
+    it is proven written by a run.
+    """
+    folder = Path(path)
+    marker = read_marker(folder)
+    if marker is None:
+        raise RunFolderError(
+            f"{folder} has no {MARKER_FILE}, so nothing in it is proven written by a "
+            "sequencematch run; nothing was deleted"
+        )
+    with RunFolder(folder, marker.kind, ()) as run:
+        run.remove_outputs()
+        (folder / MARKER_FILE).unlink(missing_ok=True)
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+    left = sorted(entry.name for entry in folder.iterdir())
+    if not left:
+        folder.rmdir()
+    return left

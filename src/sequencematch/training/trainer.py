@@ -58,6 +58,7 @@ from .config import TrainConfig
 from .distributed import World, all_gather_objects, all_ranks_true, barrier, sum_over_ranks
 from .model_noise import ModelSampleNoise, model_noise_sources
 from .noise import build_noise_source
+from .optimizer import build_adamw, keep_implementation
 from .replay import ReplayBuffer, Trace
 from .run_folder import RunFolder
 from .schedule import lr_at, phase_at, sm_weight
@@ -286,7 +287,7 @@ class Trainer:
             lr = self.config.value_head_lr
             groups.append({"params": list(self.value_head.parameters()), "weight_decay": 0.0,
                            "lr": lr, "base_lr": lr})  # fmt: skip
-        return torch.optim.AdamW(groups, lr=self.config.lr)
+        return build_adamw(groups, lr=self.config.lr)  # fused where torch's kernel applies
 
     def _restore(self, checkpoint: Path) -> None:
         try:
@@ -312,6 +313,7 @@ class Trainer:
                 load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
             else:
                 self.optimizer.load_state_dict(state["optimizer"])
+            keep_implementation(self.optimizer)  # not the saved run's fused/foreach flags
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError) as error:
