@@ -135,3 +135,18 @@ def test_bad_inputs_are_refused():
         paired_bootstrap([], [])
     with pytest.raises(ValueError, match="confidence"):
         mcnemar([True], [False], confidence=1.5)
+
+
+def test_two_seeds_or_identical_differences_make_no_claim_over_seeds():
+    # two equal per-seed differences: a zero-width interval that is no evidence
+    equal = seed_difference([0.01, 0.01])
+    assert equal.low == equal.high == pytest.approx(0.01)
+    assert verdict(equal).startswith("no significant difference")
+    # two clearly positive, different ones: still too few seeds to claim anything
+    two = seed_difference([0.30, 0.31])
+    assert two.low > 0 and verdict(two).startswith("no significant difference (2 seeds")
+    # three seeds with a spread: a claim is made
+    three = seed_difference([0.30, 0.31, 0.29])
+    assert verdict(three) == "better"
+    # three identical ones: no spread to judge
+    assert "no spread" in verdict(seed_difference([0.02, 0.02, 0.02]))

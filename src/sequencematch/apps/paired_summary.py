@@ -21,7 +21,12 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from ..evaluation.paired import PairedDifference, seed_difference, verdict
+from ..evaluation.paired import (
+    MIN_SEEDS_FOR_A_CLAIM,
+    PairedDifference,
+    seed_difference,
+    verdict,
+)
 from ..tasks.comparison import Comparison, Metric
 from .comparison import COMPARISONS, METHODS, OFFLINE, ONLINE, WARMUP, timing_line
 
@@ -213,6 +218,12 @@ def conclusion(results: dict[str, Any]) -> list[str]:
             f"Over {seeds} seeds (95% Student-t intervals of the mean paired difference; "
             "a method is called better or worse only where its interval excludes zero):"
         )
+        if seeds < MIN_SEEDS_FOR_A_CLAIM:
+            lines[-1] = (
+                f"Over {seeds} seeds: too few for a claim over seeds (at least "
+                f"{MIN_SEEDS_FOR_A_CLAIM} are needed; `--seeds` adds more), so no method is "
+                "called better or worse below; the within-seed tests are the evidence:"
+            )
     lines += ["", *bullets, ""]
     cost = summary["cost"]
     ratio = cost.get("online_over_offline")

@@ -219,11 +219,23 @@ def seed_difference(differences: Sequence[float], confidence: float = 0.95) -> P
     return PairedDifference(mean, low, high, p_value, len(values), confidence, "t")
 
 
+MIN_SEEDS_FOR_A_CLAIM = 3
+"""Fewest seeds an over-seed (Student-t) interval needs before it is read as a difference: with
+two, one degree of freedom, and two per-seed differences that happen to be equal (200 items
+give steps of 0.005) collapse the interval to a point."""
+
+
 def verdict(result: PairedDifference, higher_is_better: bool = True) -> str:
     """What an interval supports, in words: ``better``, ``worse`` or ``no significant
-    difference`` (also for a single seed, whose interval is undefined)."""
+    difference`` (also for a single seed, whose interval is undefined, for fewer than
+    :data:`MIN_SEEDS_FOR_A_CLAIM` seeds, and for per-seed differences with no spread)."""
     if math.isnan(result.low) or math.isnan(result.high):
         return "no significant difference (one seed: no interval)"
+    if result.method == "t" and result.n < MIN_SEEDS_FOR_A_CLAIM:
+        return (f"no significant difference ({result.n} seeds: a claim over seeds needs at "
+                f"least {MIN_SEEDS_FOR_A_CLAIM})")  # fmt: skip
+    if result.method == "t" and result.low == result.high:
+        return "no significant difference (identical per-seed differences: no spread to judge)"
     if result.low > 0:
         return "better" if higher_is_better else "worse"
     if result.high < 0:
