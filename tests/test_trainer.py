@@ -200,6 +200,19 @@ def test_sequencematch_deletes_forced_tokens_more_than_mle_bkspc_on_the_same_noi
     assert sm_right < 0.15
 
 
+def train_in_one_and_two_processes(flags: list[str], tmp_path: Path) -> None:
+    """``train`` with ``flags`` in one process (``tmp_path/one``) and under torchrun with two
+    (``tmp_path/two``), one thread each; both must succeed."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cli = [sys.executable, "-m", "sequencematch.apps.cli", "train"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "sequencematch.apps.cli", "train"]  # fmt: skip
+    for command, name in ((cli, "one"), (launcher, "two")):
+        done = subprocess.run(command + flags + ["--output-dir", str(tmp_path / name)], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_torchrun_two_processes_match_one(tmp_path):
     """2 CPU processes (gloo) compute the same update as 1 process with the same batch."""
     flags = [
@@ -210,16 +223,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         "--replay-size", "16", "--refresh-every", "2", "--max-new-tokens", "6",
         "--progress", "false", "--p-noise", "0.2", "--save-every", "0", "--lr", "3e-3",
     ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cli = [sys.executable, "-m", "sequencematch.apps.cli", "train"]
-    single = subprocess.run(cli + flags + ["--output-dir", str(tmp_path / "one")], env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert single.returncode == 0, single.stderr[-2000:]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "sequencematch.apps.cli", "train"]  # fmt: skip
-    double = subprocess.run(launcher + flags + ["--output-dir", str(tmp_path / "two")], env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert double.returncode == 0, double.stderr[-2000:]
+    train_in_one_and_two_processes(flags, tmp_path)
     one = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "model")
     two = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model")
     assert (parameters(one) - parameters(two)).abs().max().item() <= 1e-5

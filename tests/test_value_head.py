@@ -3,15 +3,12 @@ parallelism, and never enters the saved policy."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer import parameters, run, small_config
+from test_trainer import parameters, run, small_config, train_in_one_and_two_processes
 
 from sequencematch.training.checkpoints import latest_checkpoint
 from sequencematch.training.value_head import ValueHead
@@ -88,16 +85,7 @@ def test_torchrun_two_processes_match_one_with_a_value_head(tmp_path):
         "--max-new-tokens", "6", "--progress", "false", "--p-noise", "0.2", "--save-every", "0",
         "--lr", "3e-3", "--keep-checkpoints", "1",
     ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cli = [sys.executable, "-m", "sequencematch.apps.cli", "train"]
-    single = subprocess.run(cli + flags + ["--output-dir", str(tmp_path / "one")], env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert single.returncode == 0, single.stderr[-2000:]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "sequencematch.apps.cli", "train"]  # fmt: skip
-    double = subprocess.run(launcher + flags + ["--output-dir", str(tmp_path / "two")], env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert double.returncode == 0, double.stderr[-2000:]
+    train_in_one_and_two_processes(flags, tmp_path)
     heads = []
     for name in ("one", "two"):
         state = torch.load(latest_checkpoint(tmp_path / name) / "state.pt", weights_only=False)
