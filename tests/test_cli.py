@@ -34,14 +34,17 @@ def test_demo_writes_report_plot_results_and_every_model(demo_folder):
     for record in results["seeds"].values():
         assert list(record["methods"]) == list(METHODS)
         for entry in record["methods"].values():
-            levels = [e["noise_prob"] for e in entry["sweep"]]
-            assert levels == [0.0, 0.05, 0.1, 0.2]
+            levels = [(e["noise_prob"], e["temperature"]) for e in entry["sweep"]]
+            greedy = [(p, None) for p in (0.0, 0.05, 0.1, 0.2)]
+            assert levels == greedy + [(0.0, 1.0)]  # then sampled at T=1, p=0
             for evaluation in entry["sweep"]:
                 assert 0.0 <= evaluation["ci_low"] <= evaluation["accuracy"] <= 1.0
                 assert len(evaluation["outcomes"]) == 60  # one per test question
                 assert evaluation["outcomes"].count("1") == evaluation["correct"]
     over = results["paired"]["over_seeds"]["sequencematch-chi2-bkspc vs offline-chi2-bkspc"]
-    assert set(over) == {"accuracy@0", "accuracy@0.05", "accuracy@0.1", "accuracy@0.2"}
+    assert set(over) == {"accuracy@0", "accuracy@0.05", "accuracy@0.1", "accuracy@0.2",
+                         "sampled@0"}  # fmt: skip
+    assert "| method | p=0 | p=0.05 | p=0.1 | p=0.2 | p=0 sampled |" in report
 
 
 def test_resume_reruns_only_what_did_not_finish_and_gets_the_same_answers(demo_folder):

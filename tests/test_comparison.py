@@ -33,13 +33,15 @@ N = 400
 LEVELS = (0.0, 0.2)
 
 
+def _evaluation(p: float, k: int, temperature: float | None = None) -> dict:
+    """One evaluation at forced noise ``p``: the first ``k`` of N questions right."""
+    return {"noise_prob": p, "accuracy": k / N, "forced_deleted_rate": 0.5,
+            "outcomes": "1" * k + "0" * (N - k), "temperature": temperature}  # fmt: skip
+
+
 def _entry(correct: dict[float, int], cpu: float = 10.0) -> dict:
     """A method's entry: at each level, the first ``correct[p]`` of N questions right."""
-    sweep = [
-        {"noise_prob": p, "accuracy": k / N, "forced_deleted_rate": 0.5,
-         "outcomes": "1" * k + "0" * (N - k)}
-        for p, k in correct.items()
-    ]  # fmt: skip
+    sweep = [_evaluation(p, k) for p, k in correct.items()]
     return {"train_seconds": cpu, "train_cpu_seconds": cpu, "sweep": sweep}
 
 
@@ -140,6 +142,48 @@ def test_the_report_body_shows_every_table_and_the_timing():
     assert "the whole comparison took 10.0 min" in body
 
 
+def test_sampled_answers_are_paired_apart_from_greedy_ones_at_the_same_level():
+    """A sampled evaluation at p=0 is its own metric: greedy p=0 ties, sampled p=0 differs on
+    every seed, and the report says so for each, with its own column."""
+    per_seed = []
+    for seed, gain in enumerate((40, 44, 38)):
+        results = fake_results(CONSISTENT)  # greedy entries of the consistent seeds
+        methods = results["seeds"][str(seed)]["methods"]
+        for method, entry in methods.items():
+            greedy = _level_of(entry, 0.0)
+            sampled = greedy - 60 + (gain if method == ONLINE else 0)
+            entry["sweep"].append(_evaluation(0.0, sampled, temperature=1.0))
+        per_seed.append(methods)
+    seeds = {str(i): {"warmup": {"train_seconds": 30.0, "train_cpu_seconds": 30.0},
+                      "methods": methods} for i, methods in enumerate(per_seed)}  # fmt: skip
+    results = {"settings": {"levels": list(LEVELS), "sampled_levels": [0.0], "n_test": N},
+               "seeds": seeds, "workers": 2, "threads_per_worker": 1}  # fmt: skip
+    results["paired"] = summarise(results, ArithmeticComparison())
+    over = results["paired"]["over_seeds"][label(MLE, ONLINE)]
+    greedy_online = [per_seed[i][ONLINE] for i in range(3)]
+    sampled = [_level_of(e, 0.0, sampled=True) - _level_of(e, 0.0) for e in greedy_online]
+    assert sampled == [40 - 60, 44 - 60, 38 - 60]  # built as intended
+    expected = sum(
+        (_level_of(per_seed[i][ONLINE], 0.0, True) - _level_of(per_seed[i][MLE], 0.0, True)) / N
+        for i in range(3)
+    ) / 3  # fmt: skip
+    assert over["sampled@0"]["difference"] == pytest.approx(expected)
+    assert over["sampled@0"]["low"] > 0  # better when sampling ...
+    assert over["accuracy@0"]["difference"] < 0  # ... though worse greedily
+    table = ArithmeticComparison().table(results)
+    assert "| method | p=0 | p=0.2 | p=0 sampled | forced tokens deleted at p=0.1 |" in table
+    lines = "\n".join(conclusion(results))
+    online = next(line for line in lines.splitlines() if line.startswith("- **sequencematch"))
+    assert "better at p=0 sampled (" in online
+
+
+def _level_of(entry: dict, p: float, sampled: bool = False) -> int:
+    """Correct answers of ``entry`` at level ``p`` (greedy or sampled)."""
+    (evaluation,) = [e for e in entry["sweep"] if e["noise_prob"] == p
+                     and (e["temperature"] is not None) == sampled]  # fmt: skip
+    return evaluation["outcomes"].count("1")
+
+
 def test_the_four_methods_differ_only_in_what_defines_them(tmp_path):
     settings = DemoSettings.quick()
     configs = method_configs(settings, 5, tmp_path / "warmup" / "model", tmp_path)
@@ -224,3 +268,15 @@ def test_text_methods_are_compared_by_a_bootstrap_over_the_same_prompts():
     diversity = tested["diversity"]
     assert diversity.method == "bootstrap" and diversity.n == 40
     assert diversity.difference < 0 and diversity.high < 0  # the looping method is less diverse
+
+
+def test_the_pretrained_text_demo_leaves_room_for_compounding_errors():
+    """Fine-tuning a pretrained model on text: continuations of at least 128 of its tokens,
+    three seeds (the fewest a claim over seeds needs), bf16 and the normalised value reading."""
+    from sequencematch.apps.text_demo import TextDemoSettings
+    from sequencematch.evaluation.paired import MIN_SEEDS_FOR_A_CLAIM
+
+    settings = TextDemoSettings.pretrained("smollm2-135m").validate()
+    assert settings.completion_tokens >= 128 and settings.seeds >= MIN_SEEDS_FOR_A_CLAIM
+    assert (settings.precision, settings.value_head) == ("bf16", "normalised")
+    assert not settings.from_scratch() and settings.model == "smollm2-135m"

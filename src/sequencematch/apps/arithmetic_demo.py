@@ -51,6 +51,7 @@ class DemoSettings(ComparisonSettings):
     p_noise: float = 0.15
     noise_source: str = "task"
     levels: tuple[float, ...] = NOISE_LEVELS
+    sampled_levels: tuple[float, ...] = (0.0,)  # also evaluated with answers sampled at T=1
 
     @classmethod
     def quick(cls) -> DemoSettings:
@@ -69,7 +70,8 @@ class DemoSettings(ComparisonSettings):
         return {"difficulty": list(self.difficulty), "max_new_tokens": 16}
 
     def evaluation_options(self) -> EvalOptions:
-        return EvalOptions(seed=self.seed, levels=tuple(self.levels))
+        return EvalOptions(seed=self.seed, levels=tuple(self.levels),
+                           sampled_levels=tuple(self.sampled_levels), temperature=1.0)  # fmt: skip
 
 
 def method_configs(

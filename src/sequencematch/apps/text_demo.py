@@ -10,7 +10,7 @@ repetition, diversity and n-gram entropy of the sampled continuations, perplexit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +55,15 @@ class TextDemoSettings(ComparisonSettings):
                    hidden_size=32, num_layers=1, vocab_size=300, prompt_tokens=8,
                    completion_tokens=12, n_train=200, n_valid=16, n_test=24, refresh_every=5,
                    mauve_seeds=2)  # fmt: skip
+
+    @classmethod
+    def pretrained(cls, model: str) -> TextDemoSettings:
+        """The reduced comparison for a pretrained model: continuations of 128 of its tokens
+        (compounding errors need room), a short fine-tune, 100 test prompts, 3 seeds."""
+        return replace(super().pretrained(model), seeds=3, warmup_steps=30, steps=20,
+                       batch_size=8, n_train=2000, n_valid=50, n_test=100, warmup_lr=1e-4,
+                       lr=5e-5, prompt_tokens=32, completion_tokens=128, mauve_seeds=3,
+                       refresh_every=10)  # fmt: skip
 
     def task_config(self) -> dict[str, Any]:
         return {"train_file": self.corpus, "vocab_size": self.vocab_size,

@@ -2,9 +2,11 @@
 
 Every method is evaluated greedily on the same held-out questions at each forced-noise
 level (a random answer character forced with probability p per generated step), with the
-same noise seed. Two methods of one seed are compared on the questions' pairs (McNemar's
-exact test, Newcombe's interval of the difference); the table gives the mean accuracy over
-seeds, the plot the paired differences against p.
+same noise seed, and with answers sampled at temperature 1 at the levels asked for (how the
+model behaves when nothing is forced: errors it makes itself then compound). Two methods of
+one seed are compared on the questions' pairs (McNemar's exact test, Newcombe's interval of
+the difference); the table gives the mean accuracy over seeds, the plot the paired greedy
+differences against p.
 """
 
 from __future__ import annotations
@@ -34,11 +36,23 @@ def decode_outcomes(text: str) -> list[bool]:
     return [character == "1" for character in text]
 
 
-def _level(entry: dict[str, Any], level: float) -> dict[str, Any]:
+def _level(entry: dict[str, Any], level: float, sampled: bool = False) -> dict[str, Any]:
+    """The evaluation of ``entry`` at forced-noise ``level``, greedy or ``sampled``."""
     for evaluation in entry["sweep"]:
-        if abs(evaluation["noise_prob"] - level) < 1e-9:
+        is_sampled = evaluation.get("temperature") is not None
+        if abs(evaluation["noise_prob"] - level) < 1e-9 and is_sampled == sampled:
             return evaluation
-    raise ValueError(f"no evaluation at forced-noise level {level} in this entry")
+    decoding = "sampled" if sampled else "greedy"
+    raise ValueError(f"no {decoding} evaluation at forced-noise level {level} in this entry")
+
+
+SAMPLED = "sampled"  # metric key prefix of accuracies with sampled answers
+
+
+def _metric_evaluation(entry: dict[str, Any], key: str) -> dict[str, Any]:
+    """The evaluation behind the metric ``key`` (``accuracy@p`` or ``sampled@p``)."""
+    kind, level = key.split("@")
+    return _level(entry, float(level), sampled=kind == SAMPLED)
 
 
 def _mean_cell(values: list[float], digits: int = 3) -> str:
@@ -46,6 +60,18 @@ def _mean_cell(values: list[float], digits: int = 3) -> str:
     if math.isnan(low):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _sampled_note(settings: dict[str, Any]) -> str:
+    """The report's sentence on the sampled evaluations (none when there are none)."""
+    levels = settings.get("sampled_levels", ())
+    if not levels:
+        return ""
+    named = " and ".join(f"p={p:g}" for p in levels)
+    return (
+        f" Columns `sampled`: answers sampled at temperature 1 (at {named}; the same sampling "
+        "seed for every method), where a model's own mistakes compound."
+    )
 
 
 class ArithmeticComparison(Comparison):
@@ -64,7 +90,10 @@ class ArithmeticComparison(Comparison):
         max_new_tokens: int,
         options: EvalOptions,
     ) -> list[ExactMatchEval]:
-        """The task's evaluation at every level of ``options.levels`` (same questions, seed)."""
+        """The task's greedy evaluation at every level of ``options.levels``, then sampled
+        at every level of ``options.sampled_levels`` (same questions and seed)."""
+        runs = [(level, False) for level in options.levels]
+        runs += [(level, True) for level in options.sampled_levels]
         return [
             task.evaluate(
                 model,
@@ -72,9 +101,9 @@ class ArithmeticComparison(Comparison):
                 pairs,
                 bkspc_id=bkspc_id,
                 max_new_tokens=max_new_tokens,
-                options=replace(options, noise_prob=level),
+                options=replace(options, noise_prob=level, sample=sampled),
             )  # fmt: skip
-            for level in options.levels
+            for level, sampled in runs
         ]
 
     def entry(self, result: list[ExactMatchEval], seconds: float) -> dict[str, Any]:
@@ -88,11 +117,16 @@ class ArithmeticComparison(Comparison):
         return f"| {name} | " + " | ".join(cells) + " |"
 
     def metrics(self, settings: dict[str, Any]) -> list[Metric]:
-        """Exact-match accuracy at each forced-noise level."""
-        return [Metric(f"accuracy@{p:g}", f"p={p:g}") for p in settings["levels"]]
+        """Exact-match accuracy at each forced-noise level, greedy, then sampled at
+        temperature 1 at each of ``sampled_levels`` (absent from older results)."""
+        greedy = [Metric(f"accuracy@{p:g}", f"p={p:g}") for p in settings["levels"]]
+        return greedy + [
+            Metric(f"{SAMPLED}@{p:g}", f"p={p:g} sampled")
+            for p in settings.get("sampled_levels", ())
+        ]  # fmt: skip
 
     def value(self, entry: dict[str, Any], metric: Metric) -> float:
-        return float(_level(entry, float(metric.key.split("@")[1]))["accuracy"])
+        return float(_metric_evaluation(entry, metric.key)["accuracy"])
 
     def within_seed(
         self,
@@ -105,10 +139,9 @@ class ArithmeticComparison(Comparison):
         for a, b in pairs:
             tested[(a, b)] = {}
             for metric in self.metrics(settings):
-                level = float(metric.key.split("@")[1])
                 tested[(a, b)][metric.key] = mcnemar(
-                    decode_outcomes(_level(entries[a], level)["outcomes"]),
-                    decode_outcomes(_level(entries[b], level)["outcomes"]),
+                    decode_outcomes(_metric_evaluation(entries[a], metric.key)["outcomes"]),
+                    decode_outcomes(_metric_evaluation(entries[b], metric.key)["outcomes"]),
                 )
         return tested
 
@@ -120,18 +153,19 @@ class ArithmeticComparison(Comparison):
         )
 
     def table(self, results: dict[str, Any]) -> str:
-        """Mean exact-match accuracy over seeds [95% Student-t interval] per forced-noise
-        level, and the mean share of forced tokens deleted at p = 0.1."""
-        levels = results["settings"]["levels"]
+        """Mean exact-match accuracy over seeds [95% Student-t interval] per metric (greedy
+        per forced-noise level, then sampled), and the mean share of forced tokens deleted
+        at p = 0.1 (greedy)."""
+        metrics = self.metrics(results["settings"])
         header = (
-            "| method | " + " | ".join(f"p={p:g}" for p in levels) + " | forced tokens "
+            "| method | " + " | ".join(m.label for m in metrics) + " | forced tokens "
             "deleted at p=0.1 |"
         )
-        lines = [header, "|---" * (len(levels) + 2) + "|"]
+        lines = [header, "|---" * (len(metrics) + 2) + "|"]
         seeds = list(results["seeds"].values())
         for name in seeds[0]["methods"]:
             entries = [seed["methods"][name] for seed in seeds]
-            cells = [_mean_cell([_level(e, p)["accuracy"] for e in entries]) for p in levels]
+            cells = [_mean_cell([self.value(e, m) for e in entries]) for m in metrics]
             deleted = [
                 _level(e, 0.1)["forced_deleted_rate"] for e in entries
                 if any(abs(x["noise_prob"] - 0.1) < 1e-9 for x in e["sweep"])
@@ -206,7 +240,7 @@ class ArithmeticComparison(Comparison):
             "",
             "Evaluation: greedy answers, exact match; p is the probability that a random answer "
             "character is forced instead of the model's choice at each generated step (the "
-            "same noise seed for every method).",
+            "same noise seed for every method)." + _sampled_note(settings),
             "",
             body,
         ]

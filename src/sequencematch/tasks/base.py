@@ -88,6 +88,8 @@ class EvalOptions:
         seed: seed of sampling and of the forced noise.
         noise_prob: forced-noise probability per generated step (a single evaluation).
         levels: forced-noise levels of a comparison's sweep (exact-match tasks).
+        sampled_levels: forced-noise levels a comparison also evaluates with answers
+            sampled at ``temperature`` (exact-match tasks; none by default).
         temperature: sampling temperature: of open-ended generation (text, always
             sampled), and of answers (exact-match tasks) when ``sample`` is set.
         sample: exact-match tasks: sample answers at ``temperature`` instead of decoding
@@ -102,6 +104,7 @@ class EvalOptions:
     seed: int = 0
     noise_prob: float = 0.0
     levels: tuple[float, ...] = (0.0,)
+    sampled_levels: tuple[float, ...] = ()
     temperature: float = 1.0
     sample: bool = False
     batch_size: int = 64
