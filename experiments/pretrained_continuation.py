@@ -60,6 +60,16 @@ ARMS: dict[str, dict[str, Any]] = {
     "mle-uniform-p15": {"method": "mle", "p_noise": 0.15, "noise_source": "uniform"},
     "mle-task+uniform-p15": {"method": "mle", "p_noise": 0.15, "noise_source": "task+uniform"},
     "mle-model-p15": {"method": "mle", "p_noise": 0.15, "noise_source": "model"},
+    # LoRA (r 64, alpha 16, every block linear: the paper's adapters) instead of full
+    # fine-tuning, at 10x the full fine-tune's lr (the adapters' updates are scaled by 1/4)
+    "mle-lora64": {"method": "mle", "lora_r": 64, "lora_alpha": 16.0, "lr": 5e-4},
+    "sm-normalised-lora64": {
+        "method": "sequencematch",
+        "value_head": "normalised",
+        "lora_r": 64,
+        "lora_alpha": 16.0,
+        "lr": 5e-4,
+    },
     "sm-normalised-task+uniform-p15": {
         "method": "sequencematch",
         "value_head": "normalised",

@@ -398,3 +398,28 @@ def test_stale_staging_folders_of_the_run_are_cleaned_and_others_kept(tmp_path, 
     train(config_for(folder, resume=True))
     assert not ours.exists() and not temporary.exists() and theirs.exists()
     assert "removed checkpoints/.step-00000003" in capsys.readouterr().out
+
+
+def test_removing_a_finished_runs_checkpoints_keeps_its_model_and_strangers_files(tmp_path):
+    """What a comparison does once a job's model is saved: every checkpoint the run wrote
+    goes, and a checkpoint holding a file the run did not write stays, with that file."""
+    from sequencematch.training.run_folder import RunFolder
+    from sequencematch.training.trainer import TRAIN_OUTPUTS
+
+    folder = tmp_path / "run"
+    train(config_for(folder, steps=6, save_every=2, keep_checkpoints=2))
+    saved = sorted(p.name for p in (folder / "checkpoints").glob("step-*"))
+    assert saved == ["step-00000004", "step-00000006"]
+    stranger = folder / "checkpoints" / "step-00000004" / "notes.txt"
+    stranger.write_text("mine")
+    model_files = snapshot(folder / "model")
+    with RunFolder(folder, "train", TRAIN_OUTPUTS) as run:
+        left = checkpoints.remove_checkpoints(run)
+    assert left == [folder / "checkpoints" / "step-00000004"] and stranger.read_text() == "mine"
+    assert not (folder / "checkpoints" / "step-00000006").exists()
+    assert snapshot(folder / "model") == model_files  # the model folder is untouched
+    stranger.unlink()
+    with RunFolder(folder, "train", TRAIN_OUTPUTS) as run:
+        assert checkpoints.remove_checkpoints(run) == []
+    assert not (folder / "checkpoints").exists()
+    assert (folder / "model" / "config.json").exists() and logged_steps(folder)[-1] == 6

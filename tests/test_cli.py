@@ -25,6 +25,9 @@ def test_demo_writes_report_plot_results_and_every_model(demo_folder):
         for name in METHODS:
             assert (demo_folder / f"seed-{seed}" / name / "model" / "config.json").exists(), name
             assert (demo_folder / f"seed-{seed}" / name / "model" / "task.json").exists(), name
+            # a finished job keeps its model; its checkpoints (optimiser state) are deleted
+            assert not (demo_folder / f"seed-{seed}" / name / "checkpoints").exists(), name
+        assert not (demo_folder / f"seed-{seed}" / "warmup" / "checkpoints").exists()
     report = (demo_folder / "report.md").read_text()
     assert all(name in report for name in METHODS) and "p=0.1" in report
     assert "### What the intervals support" in report and "Over 2 seeds" in report

@@ -15,6 +15,7 @@ this run wrote, after the new one has been read back and verified.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -253,6 +254,31 @@ def _remove_checkpoint(run: RunFolder, folder: Path) -> None:
         print(f"kept {folder} for files this run did not write: {', '.join(left[:3])}")
     else:
         run.forget(f"{CHECKPOINTS}/{folder.name}")
+
+
+def remove_checkpoints(run: RunFolder) -> list[Path]:
+    """Delete every checkpoint this run wrote, and ``latest`` when it wrote it: for a
+    finished run whose saved model is all that is wanted (a checkpoint's optimiser state
+    is 2-3x the model's size). Files the run did not write stay; returns the checkpoint
+    folders kept for them. ``checkpoints/`` itself goes only when this emptied it."""
+    folder = run.path / CHECKPOINTS
+    removed, left = 0, []
+    for path in sorted(folder.glob("step-*")):
+        if path.is_dir() and run.owns(f"{CHECKPOINTS}/{path.name}"):
+            _remove_checkpoint(run, path)
+            if path.exists():
+                left.append(path)
+            else:
+                removed += 1
+    pointer = f"{CHECKPOINTS}/{LATEST_FILE}"
+    if not left and run.owns(pointer):
+        (folder / LATEST_FILE).unlink(missing_ok=True)
+        run.forget(pointer)
+        removed += 1
+    if removed:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when nothing else is in it
+    return left
 
 
 def read_latest(run_dir: Path) -> str:
