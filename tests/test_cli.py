@@ -158,6 +158,8 @@ def test_demo_fine_tunes_a_pretrained_model_folder(demo_folder, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["model"] == str(start)
     assert results["settings"]["value_head"] == "normalised"
+    assert results["settings"]["lora_r"] == 8  # the methods continue through LoRA adapters
+    assert "through LoRA adapters (r 8" in (out / "report.md").read_text()
     # it starts where the earlier warm-up ended: far below a fresh model at the same step
     assert metric_at(out / "seed-0" / "warmup", 25) < metric_at(
         demo_folder / "seed-0" / "warmup", 25

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,28 @@ def test_the_pretrained_text_demo_leaves_room_for_compounding_errors():
     assert settings.completion_tokens >= 128 and settings.seeds >= MIN_SEEDS_FOR_A_CLAIM
     assert (settings.precision, settings.value_head) == ("bf16", "normalised")
     assert not settings.from_scratch() and settings.model == "smollm2-135m"
+
+
+def test_a_pretrained_comparison_continues_through_lora_and_its_report_says_so(tmp_path):
+    """The pretrained arithmetic settings: the warm-up fine-tunes every weight, the four
+    methods continue through LoRA adapters; the report describes what ran, not a preset."""
+    settings = DemoSettings.pretrained("smollm2-135m")
+    warmup = warmup_config(settings, 0, tmp_path / "warmup")
+    configs = method_configs(settings, 0, tmp_path / "warmup" / "model", tmp_path)
+    assert warmup.lora_r == 0 and warmup.model == "smollm2-135m"
+    assert {c.lora_r for c in configs.values()} == {64}
+    assert {c.lora_alpha for c in configs.values()} == {16.0}
+    results = fake_results(CONSISTENT)
+    results["settings"] |= json.loads(json.dumps(asdict(settings)))
+    results["from_scratch"] = False
+    report = ArithmeticComparison().report(results, "", None)
+    warmup_text = "plain MLE fine-tuning every weight of `smollm2-135m`, 40 steps of 16 questions"
+    assert warmup_text in report
+    assert "through LoRA adapters (r 64, alpha 16," in report
+    assert "from scratch" not in report and "width" not in report
+    scratch = fake_results(CONSISTENT)
+    scratch["settings"] |= json.loads(json.dumps(asdict(DemoSettings())))
+    scratch["from_scratch"] = True
+    report = ArithmeticComparison().report(scratch, "", None)
+    assert "plain MLE from scratch, 600 steps of 32 questions, a `tiny_llama` model" in report
+    assert "LoRA" not in report

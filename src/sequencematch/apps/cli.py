@@ -160,9 +160,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
                 f"pretrained model ({args.model}) keeps its own: leave them out"
             )
         # pretrained: the reduced sizes (the quick ones stay quick, with this model)
+        full = settings_class.pretrained(args.model)
         settings = (replace(settings, model=args.model, precision="bf16",
-                            value_head="normalised") if args.quick
-                    else settings_class.pretrained(args.model))  # fmt: skip
+                            value_head="normalised", lora_r=min(8, full.lora_r))
+                    if args.quick else full)  # fmt: skip
     elif args.model is not None:
         settings = replace(settings, model=args.model)
     settings = with_overrides(settings, **{n: getattr(args, n) for n in DEMO_OPTIONS})

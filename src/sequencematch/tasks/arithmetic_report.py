@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..evaluation.paired import PairedDifference, mcnemar, seed_difference
 from ..evaluation.statistics import mean_confidence_interval
 from .base import EvalOptions, Pair, Task
-from .comparison import MODELS_LINE, Comparison, Metric
+from .comparison import MODELS_LINE, Comparison, Metric, protocol_sentence
 from .exact_match import ExactMatchEval
 
 
@@ -219,12 +219,7 @@ class ArithmeticComparison(Comparison):
             f"questions per seed (the seed also draws the questions). Seeds: "
             f"{', '.join(seeds)}.",
             "",
-            "Protocol, per seed: one shared warm-up (plain MLE from scratch, "
-            f"{settings['warmup_steps']} steps of {settings['batch_size']} questions, Llama-style "
-            f"model with {settings['num_layers']} layers of width {settings['hidden_size']}, "
-            f"peak learning rate {settings['warmup_lr']}), saved; then every method continues "
-            f"from it for {settings['steps']} steps (peak learning rate {settings['lr']}) on the "
-            "same data order and noise draws, and is evaluated on the same questions:",
+            protocol_sentence(results, "questions") + ", and is evaluated on the same questions:",
             "",
             "- `mle`: cross-entropy on the clean answers;",
             "- `mle-bkspc`: cross-entropy on noise-augmented answers (p_noise "

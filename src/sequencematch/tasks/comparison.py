@@ -27,6 +27,36 @@ MODELS_LINE = "Models: `seed-<seed>/<method>/model` (warm-ups: `seed-<seed>/warm
 """Where a comparison's models are (a line of its report)."""
 
 
+def protocol_sentence(results: dict[str, Any], unit: str) -> str:
+    """The report's account of one seed's runs: the shared warm-up (a preset trained from
+    scratch, or a pretrained model fine-tuned) and the continuations (every weight, or LoRA
+    adapters), with their steps and learning rates; ``unit`` is what a batch holds."""
+    settings = results["settings"]
+    model = settings.get("model", "tiny_llama")
+    scratch = results.get("from_scratch", model.startswith("tiny_"))  # older files: presets
+    batch = f"{settings['warmup_steps']} steps of {settings['batch_size']} {unit}"
+    if scratch:
+        warmup = (
+            f"plain MLE from scratch, {batch}, a `{model}` model with {settings['num_layers']} "
+            f"layers of width {settings['hidden_size']}"
+        )
+    else:
+        warmup = f"plain MLE fine-tuning every weight of `{model}`, {batch}"
+    warmup += f", {settings.get('precision', 'fp32')}, peak learning rate {settings['warmup_lr']}"
+    lora = settings.get("lora_r", 0)
+    adapters = (
+        f" through LoRA adapters (r {lora}, alpha {settings['lora_alpha']:g}, every block "
+        "linear; merged into the saved model)"
+        if lora
+        else ""
+    )  # fmt: skip
+    return (
+        f"Protocol, per seed: one shared warm-up ({warmup}), saved; then every method "
+        f"continues from it for {settings['steps']} steps{adapters} (peak learning rate "
+        f"{settings['lr']}) on the same data order and noise draws"
+    )
+
+
 @dataclass(frozen=True)
 class Metric:
     """One number a comparison reports per method and seed, and compares between methods.

@@ -30,7 +30,7 @@ from ..evaluation.paired import (
 from ..evaluation.statistics import mean_confidence_interval
 from ..evaluation.text_evaluation import TextEval
 from .base import EvalOptions, Pair, Task
-from .comparison import MODELS_LINE, Comparison, Metric
+from .comparison import MODELS_LINE, Comparison, Metric, protocol_sentence
 
 
 def bootstrap_interval(
@@ -282,21 +282,22 @@ class TextComparison(Comparison):
     def report(self, results: dict[str, Any], body: str, plot: Path | None) -> str:
         settings = results["settings"]
         corpus = settings["corpus"] or "the complete works of Shakespeare (split by work)"
+        model = settings.get("model", "tiny_llama")
+        tokens = (
+            f"a byte-level BPE of {settings['vocab_size']} tokens trained on the training works"
+            if results.get("from_scratch", model.startswith("tiny_"))
+            else f"the tokenizer of `{model}`"
+        )  # fmt: skip
         lines = [
             "# SequenceMatch demo: text generation",
             "",
-            f"Corpus: {corpus}; a byte-level BPE of {settings['vocab_size']} tokens trained on "
-            f"the training works. Windows of {settings['prompt_tokens']} prompt + "
+            f"Corpus: {corpus}; {tokens}. Windows of {settings['prompt_tokens']} prompt + "
             f"{settings['completion_tokens']} completion tokens; a window cut from the middle "
             "of a work is not an ending (no `<eos>`: its value is bootstrapped), only a "
             f"window that ends its work is. Seeds: {', '.join(results['seeds'])}.",
             "",
-            "Protocol, per seed: one shared warm-up (plain MLE from scratch, "
-            f"{settings['warmup_steps']} steps of {settings['batch_size']} windows, Llama-style "
-            f"model with {settings['num_layers']} layers of width {settings['hidden_size']}, "
-            f"peak learning rate {settings['warmup_lr']}), saved; then every method continues "
-            f"from it for {settings['steps']} steps (peak learning rate {settings['lr']}) on the "
-            "same data order and noise draws: `mle`; `mle-bkspc` (noise-augmented windows, "
+            protocol_sentence(results, "windows")
+            + ": `mle`; `mle-bkspc` (noise-augmented windows, "
             f"p_noise {settings['p_noise']}, source `{settings['noise_source']}`); "
             "`offline-chi2-bkspc` (the data-only objective: lambda_mle "
             f"{settings['lambda_mle']} x MLE + the SequenceMatch-chi2 terms on data transitions "
