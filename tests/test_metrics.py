@@ -325,5 +325,17 @@ def test_perplexity_equals_exp_mean_nll_of_plain_forwards():
         handle.remove()
     assert len(nll) == 6
     assert got == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-10)
+    # a large vocabulary scores fewer rows at once: the same number, one row at a time
+    import sequencematch.evaluation.perplexity as module
+
+    assert module.rows_within_budget(64, 160, 49_153) == 8  # 2 GB of logits would be 64
+    budget = module.LOGITS_BUDGET
+    try:
+        module.LOGITS_BUDGET = 1
+        handle = boost_logit(model, bk, 3.0)
+        assert perplexity(model, prompts, completions, batch_size=2) == pytest.approx(got)
+    finally:
+        module.LOGITS_BUDGET = budget
+        handle.remove()
     with pytest.raises(ValueError, match="<bkspc>"):
         perplexity(model, prompts[:1], [[5, bk, 6]])

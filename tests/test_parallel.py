@@ -113,3 +113,19 @@ def test_the_schedule_says_what_runs_and_how():
     assert "2 at a time" in describe_schedule(jobs(a=10, b=10, c=5), workers=2)
     many = describe_schedule(jobs(**{f"r{i}": 3 for i in range(6)}), workers=2)
     assert many.startswith("== training r0, r1, r2, r3 and 2 more (3 steps each)")
+
+
+def _die() -> None:
+    """A worker killed from outside (as the kernel's out-of-memory killer does)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_is_an_error_naming_the_lost_jobs_not_a_wait_forever():
+    from sequencematch.apps.parallel import WorkerDied
+
+    jobs = {"killed": Job(_die), "fine": Job(operator.add, (1, 1))}
+    with pytest.raises(WorkerDied, match=r"killed while running jobs \(.*killed.*\).*--resume"):
+        dict(run_jobs(jobs, workers=2, progress=False, poll_seconds=0.2))

@@ -373,9 +373,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..training.checkpoints import CheckpointError
     from ..training.run_folder import RunFolderError
     from ..training.trainer import TrainingError
+    from .parallel import WorkerDied
 
     return (ValueError, OSError, ImportError, TrainingError, CheckpointError, RunFolderError,
-            SafetensorError)  # fmt: skip
+            SafetensorError, WorkerDied)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

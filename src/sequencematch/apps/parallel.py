@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,8 @@ def run_jobs(
     more jobs (e.g. runs that start from a model the finished job saved); they queue behind
     the jobs already waiting, so a free worker never waits for a whole stage to end.
     ``workers <= 1`` runs them here, one after the other, in order. A job that raises stops
-    the others and the error is raised here.
+    the others and the error is raised here; a worker that dies (killed for lack of memory,
+    say) raises :class:`WorkerDied` instead of leaving its job waiting forever.
     """
     queued = dict(jobs)  # every job so far, finished or not
     if workers <= 1 or (then is None and len(jobs) <= 1):
@@ -89,31 +92,57 @@ def run_jobs(
         return
     processes = workers if then is not None else min(workers, len(jobs))
     threads = threads_per_worker(processes)
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(processes=processes)
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
     try:
-        pending = {
-            name: pool.apply_async(_run_in_worker, (threads, job)) for name, job in queued.items()
-        }
+        pending = {name: pool.submit(_run_in_worker, threads, job) for name, job in queued.items()}
         started = last_print = time.monotonic()
         while pending:
-            finished = [name for name, result in pending.items() if result.ready()]
+            finished = [name for name, future in pending.items() if future.done()]
             for name in finished:
-                result = pending.pop(name).get()  # re-raises the job's exception
+                result = _result(pending.pop(name), name, pending)  # re-raises the job's error
                 yield name, result
                 for new_name, job in _follow_ups(then, name, result, queued).items():
                     queued[new_name] = job
-                    pending[new_name] = pool.apply_async(_run_in_worker, (threads, job))
+                    pending[new_name] = pool.submit(_run_in_worker, threads, job)
             now = time.monotonic()
             if pending and progress and now - last_print >= print_every:
                 print(progress_line({n: queued[n] for n in pending}, now - started), flush=True)
                 last_print = now
             if pending:
-                next(iter(pending.values())).wait(poll_seconds)
-        pool.close()
+                wait(pending.values(), timeout=poll_seconds, return_when=FIRST_COMPLETED)
     finally:
-        pool.terminate()
-        pool.join()
+        _stop(pool)
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended without returning its job's result (killed by the operating
+    system, most often for lack of memory)."""
+
+
+def _result(future: Future[Any], name: str, pending: Mapping[str, Future[Any]]) -> Any:
+    """The job's result; its own exception is raised as it is, a dead worker as
+    :class:`WorkerDied` naming the jobs that were lost with it."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        lost = ", ".join([name, *pending])
+        raise WorkerDied(
+            f"a worker process was killed while running jobs ({lost}), most often by the "
+            "operating system for lack of memory; the jobs that finished are kept: run the "
+            "same command again with --resume, and fewer --workers if memory is short"
+        ) from None
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued jobs and end the workers, also those still running a job (a job that
+    failed stops the others)."""
+    processes = list(getattr(pool, "_processes", {}).values())  # running workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _follow_ups(

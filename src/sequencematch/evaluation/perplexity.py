@@ -11,6 +11,15 @@ from ..core.actions import collate
 from ..core.backspace import backspace_id
 from ..core.forward import state_logits
 
+LOGITS_BUDGET = 2**26  # floats of logits held at once (256 MB in float32)
+
+
+def rows_within_budget(batch_size: int, length: int, vocab: int) -> int:
+    """Rows scored at once: at most ``batch_size``, and few enough that their ``[rows,
+    length, vocab]`` logits stay within :data:`LOGITS_BUDGET` (a 49k vocabulary makes 64
+    rows of 160 tokens 2 GB per copy), but at least one."""
+    return max(1, min(batch_size, LOGITS_BUDGET // max(1, length * vocab)))
+
 
 @torch.no_grad()
 def perplexity(
@@ -42,19 +51,22 @@ def perplexity(
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(prompts), batch_size):
-            batch = collate(
-                prompts[start : start + batch_size], completions[start : start + batch_size]
-            ).to(device)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        longest = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+        rows = rows_within_budget(batch_size, longest, vocab)
+        for start in range(0, len(prompts), rows):
+            batch = collate(prompts[start : start + rows], completions[start : start + rows]).to(
+                device
+            )
             logits = state_logits(
                 model, batch.sequences, batch.prompt_lengths, batch.lengths, bkspc_id=None
             )  # [B, T, V]: logits[b, t] score element t + 1
             if logits.dtype in (torch.float16, torch.bfloat16):
                 logits = logits.float()
-            rows = torch.arange(logits.shape[0], device=device)
+            row_index = torch.arange(logits.shape[0], device=device)
             if bkspc_id is not None:
                 logits = logits.clone()
-                logits[rows, batch.prompt_lengths - 1, bkspc_id] = float("-inf")
+                logits[row_index, batch.prompt_lengths - 1, bkspc_id] = float("-inf")
             log_probs = logits[:, :-1].log_softmax(dim=-1)  # [B, T-1, V]
             targets = batch.sequences[:, 1:]  # [B, T-1]
             token_log_probs = log_probs.gather(-1, targets[..., None])[..., 0]  # [B, T-1]
