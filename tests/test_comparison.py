@@ -249,6 +249,11 @@ def test_bad_demo_settings_are_refused():
         with_overrides(DemoSettings(), steps=0)
     with pytest.raises(ValueError, match="--corpus does not apply"):
         with_overrides(DemoSettings(), corpus="x.txt")
+    for bad in ({"lr": 0.0}, {"lora_r": -1}):
+        with pytest.raises(ValueError, match="--lr must be > 0 and --lora-r >= 0"):
+            with_overrides(DemoSettings(), **bad)
+    full = with_overrides(DemoSettings.pretrained("smollm2-135m"), lora_r=0, lr=5e-5)
+    assert (full.lora_r, full.lr) == (0, 5e-5)  # the five-seed run's full fine-tune
 
 
 def _text_entry(completions: list[str]) -> dict:

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="steps of each seed's shared MLE warm-up")  # fmt: skip
     demo.add_argument("--steps", type=int, default=None,
                       help="steps of every method after the warm-up")  # fmt: skip
+    demo.add_argument("--lr", type=float, default=None,
+                      help="peak learning rate of every method after the warm-up")  # fmt: skip
+    demo.add_argument("--lora-r", type=int, default=None,
+                      help="methods continue through LoRA adapters of this rank (0: every "
+                      "weight; default 64 with a pretrained --model, 0 from scratch)")  # fmt: skip
     demo.add_argument("--alpha", type=float, default=None, help="chi2 regulariser scale")
     demo.add_argument("--lambda-mle", type=float, default=None, help="MLE weight (chi2 methods)")
     demo.add_argument("--p-noise", type=float, default=None, help="training noise level")
@@ -139,7 +144,7 @@ DEMOS = {"arithmetic": "arithmetic_demo:DemoSettings", "text": "text_demo:TextDe
 """Each demo's settings: ``module:class`` in this package."""
 DEMO_OPTIONS = ("seed", "seeds", "warmup_steps", "steps", "alpha", "lambda_mle", "p_noise",
                 "noise_source", "difficulty", "hidden_size", "num_layers", "n_train", "n_test",
-                "corpus")  # fmt: skip
+                "corpus", "lr", "lora_r")  # fmt: skip
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

@@ -133,6 +133,11 @@ class ComparisonSettings:
                 f"--warmup-steps and --steps must be at least 1, got {self.warmup_steps} and "
                 f"{self.steps}"
             )
+        if not self.lr > 0 or self.lora_r < 0:
+            raise ValueError(
+                f"--lr must be > 0 and --lora-r >= 0 (0: every weight), got {self.lr} and "
+                f"{self.lora_r}"
+            )
         return self
 
     def task_config(self) -> dict[str, Any]:
