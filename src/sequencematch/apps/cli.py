@@ -289,6 +289,7 @@ def run_train(args: argparse.Namespace) -> int:
         if world.is_main:
             print({k: v for k, v in last.items() if not isinstance(v, list)})
             print(f"run folder: {config.output_dir}")
+        close_world(world, synchronise=True)
     finally:
         close_world(world)
     return 0

@@ -41,8 +41,14 @@ def init_world(device: str) -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def close_world(world: World) -> None:
+def close_world(world: World, synchronise: bool = False) -> None:
+    """Tear the process group down. With ``synchronise`` (after a run that ended normally on
+    every rank), first wait for all ranks, so that none destroys the group while another
+    still has traffic on it (gloo then aborts the process: "terminate called without an
+    active exception"); after an error the other ranks may never arrive, so no waiting."""
     if world.size > 1 and dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 
