@@ -149,11 +149,12 @@ def metric_at(folder, step: int) -> float:
 
 def test_demo_fine_tunes_a_pretrained_model_folder(demo_folder, tmp_path):
     """demo --model: the shared warm-up fine-tunes the given model instead of a fresh preset,
-    and SequenceMatch reads Q with the learned value offset."""
+    SequenceMatch reads Q with the learned value offset, and --lora-r continues the methods
+    through LoRA adapters (merged into each saved model)."""
     start = demo_folder / "seed-0" / "warmup" / "model"
     out = tmp_path / "pretrained"
     code = main(["demo", "--quick", "--model", str(start), "--seeds", "1", "--out", str(out),
-                 "--progress", "false"])  # fmt: skip
+                 "--progress", "false", "--lora-r", "8"])  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["model"] == str(start)

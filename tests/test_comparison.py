@@ -252,8 +252,8 @@ def test_bad_demo_settings_are_refused():
     for bad in ({"lr": 0.0}, {"lora_r": -1}):
         with pytest.raises(ValueError, match="--lr must be > 0 and --lora-r >= 0"):
             with_overrides(DemoSettings(), **bad)
-    full = with_overrides(DemoSettings.pretrained("smollm2-135m"), lora_r=0, lr=5e-5)
-    assert (full.lora_r, full.lr) == (0, 5e-5)  # the five-seed run's full fine-tune
+    lora = with_overrides(DemoSettings.pretrained("smollm2-135m"), lora_r=64, lr=5e-4)
+    assert (lora.lora_r, lora.lr) == (64, 5e-4)
 
 
 def _text_entry(completions: list[str]) -> dict:
@@ -288,10 +288,11 @@ def test_the_pretrained_text_demo_leaves_room_for_compounding_errors():
     assert not settings.from_scratch() and settings.model == "smollm2-135m"
 
 
-def test_a_pretrained_comparison_continues_through_lora_and_its_report_says_so(tmp_path):
-    """The pretrained arithmetic settings: the warm-up fine-tunes every weight, the four
-    methods continue through LoRA adapters; the report describes what ran, not a preset."""
-    settings = DemoSettings.pretrained("smollm2-135m")
+def test_a_pretrained_comparison_through_lora_adapters_and_its_report_says_so(tmp_path):
+    """With --lora-r the warm-up still fine-tunes every weight and the four methods continue
+    through LoRA adapters; the report describes what ran, not a preset."""
+    assert DemoSettings.pretrained("smollm2-135m").lora_r == 0  # every weight by default
+    settings = with_overrides(DemoSettings.pretrained("smollm2-135m"), lora_r=64, lr=5e-4)
     warmup = warmup_config(settings, 0, tmp_path / "warmup")
     configs = method_configs(settings, 0, tmp_path / "warmup" / "model", tmp_path)
     assert warmup.lora_r == 0 and warmup.model == "smollm2-135m"

@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=float, default=None,
                       help="peak learning rate of every method after the warm-up")  # fmt: skip
     demo.add_argument("--lora-r", type=int, default=None,
-                      help="methods continue through LoRA adapters of this rank (0: every "
-                      "weight; default 64 with a pretrained --model, 0 from scratch)")  # fmt: skip
+                      help="methods continue through LoRA adapters of this rank (default 0: "
+                      "every weight)")  # fmt: skip
     demo.add_argument("--alpha", type=float, default=None, help="chi2 regulariser scale")
     demo.add_argument("--lambda-mle", type=float, default=None, help="MLE weight (chi2 methods)")
     demo.add_argument("--p-noise", type=float, default=None, help="training noise level")
@@ -165,10 +165,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
                 f"pretrained model ({args.model}) keeps its own: leave them out"
             )
         # pretrained: the reduced sizes (the quick ones stay quick, with this model)
-        full = settings_class.pretrained(args.model)
         settings = (replace(settings, model=args.model, precision="bf16",
-                            value_head="normalised", lora_r=min(8, full.lora_r))
-                    if args.quick else full)  # fmt: skip
+                            value_head="normalised") if args.quick
+                    else settings_class.pretrained(args.model))  # fmt: skip
     elif args.model is not None:
         settings = replace(settings, model=args.model)
     settings = with_overrides(settings, **{n: getattr(args, n) for n in DEMO_OPTIONS})
