@@ -30,9 +30,26 @@ def weights(folder) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+"""What a torchrun rank sometimes prints as gloo aborts it at exit (seen in about one run in
+three when other tests ran before this one in the same session; never alone)."""
+
+
+class GlooExitAbort(AssertionError):
+    pass
+
+
 def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path):
     """Sharded over 2 processes, stopped after a checkpoint at step 2 and resumed, a run ends
-    with the weights of an uninterrupted single-process run."""
+    with the weights of an uninterrupted single-process run. The whole scenario is retried
+    once, in a new folder, only when a rank was aborted by gloo at exit (a known flake)."""
+    try:
+        _two_processes_match_one(tmp_path / "first")
+    except GlooExitAbort:
+        _two_processes_match_one(tmp_path / "again")
+
+
+def _two_processes_match_one(tmp_path) -> None:
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "sequencematch.apps.cli", "train"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -41,6 +58,8 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path):
     def train(command: list[str], *extra: str) -> None:
         done = subprocess.run(command + FLAGS + list(extra), env=env, capture_output=True,
                               text=True, timeout=300)  # fmt: skip
+        if done.returncode != 0 and GLOO_EXIT_ABORT in done.stderr:
+            raise GlooExitAbort(done.stderr[-3000:])
         assert done.returncode == 0, done.stderr[-3000:]
 
     train(cli, "--output-dir", str(tmp_path / "one"))
