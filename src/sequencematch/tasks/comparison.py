@@ -27,15 +27,22 @@ MODELS_LINE = "Models: `seed-<seed>/<method>/model` (warm-ups: `seed-<seed>/warm
 """Where a comparison's models are (a line of its report)."""
 
 
+def trained_from_scratch(results: dict[str, Any]) -> bool:
+    """Whether a comparison's warm-up trained a preset from scratch (results written before
+    the harness recorded it: a preset's name starts with ``tiny_``)."""
+    return results.get(
+        "from_scratch", results["settings"].get("model", "tiny_llama").startswith("tiny_")
+    )
+
+
 def protocol_sentence(results: dict[str, Any], unit: str) -> str:
     """The report's account of one seed's runs: the shared warm-up (a preset trained from
     scratch, or a pretrained model fine-tuned) and the continuations (every weight, or LoRA
     adapters), with their steps and learning rates; ``unit`` is what a batch holds."""
     settings = results["settings"]
     model = settings.get("model", "tiny_llama")
-    scratch = results.get("from_scratch", model.startswith("tiny_"))  # older files: presets
     batch = f"{settings['warmup_steps']} steps of {settings['batch_size']} {unit}"
-    if scratch:
+    if trained_from_scratch(results):
         warmup = (
             f"plain MLE from scratch, {batch}, a `{model}` model with {settings['num_layers']} "
             f"layers of width {settings['hidden_size']}"

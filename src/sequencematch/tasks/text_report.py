@@ -30,7 +30,7 @@ from ..evaluation.paired import (
 from ..evaluation.statistics import mean_confidence_interval
 from ..evaluation.text_evaluation import TextEval
 from .base import EvalOptions, Pair, Task
-from .comparison import MODELS_LINE, Comparison, Metric, protocol_sentence
+from .comparison import MODELS_LINE, Comparison, Metric, protocol_sentence, trained_from_scratch
 
 
 def bootstrap_interval(
@@ -282,11 +282,10 @@ class TextComparison(Comparison):
     def report(self, results: dict[str, Any], body: str, plot: Path | None) -> str:
         settings = results["settings"]
         corpus = settings["corpus"] or "the complete works of Shakespeare (split by work)"
-        model = settings.get("model", "tiny_llama")
         tokens = (
             f"a byte-level BPE of {settings['vocab_size']} tokens trained on the training works"
-            if results.get("from_scratch", model.startswith("tiny_"))
-            else f"the tokenizer of `{model}`"
+            if trained_from_scratch(results)
+            else f"the tokenizer of `{settings['model']}`"
         )  # fmt: skip
         lines = [
             "# SequenceMatch demo: text generation",
