@@ -4,7 +4,7 @@ Trains a tiny model with ``sequencematch train`` in subprocesses and, between ru
 what machines and users do to run folders:
 
 * ``kill -9`` at a random logged step, or at a named point inside a checkpoint write
-  (half-written ``state.pt``, before ``latest`` is updated, half-way through deleting an
+  (half-written training state, before ``latest`` is updated, half-way through deleting an
   old checkpoint), then ``--resume true``;
 * flips bytes in a random file of the latest checkpoint (resume must refuse, naming the
   file; the corrupt checkpoint is then moved aside as the message says) or tears the last
@@ -52,15 +52,14 @@ point, step = (os.environ.get("KILL_AT") or ":0").split(":")
 step = int(step)
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
-if point == "state":  # state.pt of checkpoint `step` half written in its staging folder
-    real_save = checkpoints.torch.save
-    def save(obj, stream, *args, **kwargs):
-        if obj.get("step") == step:
-            stream.write(b"PK half a zip archive")
-            stream.flush()
+if point == "state":  # the state of checkpoint `step` half written in its staging folder
+    real_write_state = checkpoints.write_state
+    def write_state(folder, state):
+        if state.get("step") == step:
+            (folder / "state.safetensors").write_bytes(b"half a safetensors file")
             die()
-        real_save(obj, stream, *args, **kwargs)
-    checkpoints.torch.save = save
+        real_write_state(folder, state)
+    checkpoints.write_state = write_state
 if point == "latest":  # checkpoint `step` renamed into place, latest not yet updated
     real_write = checkpoints.atomic_write_text
     def write(path, text, tag=""):

@@ -259,7 +259,7 @@ def test_a_diverging_run_keeps_only_finite_checkpoints(tmp_path, capsys):
     assert named is not None and f"checkpoint is {named}:" in str(error.value)
     for checkpoint in (folder / "checkpoints").glob("step-*"):
         assert all(torch.isfinite(t).all() for t in weights(checkpoint).values())
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        state = checkpoints.load_state(checkpoint)
         moments = [t for s in state["optimizer"]["state"].values() for t in s.values()]
         assert all(torch.isfinite(t).all() for t in moments)
     # the advice is followed: a lower lr is accepted and the checkpoint restores cleanly; these
@@ -333,12 +333,12 @@ def test_rotation_keeps_the_older_checkpoints_when_the_new_one_fails_verificatio
 
     def manifest_then_bit_rot(staging, run_id, **extra):
         real(staging, run_id, **extra)
-        flip_bytes(staging / "state.pt", 8)
+        flip_bytes(staging / "state.safetensors", 8)
 
     monkeypatch.setattr(checkpoints, "write_manifest", manifest_then_bit_rot)
     trainer.run.lock()
     trainer.step = 5
-    with pytest.raises(CheckpointError, match="state.pt does not match"):
+    with pytest.raises(CheckpointError, match="state.safetensors does not match"):
         trainer.save_checkpoint()
     trainer.close()
     assert latest_checkpoint(folder).name == "step-00000004"

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from sequencematch.apps.cli import main
 from sequencematch.training.run_folder import LOCK_FILE
@@ -54,10 +53,10 @@ def write_lines(path: Path, records: list) -> Path:
 def test_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--output-dir", str(run), "--steps", "4", "--stop-at", "2", *TINY]) == 0
-    state = run / "checkpoints" / "step-00000002" / "state.pt"
+    state = run / "checkpoints" / "step-00000002" / "state.safetensors"
     state.write_bytes(state.read_bytes()[:100])
     fails(capsys, ["train", "--output-dir", str(run), "--steps", "4", "--resume", "true", *TINY],
-          "state.pt does not match its sha256")  # fmt: skip
+          "state.safetensors does not match its sha256")  # fmt: skip
 
 
 def test_corrupt_model_weights_are_one_line(model_copy, capsys):
@@ -70,13 +69,15 @@ def test_corrupt_model_weights_are_one_line(model_copy, capsys):
 
 
 def test_a_full_disk_while_saving_a_checkpoint_says_so(tmp_path, capsys, monkeypatch):
-    real_save = torch.save
+    from safetensors.torch import save
 
-    def save_to_a_full_disk(obj, stream, *args, **kwargs):
+    from sequencematch.training import state_files
+
+    def save_to_a_full_disk(tensors, path, *args, **kwargs):
         with open("/dev/full", "wb") as full:
-            real_save(obj, full, *args, **kwargs)
+            full.write(save(tensors))
 
-    monkeypatch.setattr(torch, "save", save_to_a_full_disk)
+    monkeypatch.setattr(state_files, "save_file", save_to_a_full_disk)
     run = tmp_path / "run"
     fails(capsys, ["train", "--output-dir", str(run), "--steps", "2", "--save-every", "1", *TINY],
           "no space left on device (writing")  # fmt: skip

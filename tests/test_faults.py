@@ -1,6 +1,6 @@
 """Fault injection: ``kill -9`` a real ``sequencematch train`` process, then resume it.
 
-Three kills per run of the suite: one while ``state.pt`` of a checkpoint is half written,
+Three kills per run of the suite: one while the training state of a checkpoint is half written,
 one after a checkpoint folder is in place but before ``latest`` names it, and one at a
 random step (seeded). The resumed run must end with the model of an uninterrupted run, bit
 for bit, and ``metrics.jsonl`` must hold every step exactly once. ``python -m
@@ -40,14 +40,13 @@ step = int(step)
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 if point == "state":
-    real_save = checkpoints.torch.save
-    def save(obj, stream, *args, **kwargs):
-        if obj.get("step") == step:
-            stream.write(b"PK half a zip archive")
-            stream.flush()
+    real_write_state = checkpoints.write_state
+    def write_state(folder, state):
+        if state.get("step") == step:
+            (folder / "state.safetensors").write_bytes(b"half a safetensors file")
             die()
-        real_save(obj, stream, *args, **kwargs)
-    checkpoints.torch.save = save
+        real_write_state(folder, state)
+    checkpoints.write_state = write_state
 if point == "latest":
     real_write = checkpoints.atomic_write_text
     def write(path, text, tag=""):

@@ -87,7 +87,7 @@ def test_a_run_folder_is_never_reused_without_resume(tmp_path):
 def test_corrupt_checkpoint_is_refused_and_left_untouched(tmp_path):
     config = small_config(tmp_path, "run", steps=4, stop_at=2, method="mle")
     run(config)
-    state = latest_checkpoint(Path(config.output_dir)) / "state.pt"
+    state = latest_checkpoint(Path(config.output_dir)) / "state.safetensors"
     state.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt or incomplete"):
         run(config.replace(resume=True))

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from test_trainer import parameters, run, small_config, train_in_one_and_two_processes
 
-from sequencematch.training.checkpoints import latest_checkpoint
+from sequencematch.training.checkpoints import latest_checkpoint, load_state
 from sequencematch.training.value_head import ValueHead
 
 
@@ -88,7 +88,7 @@ def test_torchrun_two_processes_match_one_with_a_value_head(tmp_path):
     train_in_one_and_two_processes(flags, tmp_path)
     heads = []
     for name in ("one", "two"):
-        state = torch.load(latest_checkpoint(tmp_path / name) / "state.pt", weights_only=False)
+        state = load_state(latest_checkpoint(tmp_path / name))
         heads.append(torch.cat([t.flatten() for t in state["value_head"].values()]))
     assert heads[0].abs().max() > 1e-4
     assert (heads[0] - heads[1]).abs().max() <= 1e-5

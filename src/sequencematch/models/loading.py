@@ -26,6 +26,7 @@ from transformers import (
 
 from ..core.backspace import SUPPORTED_ATTENTION
 from .gguf import load_gguf
+from .pickled_weights import refused_pickles_in_one_line
 from .presets import tiny_model
 from .pretrained import PRETRAINED, pretrained_folder
 
@@ -202,13 +203,14 @@ def _load_folder(
             "tokenizer with tokenizer.save_pretrained(folder), or pass tokenizer=..."
         )
     extra = {"quantization_config": _four_bit_config(dtype)} if load_in_4bit else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        local_files_only=True,
-        **extra,
-    )
+    with refused_pickles_in_one_line(folder):
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            local_files_only=True,
+            **extra,
+        )
     if load_in_4bit:
         keep_four_bit_training_path(model)
     tokenizer = AutoTokenizer.from_pretrained(folder) if needs_tokenizer else None

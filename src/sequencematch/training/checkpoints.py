@@ -2,7 +2,8 @@
 
 Layout of a run folder::
 
-    checkpoints/step-000200/   model + tokenizer (save_pretrained), state.pt, manifest.json
+    checkpoints/step-000200/   model + tokenizer (save_pretrained), training state
+                               (state.json + state.safetensors), manifest.json
     checkpoints/latest         name of the newest complete checkpoint (replaced atomically)
 
 Each checkpoint is written into a staging folder (named with the run's id), then renamed:
@@ -10,7 +11,8 @@ a crash leaves the previous checkpoint or the new one, never a mixture, and the 
 recognises its own stale staging folders later. ``manifest.json`` holds the sha256 of every
 file; a checkpoint is used only after its files match it, and one holding non-finite
 parameters or optimiser state is never written. Rotation deletes only older checkpoints
-this run wrote, after the new one has been read back and verified.
+this run wrote, after the new one has been read back and verified. Reading a checkpoint
+only parses data (:mod:`.state_files`): one from someone else cannot run code.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from .run_folder import (
     read_manifest,
     remove_written_folder,
 )
+from .state_files import StateFileError, read_state, write_state
 
-STATE_FILE = "state.pt"
+LEGACY_STATE_FILE = "state.pt"  # a pickle, written before format 3; never read
 LATEST_FILE = "latest"
 CHECKPOINTS = "checkpoints"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class CheckpointError(RuntimeError):
@@ -225,8 +228,7 @@ def save_checkpoint(
 
     def write(staging: Path) -> None:
         _save_pretrained(model, tokenizer, staging, weights)
-        with open(staging / STATE_FILE, "wb") as stream:
-            torch.save({"format": FORMAT_VERSION, "step": step, **state}, stream)
+        write_state(staging, {"format": FORMAT_VERSION, "step": step, **state})
         write_manifest(staging, run.run_id, step=step)
 
     _write_folder(target, write, run)
@@ -352,17 +354,24 @@ def _is_ours(path: Path, run: RunFolder) -> bool:
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
-    """Read ``state.pt`` of a checkpoint, refusing a corrupt or unknown one clearly."""
-    path = checkpoint / STATE_FILE
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any failure means an unusable file
+    """Read a checkpoint's training state, refusing a corrupt, unknown or old one clearly
+    (an old checkpoint's ``state.pt`` is a pickle: it is never read, since reading it could
+    run code)."""
+    if (checkpoint / LEGACY_STATE_FILE).exists():
         raise CheckpointError(
-            f"checkpoint {checkpoint} is corrupt or incomplete ({type(error).__name__}: "
-            f"{error}); it was left untouched. Delete it (and fix {LATEST_FILE}) to resume "
-            "from an older one."
-        ) from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+            f"checkpoint {checkpoint} was written by an earlier version of sequencematch "
+            f"({LEGACY_STATE_FILE}), whose format this version does not read (loading it could "
+            "run code); start the run again with --overwrite true, or finish it with the "
+            "version that wrote it"
+        )
+    try:
+        state = read_state(checkpoint)
+    except StateFileError as error:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} is corrupt or incomplete ({error}); it was left "
+            f"untouched. Delete it (and fix {LATEST_FILE}) to resume from an older one."
+        ) from None
+    if state.get("format") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {checkpoint} has an unknown format; it was written by another "
             "version of this library"

@@ -43,6 +43,7 @@ from ..core.forward import (
 from ..core.objectives import training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
+from ..models.pickled_weights import refused_pickles_in_one_line
 from .adapters import adapt_model, load_trainable_state, trainable_state
 from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
 from .checkpoints import (
@@ -183,9 +184,10 @@ class Trainer:
 
         resume_from = self._find_resume_point()
         if resume_from is not None and config.lora_r == 0:  # LoRA: the base, adapters below
-            model = AutoModelForCausalLM.from_pretrained(
-                resume_from, attn_implementation=config.attn_implementation
-            )
+            with refused_pickles_in_one_line(resume_from):
+                model = AutoModelForCausalLM.from_pretrained(
+                    resume_from, attn_implementation=config.attn_implementation
+                )
             tokenizer = AutoTokenizer.from_pretrained(resume_from)
         check_backspace_support(model)
         self.tokenizer = tokenizer
