@@ -13,16 +13,23 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoints import config_for, same_weights, snapshot, train
 
+from sequencematch.apps.arithmetic_demo import DemoSettings
 from sequencematch.apps.cli import main
+from sequencematch.apps.comparison import prepare_output, with_overrides
+from sequencematch.core.files import OutsideFolderError, sha256_of
 from sequencematch.training import checkpoints
-from sequencematch.training.run_folder import MARKER_FILE
+from sequencematch.training.checkpoints import CheckpointError
+from sequencematch.training.run_folder import LOCK_FILE, MARKER_FILE, RunFolder, RunFolderError
 from sequencematch.training.state_files import StateFileError, read_state, write_state
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -132,7 +139,87 @@ def test_a_pickled_model_file_is_refused_in_one_line(model_folder, tmp_path, cap
 # ---------------------------------------------------------------------- 2. paths stay inside
 
 
+def outside_entries(tmp_path: Path, folder: Path) -> dict[str, str]:
+    """Entry kinds -> an entry of a file in ``folder`` naming ``tmp_path/victim.txt``."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = folder / "link.txt"
+    link.symlink_to(victim)
+    climb = os.path.relpath(victim, folder)
+    return {"climbing": climb, "absolute": str(victim), "symbolic link": link.name}
+
+
+@pytest.mark.parametrize("kind", ["climbing", "absolute", "symbolic link"])
+def test_rotation_never_follows_a_manifest_out_of_its_checkpoint(tmp_path, capsys, kind):
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), "--steps", "6", "--stop-at", "2",
+                 "--save-every", "2", "--keep-checkpoints", "1", *TINY]) == 0  # fmt: skip
+    checkpoint = run / "checkpoints" / "step-00000002"
+    entry = outside_entries(tmp_path, checkpoint)[kind]
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"][entry] = sha256_of(tmp_path / "victim.txt")
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    resume = ["train", "--output-dir", str(run), "--steps", "6", "--save-every", "2",
+              "--keep-checkpoints", "1", "--resume", "true", *TINY]  # fmt: skip
+    line = one_error_line(capsys, resume, f"lists {entry!r}, which is not inside")
+    assert "manifest.json" in line
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+
+
+def test_latest_naming_a_path_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(config_for(run, steps=4, stop_at=2))
+    (tmp_path / "elsewhere").mkdir()
+    (run / "checkpoints" / "latest").write_text("../../elsewhere\n")
+    with pytest.raises(CheckpointError, match="not the name of a checkpoint"):
+        train(config_for(run, steps=4, resume=True))
+
+
+@pytest.mark.parametrize("kind", ["climbing", "absolute", "symbolic link"])
+def test_overwrite_never_follows_a_marker_out_of_its_folder(tmp_path, capsys, kind):
+    run = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run), "--steps", "2", *TINY]) == 0
+    entry = outside_entries(tmp_path, run)[kind]
+    set_marker(run, outputs=["metrics.jsonl", "model", entry])
+    overwrite = ["train", "--output-dir", str(run), "--steps", "2", "--overwrite", "true", *TINY]
+    one_error_line(capsys, overwrite, f"lists {entry!r}, which is not inside")
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+
+
+def test_a_demo_overwrite_never_follows_its_marker_out(tmp_path):
+    out = tmp_path / "demo"
+    settings = DemoSettings.quick()
+    prepare_output(out, settings, resume=False)
+    victims = tmp_path / "logs"
+    victims.mkdir()
+    (victims / "events.out.tfevents.1").write_text("someone's training logs")
+    set_marker(out, outputs=["report.md", "../logs"])
+    with pytest.raises(OutsideFolderError, match="lists '../logs', which is not inside"):
+        prepare_output(out, settings, resume=False, overwrite=True)
+    (out / "seed-0").symlink_to(victims)
+    set_marker(out, outputs=["report.md", "seed-0"])
+    with pytest.raises(RunFolderError, match="seed-0 is a symbolic link"):
+        prepare_output(out, settings, resume=False, overwrite=True)
+    assert (victims / "events.out.tfevents.1").exists()
+
+
 # ---------------------------------------------------------------------- 3. writes stay inside
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_the_lock_file_is_never_written_through_a_link(tmp_path, capsys, link):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for kind, folder in (("train", tmp_path / "run"), ("demo", tmp_path / "demo")):
+        folder.mkdir()
+        lock = folder / LOCK_FILE
+        lock.symlink_to(victim) if link == "symbolic" else os.link(victim, lock)
+        with pytest.raises(RunFolderError, match="link"):
+            RunFolder(folder, kind, ()).lock()
+    train_into = ["train", "--output-dir", str(tmp_path / "run"), "--steps", "2", *TINY]
+    one_error_line(capsys, train_into, LOCK_FILE)
+    one_error_line(capsys, [*DEMO, "--out", str(tmp_path / "demo")], LOCK_FILE)
+    assert victim.read_text() == "precious"
 
 
 # ---------------------------------------------------------------------- 5. resume, no checkpoint
@@ -141,7 +228,74 @@ def test_a_pickled_model_file_is_refused_in_one_line(model_folder, tmp_path, cap
 # ---------------------------------------------------------------------- 7, 8. demo folders
 
 
+@pytest.mark.parametrize("obstacle", ["a user's file", "a run in use"])
+def test_a_demo_overwrite_checks_every_nested_run_before_deleting(tmp_path, obstacle):
+    out = tmp_path / "demo"
+    settings = with_overrides(DemoSettings.quick(), seeds=1)
+    prepare_output(out, settings, resume=False)
+    for name in ("warmup", "mle"):
+        train(config_for(out / "seed-0" / name, steps=2))
+    (out / "results.json").write_text("{}")
+    (out / "report.md").write_text("the report")
+    held = None
+    if obstacle == "a user's file":
+        (out / "seed-0" / "mle" / "model" / "extra.txt").write_text("mine")
+    else:
+        held = RunFolder(out / "seed-0" / "mle", "train", ()).lock()
+    before = snapshot(out)
+    message = "seed-0/mle/model/extra.txt" if held is None else "in use by another"
+    with pytest.raises(RunFolderError, match=message):
+        prepare_output(out, settings, resume=False, overwrite=True)
+    assert snapshot(out) == before
+    if held is not None:
+        held.release()
+    else:
+        (out / "seed-0" / "mle" / "model" / "extra.txt").unlink()
+    prepare_output(out, settings, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_FILE, MARKER_FILE,
+                                                            "settings.json"])  # fmt: skip
+
+
 # ---------------------------------------------------------------------- 9. signals
 
 
 # ---------------------------------------------------------------------- 10. final save
+
+
+def test_leftovers_of_a_killed_final_model_save_are_cleaned(tmp_path, capsys):
+    straight = tmp_path / "straight"
+    train(config_for(straight, steps=4))
+    run = tmp_path / "run"
+    trainer = train(config_for(run, steps=4))
+    run_id = trainer.run.run_id
+    # killed between the two renames of a model save: the old model retired, the new staged
+    os.replace(run / "model", run / f".model.old-{run_id}")
+    staging = run / f".model.tmp-{run_id}-k1ll3d"
+    shutil.copytree(run / f".model.old-{run_id}", staging)
+    train(config_for(run, steps=4, resume=True))
+    out = capsys.readouterr().out
+    assert "restored .model" in out and "removed .model.tmp" in out
+    assert not list(run.glob(".model.*")) and same_weights(run / "model", straight / "model")
+
+
+def test_kill_9_during_the_final_model_save_then_resume(tmp_path):
+    launcher = (
+        "import os, signal, sys\n"
+        "from sequencematch.training import checkpoints\n"
+        "real = checkpoints.write_manifest\n"
+        "def manifest(folder, run_id, **extra):\n"
+        "    if folder.name.startswith('.model.tmp-'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(folder, run_id, **extra)\n"
+        "checkpoints.write_manifest = manifest\n"
+        "from sequencematch.apps.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    run = tmp_path / "run"
+    flags = ["train", "--output-dir", str(run), "--steps", "4", "--resume", "true", *TINY]
+    killed = subprocess.run([sys.executable, "-c", launcher, *flags], env=environment(),
+                            capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(run.glob(".model.tmp-*")) and not (run / "model").exists()
+    assert main(flags) == 0
+    assert not list(run.glob(".model.*")) and (run / "model" / "model.safetensors").exists()

@@ -38,6 +38,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, tag: str = "") ->
         raise
 
 
+class OutsideFolderError(ValueError):
+    """A path read from a file in a folder (a manifest, a marker) that leads out of it."""
+
+
+def inside(folder: str | os.PathLike[str], name: object, source: str) -> Path:
+    """``folder / name`` for a relative path ``name`` that ``source`` (a file in ``folder``)
+    lists; refused unless it stays inside ``folder``: no absolute path, no ``..``, no
+    symbolic link leading out. A folder from someone else can name anything in such files."""
+    base = Path(folder)
+    reason = ""
+    if not isinstance(name, str) or not name.strip("./") or "\0" in name:
+        reason = "not a path of a file in the folder"
+    elif os.path.isabs(name) or ".." in Path(name).parts:
+        reason = "an absolute path" if os.path.isabs(name) else "it climbs out with .."
+    else:
+        real, root = os.path.realpath(base / name), os.path.realpath(base)
+        if os.path.commonpath([real, root]) != root or real == root:
+            reason = f"a symbolic link to {real}"
+    if reason:
+        raise OutsideFolderError(
+            f"{source} lists {name!r}, which is not inside {base} ({reason}); nothing outside "
+            "a folder is read or deleted on its word: remove that entry, or use another folder"
+        )
+    return base / name
+
+
 def sha256_of(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
     digest = hashlib.sha256()

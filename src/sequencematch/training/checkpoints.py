@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -241,8 +242,8 @@ def save_checkpoint(
         raise
     older = sorted(
         path
-        for path in folder.glob("step-*")
-        if path.is_dir() and path.name < name and run.owns(f"{CHECKPOINTS}/{path.name}")
+        for path in _checkpoint_folders(folder)
+        if path.name < name and run.owns(f"{CHECKPOINTS}/{path.name}")
     )
     for old in older[: max(0, len(older) - (keep - 1))]:
         _remove_checkpoint(run, old)
@@ -265,8 +266,8 @@ def remove_checkpoints(run: RunFolder) -> list[Path]:
     folders kept for them. ``checkpoints/`` itself goes only when this emptied it."""
     folder = run.path / CHECKPOINTS
     removed, left = 0, []
-    for path in sorted(folder.glob("step-*")):
-        if path.is_dir() and run.owns(f"{CHECKPOINTS}/{path.name}"):
+    for path in _checkpoint_folders(folder):
+        if run.owns(f"{CHECKPOINTS}/{path.name}"):
             _remove_checkpoint(run, path)
             if path.exists():
                 left.append(path)
@@ -283,25 +284,43 @@ def remove_checkpoints(run: RunFolder) -> list[Path]:
     return left
 
 
+def _checkpoint_folders(folder: Path) -> list[Path]:
+    """The ``step-*`` folders in ``checkpoints/``, oldest first; a symbolic link is none (it
+    may lead out of the run folder: it is never read nor deleted)."""
+    return sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.is_symlink())
+
+
 def read_latest(run_dir: Path) -> str:
-    """The checkpoint name ``checkpoints/latest`` holds ("" when missing or empty)."""
+    """The checkpoint name ``checkpoints/latest`` holds ("" when missing or empty); anything
+    but a checkpoint's name (a path, say) is refused."""
     pointer = run_dir / CHECKPOINTS / LATEST_FILE
+    if pointer.is_symlink():
+        raise CheckpointError(
+            f"{pointer} is a symbolic link, which is never followed; delete it to resume from "
+            "the newest intact checkpoint"
+        )
     try:
-        return pointer.read_text().strip()
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
     except FileNotFoundError:
         return ""
+    if name and not re.fullmatch(r"step-[0-9]{8,}", name):
+        raise CheckpointError(
+            f"{pointer} holds {name[:80]!r}, which is not the name of a checkpoint in that "
+            "folder (step-NNNNNNNN); delete it to resume from the newest intact checkpoint"
+        )
+    return name
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint ``latest`` names, if that folder exists (not verified)."""
     name = read_latest(run_dir)
     target = run_dir / CHECKPOINTS / name
-    return target if name and target.is_dir() else None
+    return target if name and target in _checkpoint_folders(target.parent) else None
 
 
 def _newest_intact(run: RunFolder, below: str | None = None) -> Path | None:
     """The newest checkpoint of this run (older than ``below``) that verifies."""
-    for path in sorted((run.path / CHECKPOINTS).glob("step-*"), reverse=True):
+    for path in reversed(_checkpoint_folders(run.path / CHECKPOINTS)):
         if below is not None and path.name >= below:
             continue
         try:
@@ -321,13 +340,11 @@ def find_resume_checkpoint(run: RunFolder) -> tuple[Path | None, str]:
     """
     folder = run.path / CHECKPOINTS
     named = read_latest(run.path)
-    if named and (folder / named).is_dir():
+    if named and folder / named in _checkpoint_folders(folder):
         candidates = [folder / named]
         note = ""
     else:
-        candidates = sorted(
-            (p for p in folder.glob("step-*") if p.is_dir() and _is_ours(p, run)), reverse=True
-        )
+        candidates = [p for p in reversed(_checkpoint_folders(folder)) if _is_ours(p, run)]
         state = f"names {named}, which is missing" if named else "is missing or empty"
         note = f"{folder / LATEST_FILE} {state}"
     for candidate in candidates[:1]:

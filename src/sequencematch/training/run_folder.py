@@ -10,14 +10,20 @@ have to. Folders it writes (checkpoints, models) carry a manifest of their files
 An exclusive ``fcntl.flock`` on ``.sequencematch-run.lock`` keeps a second process out while
 one writes; the operating system releases it when the process ends, however it ends, so the
 lock of a killed process is never stale.
+
+A folder may come from someone else, so nothing in it is trusted to point where it says:
+every path a marker or manifest lists must stay inside its folder, the lock file is never
+opened through a symbolic link, and a symbolic link where an output goes is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterable
@@ -25,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.files import atomic_write_text, disk_full_error, is_disk_full
+from ..core.files import atomic_write_text, disk_full_error, inside, is_disk_full
 
 MARKER_FILE = ".sequencematch-run.json"
 LOCK_FILE = ".sequencematch-run.lock"
@@ -55,31 +61,42 @@ class RunMarker:
 
 
 def read_marker(folder: Path) -> RunMarker | None:
-    """The marker of ``folder``, or ``None`` when it has none; an unreadable one is refused."""
+    """The marker of ``folder``, or ``None`` when it has none; an unreadable one, or one
+    listing a path outside ``folder``, is refused."""
     path = folder / MARKER_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
+        if path.is_symlink():
+            raise OSError("it is a symbolic link, not a file")
         values = json.loads(path.read_text(encoding="utf-8"))
         marker = RunMarker(**values)
         if not (isinstance(marker.run_id, str) and isinstance(marker.outputs, list)):
             raise TypeError("unexpected field types")
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, RecursionError) as error:
         raise RunFolderError(
             f"{path} is unreadable ({error}); it records what this library wrote in {folder}: "
             "restore it, or choose another folder"
         ) from None
+    for name in marker.outputs:
+        inside(folder, name, str(path))
     return marker
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of a written folder (``files``: name -> sha256, ``run_id``), or ``None``."""
+    """The manifest of a written folder (``files``: name -> sha256, ``run_id``), or ``None``;
+    one listing a path outside ``folder`` is refused."""
+    path = folder / MANIFEST_FILE
     try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if path.is_symlink():
+            return None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         return None
+    for name in manifest["files"]:
+        inside(folder, name, str(path))
     return manifest
 
 
@@ -113,6 +130,26 @@ def remove_written_folder(folder: Path, run_id: str) -> list[str]:
     return left
 
 
+def _strangers_below(path: Path, run_id: str) -> list[str]:
+    """What :meth:`RunFolder._strangers_inside` finds in one recorded folder."""
+    if (path / MANIFEST_FILE).exists():
+        return foreign_files(path, run_id)
+    marker = read_marker(path)
+    if marker is not None:
+        with RunFolder(path, marker.kind, ()) as nested:  # in use by another process: refused
+            return nested._strangers_inside()
+    found: list[str] = []
+    for child in sorted(path.iterdir()):  # a folder of run folders
+        if _real_folder(child) and read_marker(child) is not None:
+            found += [f"{child.name}/{file}" for file in _strangers_below(child, run_id)]
+    return found
+
+
+def _real_folder(path: Path) -> bool:
+    """A folder that is there and not a symbolic link (which may lead anywhere)."""
+    return path.is_dir() and not path.is_symlink()
+
+
 class _ignore_not_empty:
     def __enter__(self) -> None:
         return None
@@ -141,8 +178,7 @@ class RunFolder:
     def lock(self) -> RunFolder:
         """Take the folder's exclusive lock (creating the folder) and read its marker."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._created_lock = not (self.path / LOCK_FILE).exists()
-        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held until release()
+        handle = self._open_lock_file()
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -162,6 +198,13 @@ class RunFolder:
             pass
         self._lock = handle
         try:
+            linked = [n for n in self.outputs if (self.path / n).is_symlink()]
+            if linked:
+                raise RunFolderError(
+                    f"{self.path / linked[0]} is a symbolic link; sequencematch writes its "
+                    "outputs only inside the folder and never through a link: remove the link, "
+                    "or choose another folder"
+                )
             self.marker = read_marker(self.path)
             if self.marker is not None and self.marker.kind != self.kind:
                 raise RunFolderError(
@@ -172,6 +215,34 @@ class RunFolder:
             self.release()
             raise
         return self
+
+    def _open_lock_file(self) -> Any:
+        """The lock file, opened for writing without following a symbolic link (so that
+        a link planted there cannot make this process write elsewhere)."""
+        path = self.path / LOCK_FILE
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            descriptor = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            self._created_lock = True
+        except FileExistsError:
+            self._created_lock = False
+            try:
+                descriptor = os.open(path, flags)
+            except OSError as error:
+                if error.errno != errno.ELOOP:
+                    raise
+                raise RunFolderError(
+                    f"{path} is a symbolic link; the lock file must be a plain file: remove "
+                    "the link (sequencematch creates the file again), or choose another folder"
+                ) from None
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(descriptor)
+            raise RunFolderError(
+                f"{path} is not a plain file of its own (a device, a pipe or a hard link); "
+                "remove it (sequencematch creates the file again), or choose another folder"
+            )
+        return os.fdopen(descriptor, "r+")
 
     def release(self) -> None:
         """Give the lock back (the operating system does it too when the process ends); a
@@ -230,6 +301,9 @@ class RunFolder:
         found: list[str] = []
         for name in self.outputs:
             path = self.path / name
+            if path.is_symlink():
+                found.append(name)
+                continue
             if not path.exists() or self.owns(name):
                 continue
             if not path.is_dir():
@@ -301,18 +375,14 @@ class RunFolder:
 
     def _strangers_inside(self) -> list[str]:
         """Files inside recorded folders that the folder's manifest (or, for a nested run
-        folder, its own marker) does not account for."""
+        folder, its own marker) does not account for, down to the run folders inside
+        folders of run folders (a demo's seed folders): all is checked before anything is
+        deleted. A nested run folder that another process holds is refused."""
         found: list[str] = []
         for name in self.existing_outputs():
             path = self.path / name
-            if not path.is_dir():
-                continue
-            if (path / MANIFEST_FILE).exists():
-                found += [f"{name}/{file}" for file in foreign_files(path, self.run_id)]
-            elif (marker := read_marker(path)) is not None:
-                nested = RunFolder(path, marker.kind, ())
-                nested.marker = marker
-                found += [f"{name}/{file}" for file in nested._strangers_inside()]
+            if _real_folder(path):
+                found += [f"{name}/{file}" for file in _strangers_below(path, self.run_id)]
         return found
 
     def _remove_owned_tree(self, path: Path) -> None:
@@ -323,7 +393,7 @@ class RunFolder:
         for file in path.glob("events.out.tfevents.*"):  # TensorBoard's own file names
             file.unlink()
         for child in sorted(path.iterdir()):  # a folder of run folders (a demo's seed folder)
-            if child.is_dir() and read_marker(child) is not None:
+            if _real_folder(child) and read_marker(child) is not None:
                 self._remove_owned_tree(child)
         with _ignore_not_empty():
             path.rmdir()
@@ -351,8 +421,10 @@ class RunFolder:
         if self.marker is None:
             return []
         done: list[str] = []
-        parents = [self.path, *(p for p in self.path.iterdir() if p.is_dir())]
+        parents = [self.path, *(p for p in self.path.iterdir() if _real_folder(p))]
         for parent in parents:
+            if not _real_folder(parent):  # a leftover itself, removed or restored above
+                continue
             for entry in sorted(parent.iterdir()):
                 if not self._stale(entry):
                     continue
@@ -363,7 +435,7 @@ class RunFolder:
                         os.replace(entry, original)
                         done.append(f"restored {relative}")
                         continue
-                if entry.is_dir():
+                if _real_folder(entry):
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
