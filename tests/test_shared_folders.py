@@ -225,6 +225,16 @@ def test_the_lock_file_is_never_written_through_a_link(tmp_path, capsys, link):
 # ---------------------------------------------------------------------- 5. resume, no checkpoint
 
 
+def test_resuming_a_finished_run_without_checkpoints_is_refused(tmp_path):
+    run = tmp_path / "run"
+    train(config_for(run, steps=4))
+    shutil.rmtree(run / "checkpoints")  # to save space, as the demo does
+    before = snapshot(run)
+    with pytest.raises(CheckpointError, match=r"--overwrite true.*--model .*run/model"):
+        train(config_for(run, steps=8, resume=True))
+    assert snapshot(run) == before
+
+
 # ---------------------------------------------------------------------- 7, 8. demo folders
 
 

@@ -267,6 +267,13 @@ class Trainer:
                     " fail verification); they were left untouched: start again with "
                     "--overwrite true, or choose another output_dir"
                 )
+            if "model" in run.existing_outputs():  # a finished run whose checkpoints went
+                raise CheckpointError(
+                    f"{self.run_dir} holds a finished run's model but no checkpoint to resume "
+                    "from, so resuming would start again at step 0 over it: pass --overwrite "
+                    f"true to replace that run, or train on from its model in a new folder "
+                    f"(--model {self.run_dir / 'model'})"
+                )
             print(f"no checkpoint in {self.run_dir} yet: the run starts again from step 0")
             self._drop_metrics_after(0)
         return checkpoint
