@@ -23,9 +23,10 @@ import pytest
 import torch
 from test_checkpoints import config_for, same_weights, snapshot, train
 
+from sequencematch.apps import comparison
 from sequencematch.apps.arithmetic_demo import DemoSettings
 from sequencematch.apps.cli import main
-from sequencematch.apps.comparison import prepare_output, with_overrides
+from sequencematch.apps.comparison import prepare_output, run_comparison, with_overrides
 from sequencematch.core.files import OutsideFolderError, sha256_of
 from sequencematch.training import checkpoints
 from sequencematch.training.checkpoints import CheckpointError
@@ -222,6 +223,35 @@ def test_the_lock_file_is_never_written_through_a_link(tmp_path, capsys, link):
     assert victim.read_text() == "precious"
 
 
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main([*DEMO, "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
+def test_a_demo_resume_writes_nothing_through_links(demo_folder, tmp_path, capsys):
+    out = tmp_path / "demo"
+    shutil.copytree(demo_folder, out, symlinks=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    resume = [*DEMO, "--out", str(out), "--workers", "1", "--resume"]
+    for name in ("report.md", "results.json", "settings.json"):
+        (out / name).unlink()
+        (out / name).symlink_to(victim)
+        one_error_line(capsys, resume, f"{out / name} is a symbolic link")
+        (out / name).unlink()
+    record = out / "seed-0" / "mle" / "record.json"
+    record.unlink()
+    record.symlink_to(victim)  # recorded as the run's output: a link out is refused
+    one_error_line(capsys, resume, "lists 'record.json', which is not inside")
+    set_marker(record.parent, outputs=["metrics.jsonl", "model"])  # as older demos left it
+    assert main(resume) == 0  # read as "not finished": the job runs again, replacing the link
+    assert victim.read_text() == "precious"
+    assert not record.is_symlink() and json.loads(record.read_text())["train_seconds"] >= 0
+    assert (out / "report.md").is_file() and not (out / "report.md").is_symlink()
+
+
 # ---------------------------------------------------------------------- 5. resume, no checkpoint
 
 
@@ -236,6 +266,25 @@ def test_resuming_a_finished_run_without_checkpoints_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------- 7, 8. demo folders
+
+
+def test_a_demo_holds_its_folder_for_its_whole_run(tmp_path, monkeypatch):
+    out = tmp_path / "demo"
+    seen = []
+
+    def jobs_run_while_locked(jobs, workers, progress, then=None):
+        try:
+            RunFolder(out, "demo", ()).lock().release()
+        except RunFolderError as error:
+            seen.append(str(error))
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(comparison, "run_jobs", jobs_run_while_locked)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(out, with_overrides(DemoSettings.quick(), seeds=1), workers=1)
+    assert len(seen) == 1 and "in use by another sequencematch process" in seen[0]
+    RunFolder(out, "demo", ()).lock().release()  # released when the demo ends, however
 
 
 @pytest.mark.parametrize("obstacle", ["a user's file", "a run in use"])

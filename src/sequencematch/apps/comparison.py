@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..core.files import atomic_write_text
 from ..tasks.base import EvalOptions
 from ..tasks.comparison import Comparison
 from ..training.config import TrainConfig
@@ -37,7 +38,7 @@ from .parallel import (
     schedule_record,
     threads_per_worker,
 )
-from .plotting import DEMO_FILES, clear_previous_runs, pyplot
+from .plotting import DEMO_FILES, claim_demo_folder, pyplot
 from .setup import config_task, prepare_run, task_file
 
 MLE, MLE_BKSPC = "mle", "mle-bkspc"
@@ -281,7 +282,7 @@ def warmup_job(config: TrainConfig, progress: bool = False) -> dict[str, float]:
     _, _, seconds, cpu_seconds = _train(config, progress)
     record = {"train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
               "job_cpu_seconds": round(time.process_time() - started, 1)}  # fmt: skip
-    (Path(config.output_dir) / RECORD).write_text(json.dumps(record, indent=2))
+    _write_record(Path(config.output_dir), record)
     return record
 
 
@@ -295,14 +296,26 @@ def method_job(
     entry = config_task(config).comparison().entry(result, seconds)
     entry["train_cpu_seconds"] = round(cpu_seconds, 1)
     entry["job_cpu_seconds"] = round(time.process_time() - started, 1)
-    (Path(config.output_dir) / RECORD).write_text(json.dumps(entry))
+    _write_record(Path(config.output_dir), entry)
     return entry
 
 
+def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """A finished job's record in its run folder: listed as the run's output (so that
+    replacing the demo removes it) and written by rename (a link there is replaced)."""
+    from ..training.trainer import TRAIN_OUTPUTS
+
+    with RunFolder(run_dir, "train", TRAIN_OUTPUTS) as run:
+        if run.marker is not None:
+            run.record(RECORD)
+        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2))
+
+
 def finished_record(folder: Path) -> dict[str, Any] | None:
-    """The record a finished job left in ``folder`` (``None`` when it did not finish)."""
+    """The record a finished job left in ``folder`` (``None`` when it did not finish; a
+    symbolic link is no record: it is never followed)."""
     path = folder / RECORD
-    if not path.exists() or not (folder / "model" / "config.json").exists():
+    if path.is_symlink() or not path.is_file() or not (folder / "model" / "config.json").exists():
         return None
     return json.loads(path.read_text())
 
@@ -335,79 +348,85 @@ def run_comparison(
     settings.validate()
     started = time.perf_counter()
     comparison: Comparison = config_task(warmup_config(settings, settings.seed, out)).comparison()
-    prepare_output(out, settings, resume, overwrite)
-    total_jobs = settings.seeds * (1 + len(METHODS))
-    schedule = schedule_record(_default_workers() if workers is None else workers, total_jobs)
-    workers = schedule["workers"]
-    options = comparison.share(settings.evaluation_options(), workers)
-    bars = progress and workers <= 1  # parallel runs report through the status line
-    records: dict[int, dict[str, Any]] = {s: {"methods": {}} for s in settings.seed_list()}
+    folder = claim_output(out, settings, resume, overwrite)  # held to the end
+    try:
+        total_jobs = settings.seeds * (1 + len(METHODS))
+        schedule = schedule_record(_default_workers() if workers is None else workers, total_jobs)
+        workers = schedule["workers"]
+        options = comparison.share(settings.evaluation_options(), workers)
+        bars = progress and workers <= 1  # parallel runs report through the status line
+        records: dict[int, dict[str, Any]] = {s: {"methods": {}} for s in settings.seed_list()}
 
-    read_back = 0  # jobs that finished in an earlier run (--resume)
+        read_back = 0  # jobs that finished in an earlier run (--resume)
 
-    def arm_jobs(seed: int) -> dict[str, Job]:
-        nonlocal read_back
-        folder = seed_folder(out, seed)
-        configs = method_configs(settings, seed, folder / WARMUP / "model", folder)
-        jobs = {}
-        for method in QUEUE_ORDER:
-            config = configs[method]
+        def arm_jobs(seed: int) -> dict[str, Job]:
+            nonlocal read_back
+            folder = seed_folder(out, seed)
+            configs = method_configs(settings, seed, folder / WARMUP / "model", folder)
+            jobs = {}
+            for method in QUEUE_ORDER:
+                config = configs[method]
+                done = finished_record(Path(config.output_dir))
+                if done is not None:
+                    records[seed]["methods"][method] = done
+                    read_back += 1
+                    continue
+                jobs[f"seed {seed} {method}"] = _job(method_job, config, options, bars)
+            return jobs
+
+        jobs: dict[str, Job] = {}
+        for seed in settings.seed_list():
+            config = warmup_config(settings, seed, seed_folder(out, seed) / WARMUP)
             done = finished_record(Path(config.output_dir))
             if done is not None:
-                records[seed]["methods"][method] = done
+                records[seed][WARMUP] = done
                 read_back += 1
-                continue
-            jobs[f"seed {seed} {method}"] = _job(method_job, config, options, bars)
-        return jobs
+                jobs |= arm_jobs(seed)
+            else:
+                jobs[f"seed {seed} {WARMUP}"] = _job(warmup_job, config, bars)
 
-    jobs: dict[str, Job] = {}
-    for seed in settings.seed_list():
-        config = warmup_config(settings, seed, seed_folder(out, seed) / WARMUP)
-        done = finished_record(Path(config.output_dir))
-        if done is not None:
-            records[seed][WARMUP] = done
-            read_back += 1
-            jobs |= arm_jobs(seed)
-        else:
-            jobs[f"seed {seed} {WARMUP}"] = _job(warmup_job, config, bars)
+        def then(name: str, result: Any) -> dict[str, Job]:
+            _, seed_text, what = name.split(" ", 2)
+            seed = int(seed_text)
+            if what == WARMUP:
+                records[seed][WARMUP] = result
+                return arm_jobs(seed)
+            records[seed]["methods"][what] = result
+            print(comparison.row(f"{what} (seed {seed})", result), flush=True)
+            return {}
 
-    def then(name: str, result: Any) -> dict[str, Job]:
-        _, seed_text, what = name.split(" ", 2)
-        seed = int(seed_text)
-        if what == WARMUP:
-            records[seed][WARMUP] = result
-            return arm_jobs(seed)
-        records[seed]["methods"][what] = result
-        print(comparison.row(f"{what} (seed {seed})", result), flush=True)
-        return {}
-
-    print(describe_protocol(settings, workers), flush=True)
-    for _ in run_jobs(jobs, workers, progress, then=then):
-        pass
-    results: dict[str, Any] = {
-        "settings": asdict(settings),
-        "seeds": {
-            str(seed): {
-                WARMUP: record[WARMUP],
-                "methods": {m: record["methods"][m] for m in METHODS},
-            }
-            for seed, record in records.items()
-        },  # fmt: skip
-        **schedule,
-    }
-    results["from_scratch"] = settings.from_scratch()
-    results["paired"] = summarise(results, comparison)
-    results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    results["jobs_read_back"] = read_back
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plt = pyplot()
-    plot = comparison.plot(results, out / comparison.plot_name, plt) if plt else None
-    body = render(results, comparison)
-    (out / "report.md").write_text(comparison.report(results, body, plot))
-    print()
-    print(body)
-    print(f"\nreport: {out / 'report.md'}")
-    return results
+        print(describe_protocol(settings, workers), flush=True)
+        for _ in run_jobs(jobs, workers, progress, then=then):
+            pass
+        results: dict[str, Any] = {
+            "settings": asdict(settings),
+            "seeds": {
+                str(seed): {
+                    WARMUP: record[WARMUP],
+                    "methods": {m: record["methods"][m] for m in METHODS},
+                }
+                for seed, record in records.items()
+            },  # fmt: skip
+            **schedule,
+        }
+        results["from_scratch"] = settings.from_scratch()
+        results["paired"] = summarise(results, comparison)
+        results["wall_seconds"] = round(time.perf_counter() - started, 1)
+        results["jobs_read_back"] = read_back
+        atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+        plt = pyplot()
+        plot_path = out / comparison.plot_name
+        if plot_path.is_symlink():  # matplotlib would write through it
+            plot_path.unlink()
+        plot = comparison.plot(results, plot_path, plt) if plt else None
+        body = render(results, comparison)
+        atomic_write_text(out / "report.md", comparison.report(results, body, plot))
+        print()
+        print(body)
+        print(f"\nreport: {out / 'report.md'}")
+        return results
+    finally:
+        folder.release()
 
 
 def _job(function: Any, config: TrainConfig, *args: Any) -> Job:
@@ -424,31 +443,45 @@ def _default_workers() -> int:
 def prepare_output(
     out: Path, settings: ComparisonSettings, resume: bool, overwrite: bool = False
 ) -> None:
+    """:func:`claim_output`, the lock released at once."""
+    claim_output(out, settings, resume, overwrite).release()
+
+
+def claim_output(
+    out: Path, settings: ComparisonSettings, resume: bool, overwrite: bool = False
+) -> RunFolder:
     """Claim ``out`` for this demo (see :class:`~sequencematch.training.run_folder.RunFolder`):
     with ``resume``, the folder of an earlier run of the same settings (refused otherwise;
     only the number of seeds may change, so a finished comparison can be extended by more
     seeds); else a new demo, replacing an earlier one only with ``overwrite`` and deleting
-    only what it recorded writing. Files no demo wrote are never deleted."""
+    only what it recorded writing. Files no demo wrote are never deleted.
+
+    Returns the folder still locked: the demo holds it to its end (so that no other demo
+    replaces its runs meanwhile) and then releases it."""
     saved = out / SETTINGS_FILE
     current = json.loads(json.dumps(asdict(settings)))
     seeds = [seed_folder(out, seed).name for seed in settings.seed_list()]
-    outputs = (*DEMO_FILES, SETTINGS_FILE, *seeds)
-    if not resume:
-        clear_previous_runs(out, seeds, overwrite, (*DEMO_FILES, SETTINGS_FILE))
-    with RunFolder(out, "demo", outputs) as folder:
-        if folder.marker is None:  # --resume of a folder no demo wrote yet: a new demo
+    folder = RunFolder(out, "demo", (*DEMO_FILES, SETTINGS_FILE, *seeds)).lock()
+    try:
+        if not resume:
+            claim_demo_folder(folder, overwrite)
+        elif folder.marker is None:  # --resume of a folder no demo wrote yet: a new demo
             folder.claim_new(False, "choose another --out")
         elif saved.exists():
             previous = json.loads(saved.read_text())
             changed = sorted(k for k in current.keys() | previous.keys()
                              if current.get(k) != previous.get(k) and k != "seeds")  # fmt: skip
-            if changed and resume:
+            if changed:
                 raise ValueError(
                     f"--resume needs the settings of the run in {out}; these differ: "
                     f"{', '.join(changed)}. Use the same options, or another --out"
                 )
-        folder.record(*outputs)
-    saved.write_text(json.dumps(current, indent=2))
+        folder.record(*folder.outputs)
+        atomic_write_text(saved, json.dumps(current, indent=2))
+    except BaseException:
+        folder.release()
+        raise
+    return folder
 
 
 def describe_protocol(settings: ComparisonSettings, workers: int) -> str:

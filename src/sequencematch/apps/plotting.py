@@ -21,17 +21,21 @@ def clear_previous_runs(
     outputs are replaced only with ``overwrite``, and then only the files it recorded
     writing (inside each method folder, only what that run wrote); a file no demo wrote
     that is in the way (``report.md``, a method folder) stops the demo, untouched."""
-    outputs = (*files, *methods)
-    with RunFolder(out, "demo", outputs) as folder:
-        earlier = bool(folder.existing_outputs())
-        folder.claim_new(
-            overwrite,
-            "pass --overwrite to replace it (only files that demo wrote are deleted), or "
-            "choose another --out",
-        )
-        if earlier:
-            print(f"replacing the previous demo run in {out}", flush=True)
-        folder.record(*outputs)
+    with RunFolder(out, "demo", (*files, *methods)) as folder:
+        claim_demo_folder(folder, overwrite)
+
+
+def claim_demo_folder(folder: RunFolder, overwrite: bool = False) -> None:
+    """:func:`clear_previous_runs` in a demo folder this process has locked."""
+    earlier = bool(folder.existing_outputs())
+    folder.claim_new(
+        overwrite,
+        "pass --overwrite to replace it (only files that demo wrote are deleted), or "
+        "choose another --out",
+    )
+    if earlier:
+        print(f"replacing the previous demo run in {folder.path}", flush=True)
+    folder.record(*folder.outputs)
 
 
 def pyplot() -> Any | None:
