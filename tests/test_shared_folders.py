@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_checkpoints import config_for, same_weights, snapshot, train
+from test_checkpoints import config_for, logged_steps, same_weights, snapshot, train
 
 from sequencematch.apps import comparison
 from sequencematch.apps.arithmetic_demo import DemoSettings
@@ -316,6 +316,73 @@ def test_a_demo_overwrite_checks_every_nested_run_before_deleting(tmp_path, obst
 
 
 # ---------------------------------------------------------------------- 9. signals
+
+
+def process_status(pid: int | str) -> dict[str, str]:
+    try:
+        text = (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def children(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (from /proc)."""
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
+            and process_status(entry.name).get("PPid", "").strip() == str(parent)]  # fmt: skip
+
+
+def alive(pid: int) -> bool:
+    return process_status(pid).get("State", "Z").strip()[:1] not in ("Z", "X")
+
+
+def test_sigterm_stops_a_demo_and_its_workers_in_one_line(tmp_path):
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "sequencematch.apps.cli", *DEMO, "--out", str(out),
+               "--workers", "2", "--steps", "400"]  # fmt: skip
+    demo = subprocess.Popen(command, env=environment(), stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        first = out / "seed-0" / "sequencematch-chi2-bkspc" / "metrics.jsonl"
+        wait_for(first.exists, demo)
+        workers = children(demo.pid)
+        demo.send_signal(signal.SIGTERM)
+        _, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 143, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "--resume" in lines[0]
+    deadline = time.monotonic() + 60
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) >= 2 and not any(map(alive, workers))
+    RunFolder(out, "demo", ()).lock().release()  # no lock is left held
+    RunFolder(first.parent, "train", ()).lock().release()
+
+
+def test_ctrl_c_on_train_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    flags = ["train", "--output-dir", str(run), *TINY, "--steps", "100000", "--log-every", "1"]
+    process = subprocess.Popen([sys.executable, "-m", "sequencematch.apps.cli", *flags],
+                               env=environment(), stderr=subprocess.PIPE, text=True,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").exists(), process)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    lines = [line for line in err.splitlines() if not line.startswith("stopping after")]
+    assert len(lines) == 1 and "--resume true" in lines[0], err
+    step = int(lines[0].split("stopped at step ")[1].split()[0])
+    assert checkpoints.latest_checkpoint(run).name == f"step-{step:08d}"
+    flags[flags.index("100000")] = str(step + 2)
+    assert main([*flags, "--resume", "true"]) == 0
+    assert logged_steps(run)[-1] == step + 2
 
 
 # ---------------------------------------------------------------------- 10. final save

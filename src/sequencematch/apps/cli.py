@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ..core.files import is_disk_full, model_folder_problem  # noqa: E402
 from ..training.config import add_config_arguments, config_from_arguments  # noqa: E402
+from .signals import interrupted_line, stop_on_sigterm  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -284,7 +285,7 @@ def run_train(args: argparse.Namespace) -> int:
             evaluate=inputs.evaluate, model_files=task_file(inputs.task_info),
             task_noise=inputs.task_noise,
         )  # fmt: skip
-        last = trainer.train()
+        last = _train_until_stopped(trainer, world)
         if world.is_main:
             print({k: v for k, v in last.items() if not isinstance(v, list)})
             print(f"run folder: {config.output_dir}")
@@ -292,6 +293,27 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         close_world(world)
     return 0
+
+
+def _train_until_stopped(trainer: Any, world: Any) -> dict[str, Any]:
+    """``trainer.train()``; in one process, Ctrl-C or ``SIGTERM`` ends it after the step
+    with a checkpoint (:func:`.signals.stop_after_the_step`), raising :class:`Stopped`."""
+    from pathlib import Path
+
+    from ..training.checkpoints import latest_checkpoint
+    from .signals import Stopped, stop_after_the_step
+
+    if world.size > 1:  # every process must stop at the same step: torchrun's own handling
+        return trainer.train()
+    with stop_after_the_step(trainer.request_stop):
+        last = trainer.train()
+    if trainer.stopped_early:
+        saved = latest_checkpoint(Path(trainer.config.output_dir))
+        raise Stopped(
+            f"stopped at step {trainer.step} of {trainer.config.steps}; checkpoint {saved} "
+            "written: continue with the same command and --resume true"
+        )
+    return last
 
 
 MIN_MAUVE_SAMPLES = 100
@@ -390,14 +412,19 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # no per-file bars when saving or loading models
     try:
-        if args.command == "train":
-            return run_train(args)
-        if args.command == "demo":
-            return run_demo_command(args)
-        if args.command == "generate":
-            return run_generate(args)
-        if args.command == "eval":
-            return run_eval(args)
+        with stop_on_sigterm():
+            if args.command == "train":
+                return run_train(args)
+            if args.command == "demo":
+                return run_demo_command(args)
+            if args.command == "generate":
+                return run_generate(args)
+            if args.command == "eval":
+                return run_eval(args)
+    except KeyboardInterrupt as error:
+        line, code = interrupted_line(args.command, error)
+        print(f"error: {line}", file=sys.stderr)
+        return code
     except _user_errors() as error:
         print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2

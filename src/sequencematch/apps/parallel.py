@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -49,6 +51,17 @@ def threads_per_worker(workers: int) -> int:
     return max(1, available_cpus() // max(1, workers))
 
 
+def _leave_to_parent() -> None:
+    """Workers ignore Ctrl-C (the terminal sends it to every process of the group): the
+    parent stops them all, one way, whichever signal it gets (see :func:`_stop`). Their
+    progress bars lock with a thread lock, not tqdm's default inter-process semaphore, which
+    a stopped worker would leave to the parent's resource tracker (and its warning)."""
+    from tqdm import tqdm
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
+
+
 def _run_in_worker(threads: int, job: Job) -> Any:
     import torch
     from transformers.utils import logging as hf_logging
@@ -77,7 +90,9 @@ def run_jobs(
     the jobs already waiting, so a free worker never waits for a whole stage to end.
     ``workers <= 1`` runs them here, one after the other, in order. A job that raises stops
     the others and the error is raised here; a worker that dies (killed for lack of memory,
-    say) raises :class:`WorkerDied` instead of leaving its job waiting forever.
+    say) raises :class:`WorkerDied` instead of leaving its job waiting forever. However this
+    ends (Ctrl-C, or a ``SIGTERM`` that the caller turned into an exception, included), no
+    worker outlives it.
     """
     queued = dict(jobs)  # every job so far, finished or not
     if workers <= 1 or (then is None and len(jobs) <= 1):
@@ -92,7 +107,9 @@ def run_jobs(
         return
     processes = workers if then is not None else min(workers, len(jobs))
     threads = threads_per_worker(processes)
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_leave_to_parent
+    )
     try:
         pending = {name: pool.submit(_run_in_worker, threads, job) for name, job in queued.items()}
         started = last_print = time.monotonic()
@@ -142,7 +159,10 @@ def _stop(pool: ProcessPoolExecutor) -> None:
         if process.is_alive():
             process.terminate()
     for process in processes:
-        process.join()
+        process.join(timeout=60)
+        if process.is_alive():  # stuck where Python cannot raise
+            process.kill()
+            process.join()
 
 
 def _follow_ups(

@@ -656,6 +656,19 @@ class Trainer:
         finally:
             self.close()
 
+    _stop_requested = False
+
+    def request_stop(self) -> None:
+        """End the loop after the step in progress, with a checkpoint (safe to call from a
+        signal handler)."""
+        self._stop_requested = True
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether :meth:`request_stop` ended training before its last step."""
+        last = min(self.config.steps, self.config.stop_at or self.config.steps)
+        return self._stop_requested and self.step < last
+
     def _train_loop(self) -> dict[str, Any]:
         config = self.config
         last_step = min(config.steps, config.stop_at) if config.stop_at else config.steps
@@ -667,7 +680,7 @@ class Trainer:
         last: dict[str, Any] = {}
         started = time.perf_counter()
         self.model.train()
-        while self.step < last_step:
+        while self.step < last_step and not self._stop_requested:
             step = self.step + 1
             extra: dict[str, float] = {}
             if self._phase(step) == "sequencematch":
