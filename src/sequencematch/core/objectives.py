@@ -43,14 +43,17 @@ class Transitions:
     Attributes:
         q: ``Q(s, a)``, the logit of the action taken in the state before it.
         v: ``V(s)``, logsumexp over the valid actions of that state.
-        v_next: ``V(s')`` of the state after the action; ``0`` after ``<eos>`` (the
-            absorbing terminal state, never bootstrapped from).
+        v_next: ``V(s')`` of the state after the action; after ``<eos>`` the absorbing
+            terminal state's: ``0``, or its learned ``b`` (``learned_terminal``).
         done: ``True`` where the action is ``<eos>``.
         mask: ``True`` at action elements that are expert transitions (the ones any loss
             averages over; inserted noise actions of data rows are ``False``).
         step: ``t - P``, the action index after the prompt (backspaces and noise count),
             used for the ``gamma ** step`` weights.
         action: ``True`` at every action element (expert or not).
+
+    ``noise`` (a property): action elements that are not expert transitions (the inserted
+    wrong tokens of data rows).
     """
 
     q: torch.Tensor
@@ -61,13 +64,19 @@ class Transitions:
     step: torch.Tensor
     action: torch.Tensor
 
+    @property
+    def noise(self) -> torch.Tensor:
+        """``[B, T]`` ``True`` at action elements that are no expert transition."""
+        return self.action & ~self.mask
+
     def reward(self, gamma: float) -> torch.Tensor:
-        """Implicit reward ``r = Q(s,a) - gamma * (1 - done) * V(s')``, ``[B, T]``."""
-        return self.q - gamma * torch.where(self.done, 0.0, self.v_next)
+        """Implicit reward ``r = Q(s,a) - gamma * V(s')``, ``[B, T]`` (``V(s')`` is ``0`` after
+        ``<eos>`` unless the terminal value is learned)."""
+        return self.q - gamma * self.v_next
 
     def value_difference(self, gamma: float) -> torch.Tensor:
-        """``V(s) - gamma * (1 - done) * V(s')``, ``[B, T]`` (the value-term integrand)."""
-        return self.v - gamma * torch.where(self.done, 0.0, self.v_next)
+        """``V(s) - gamma * V(s')``, ``[B, T]`` (the value-term integrand)."""
+        return self.v - gamma * self.v_next
 
     def weights(self, gamma: float) -> torch.Tensor:
         """``gamma ** step`` on masked transitions, ``0`` elsewhere, ``[B, T]``."""
@@ -108,6 +117,7 @@ def transitions(
     *,
     offsets: torch.Tensor | None = None,
     normalise: bool = False,
+    learned_terminal: bool = False,
 ) -> Transitions:
     """Q, V, V' and flags of every action transition of a batch (see module doc).
 
@@ -116,6 +126,12 @@ def transitions(
     that state; with ``normalise`` the logits are first replaced by their log-softmax, so
     ``Q = log pi + b`` and ``V = b``. The policy ``softmax(Q)`` is the same in all three
     readings, and so is ``V(s) - Q(s, a) = -log pi(a|s)``.
+
+    ``learned_terminal`` (with ``offsets``): the state after ``<eos>`` is an absorbing state
+    whose value is learned, ``V(s') = b(s')`` read at the ``<eos>`` element, instead of ``0``
+    (docs/method.md, "Terminal states"). Without it, ``b``'s level is pinned by the terminal
+    alone, and an offset ``b(s) > 2 alpha / (1 - lambda_mle)`` at a finished answer makes the
+    objective itself lower ``P(<eos>)``.
 
     ``<bkspc>`` is masked to ``-inf`` in every state whose visible length equals the prompt
     length (it would delete the prompt), so it never enters ``V`` there. ``bkspc_id=None``:
@@ -193,6 +209,8 @@ def transitions(
     q = torch.where(action, q, zero)
     v = torch.where(action, v, zero)
     v_next = torch.where(action & ~done, values, zero)  # [B, T]
+    if learned_terminal and offsets is not None:  # V(absorbing state after <eos>) = b(s')
+        v_next = torch.where(done, offsets, v_next)  # [B, T]
     step = torch.where(action, index[None, :] - prompt, 0).to(logits.dtype)  # [B, T]
     return Transitions(q=q, v=v, v_next=v_next, done=done, mask=mask, step=step, action=action)
 
@@ -220,16 +238,24 @@ def _check_gamma(gamma: float) -> None:
 
 
 def _weighted_mean(
-    x: torch.Tensor, trans: Transitions, gamma: float, total: float | None = None
+    x: torch.Tensor,
+    trans: Transitions,
+    gamma: float,
+    total: float | None = None,
+    over: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sum(w * x) / sum(w)`` over the masked transitions, ``w = gamma ** step``.
 
     ``torch.where`` (not a product with a 0/1 mask) keeps whatever ``x`` holds elsewhere out
     of the value and the gradient. ``total`` replaces ``sum(w)`` when this batch is one
     shard of a larger one (gradient accumulation, data parallel): see :func:`weight_total`.
+    ``over``: sum over these elements instead of the expert ones (still divided by the
+    expert transitions' total weight).
     """
     weights = trans.weights(gamma)  # [B, T] zero outside the mask
-    numerator = torch.where(trans.mask, weights * x, 0.0).sum()
+    over = trans.mask if over is None else over
+    steps = torch.pow(torch.as_tensor(gamma, dtype=x.dtype, device=x.device), trans.step)
+    numerator = torch.where(over, steps * x, 0.0).sum()
     return numerator / (weights.sum() if total is None else total)
 
 
@@ -419,6 +445,8 @@ def sequencematch_loss(
     totals: tuple[float, float | None] | None = None,
     offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     normalise: bool = False,
+    learned_terminal: bool = True,
+    balance_noise: bool = True,
 ) -> SequenceMatchTerms:
     """The SequenceMatch objective of SPEC section 4 (minimised).
 
@@ -439,8 +467,15 @@ def sequencematch_loss(
     losses then sum to the loss of the whole batches.
 
     ``offsets``: ``(data_offsets, model_offsets)``, a learned per-state value offset ``b(s)``
-    of each batch (``[B, T]``, or ``None``) and ``normalise``: how Q is read, see
-    :func:`transitions`. Neither changes the policy or the identity above.
+    of each batch (``[B, T]``, or ``None``), ``normalise`` and ``learned_terminal``: how Q
+    is read, see :func:`transitions`. None of them changes the policy or the identity above.
+
+    ``balance_noise``: with model rows (``beta < 1``), the inserted wrong tokens of data rows
+    enter the value term with weight ``-(1 - beta)`` (they stay out of every other term), so
+    that every state of a noise row carries as much weight on ``V`` as on ``Q``, as in a
+    clean row: the data rows' value term telescopes again (docs/method.md, "Noise rows").
+    Without it, the state before a wrong token is pushed down by ``(1 - beta) V(s)`` and the
+    state after it up, which under ``Q = logits`` flattens the policy where the noise is.
 
     Raises:
         ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
@@ -469,9 +504,8 @@ def sequencematch_loss(
 
     data_total, model_total = (None, None) if totals is None else totals
     data_offsets, model_offsets = (None, None) if offsets is None else offsets
-    data_t = transitions(
-        data_logits, data, bkspc_id, eos_id, offsets=data_offsets, normalise=normalise
-    )
+    reading = dict(normalise=normalise, learned_terminal=learned_terminal)
+    data_t = transitions(data_logits, data, bkspc_id, eos_id, offsets=data_offsets, **reading)
     if data_total is None:
         _require_transitions(data_t, "data")
     r_data = data_t.reward(gamma)  # [B, T]
@@ -487,15 +521,18 @@ def sequencematch_loss(
     if model is None:
         value, square = value_data, square_data
     else:
-        model_t = transitions(
-            model_logits, model, bkspc_id, eos_id, offsets=model_offsets, normalise=normalise
-        )
+        model_t = transitions(model_logits, model, bkspc_id, eos_id, offsets=model_offsets,
+                              **reading)  # fmt: skip
         if model_total is None:
             _require_transitions(model_t, "model")
         r_model = model_t.reward(gamma)  # [B', T']
         value_model = _weighted_mean(model_t.value_difference(gamma), model_t, gamma, model_total)
         square_model = _weighted_mean(r_model.square(), model_t, gamma, model_total)
         value = beta * value_data + (1.0 - beta) * value_model
+        if balance_noise and beta < 1.0:  # the wrong tokens' share of the telescoping sum
+            noise_value = _weighted_mean(data_t.value_difference(gamma), data_t, gamma,
+                                         data_total, over=data_t.noise)  # fmt: skip
+            value = value - (1.0 - beta) * noise_value
         square = beta * square_data + (1.0 - beta) * square_model
         r_parts.append(r_model.detach()[model_t.mask].to(r_data.device))  # [N_model]
         v_parts.append(model_t.v.detach()[model_t.mask].to(r_data.device))  # [N_model]
@@ -570,6 +607,8 @@ def training_loss(
     totals: tuple[float | None, float | None, float | None] | None = None,
     offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     normalise: bool = False,
+    learned_terminal: bool = True,
+    balance_noise: bool = True,
 ) -> TrainingLoss:
     """The loss a training step minimises: ``(1 - w) * MLE + w * L_SM`` with ``w = sm_weight``.
 
@@ -580,8 +619,8 @@ def training_loss(
 
     ``totals``: ``(mle_total, data_total, model_total)`` normalisers of the whole step when
     these rows are one micro-batch of it (:func:`weight_total`; gamma 1 for the first).
-    ``offsets`` and ``normalise``: how ``L_SM`` reads Q (:func:`sequencematch_loss`); the MLE
-    term does not depend on them.
+    ``offsets``, ``normalise``, ``learned_terminal`` and ``balance_noise``: how ``L_SM`` reads
+    Q and keeps noise rows (:func:`sequencematch_loss`); the MLE term does not depend on them.
 
     Raises:
         ValueError: ``sm_weight`` outside ``[0, 1]``, or whatever the two losses refuse.
@@ -597,6 +636,7 @@ def training_loss(
         data_logits, data, model_logits, model, bkspc_id, eos_id, divergence=divergence,
         gamma=gamma, alpha=alpha, beta=beta if model is not None else 1.0,
         totals=(data_total, model_total), offsets=offsets, normalise=normalise,
+        learned_terminal=learned_terminal, balance_noise=balance_noise,
     )  # fmt: skip
     return TrainingLoss(
         loss=(1.0 - sm_weight) * mle + sm_weight * terms.loss,

@@ -20,7 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.actions import NoiseSource
 from ..core.backspace import backspace_id
-from ..core.examples import Example, longest_completion
+from ..core.examples import Example, encode_prompt, longest_completion
+from ..evaluation.policy import PolicyDiagnostics, ReferenceRow, policy_diagnostics
 
 if TYPE_CHECKING:
     from .comparison import Comparison
@@ -236,6 +237,36 @@ class Task(ABC):
             return self.metrics(result)
 
         return evaluate
+
+    def policy(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        pairs: Sequence[Pair],
+        *,
+        vocab_size: int | None = None,
+        seed: int = 0,
+    ) -> PolicyDiagnostics:
+        """The policy around each pair's reference completion
+        (:func:`~sequencematch.evaluation.policy.policy_diagnostics`), the wrong token drawn
+        from the task's own mistakes where it has them. ``pairs`` are formatted as the model
+        was trained (chat template or raw)."""
+        rows = [
+            ReferenceRow(
+                encode_prompt(tokenizer, pair.prompt),
+                [int(t) for t in tokenizer(pair.completion, add_special_tokens=False).input_ids],
+                pair.final,
+            )
+            for pair in pairs
+        ]
+        bkspc_id = backspace_id(model)
+        vocab = vocab_size or min(len(tokenizer), model.get_input_embeddings().weight.shape[0])
+        pad = tokenizer.pad_token_id
+        return policy_diagnostics(
+            model, rows, bkspc_id=bkspc_id, eos_id=tokenizer.eos_token_id, vocab_size=vocab,
+            pad_id=0 if pad is None else pad, wrong_token=self.noise_source(tokenizer),
+            exclude=tokenizer.all_special_ids, seed=seed,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ a saved model's task
 

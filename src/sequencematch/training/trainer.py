@@ -28,8 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..core.actions import Batch, NoiseSource
-from ..core.backspace import causal_lm, check_backspace_support
+from ..core.actions import Batch, NoiseSource, collate
+from ..core.backspace import BKSPC_TOKEN, causal_lm, check_backspace_support
 from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
 from ..core.files import atomic_write_text, disk_full_error, is_disk_full
@@ -43,8 +43,10 @@ from ..core.forward import (
 from ..core.objectives import training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
+from ..models.loading import PRESETS
 from .adapters import adapt_model, load_trainable_state, trainable_state
 from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
+from .bkspc_row import ProbeFeatures, RowLearningRate, probe_bkspc_row, probe_features
 from .checkpoints import (
     CHECKPOINTS,
     CheckpointError,
@@ -190,8 +192,8 @@ class Trainer:
         check_backspace_support(model)
         self.tokenizer = tokenizer
         self.model = model.to(self.device)
+        new_row = config.backspace and BKSPC_TOKEN not in tokenizer.get_vocab()
         self.bkspc_id = add_backspace(self.model, tokenizer) if config.backspace else None
-        self.model = adapt_model(self.model, config, self.bkspc_id)
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.vocab_size = valid_vocabulary(self.model, tokenizer)
@@ -201,6 +203,10 @@ class Trainer:
                 config.noise_source, tokenizer, train, self.vocab_size, [self.bkspc_id],
                 task_noise,
             )  # fmt: skip
+        self.probe_stats: dict[str, float] = {}
+        if new_row and resume_from is None and self._probes_bkspc_row():
+            self.probe_stats = self._probe_bkspc_row()  # before any weight of the body moves
+        self.model = adapt_model(self.model, config, self.bkspc_id)
         verify_layout_once(self.model)
         # b(s), when SequenceMatch reads Q with a learned value offset (SPEC section 11)
         self.q_reading = q_reading(config.value_head, config.model)
@@ -226,6 +232,34 @@ class Trainer:
             self._restore(resume_from)
 
     # ------------------------------------------------------------------ set-up helpers
+
+    def _probes_bkspc_row(self) -> bool:
+        """Whether the new ``<bkspc>`` row starts as a linear probe (``bkspc_init``)."""
+        config = self.config
+        if config.bkspc_init != "auto":
+            return config.bkspc_init == "probe"
+        return config.model not in PRESETS and config.p_noise > 0
+
+    def _probe_bkspc_row(self) -> dict[str, float]:
+        """Fit the ``<bkspc>`` row to the noise-augmented rows of the first steps, body frozen
+        (:mod:`.bkspc_row`); return the probe's statistics (logged with the first step)."""
+        config = self.config
+        body_dtype = precision_body_dtype(config.precision)
+        parts, rows, step = [], 0, 1
+        self.model.eval()
+        while rows < config.bkspc_probe_rows:
+            data = self._data_rows(step)
+            batch = collate(data.prompts, data.actions, data.experts, pad_id=self.pad_id)
+            parts.append(probe_features(self.model, batch.to(self.device), self.bkspc_id,
+                                        self.vocab_size, body_dtype))  # fmt: skip
+            rows, step = rows + len(data.prompts), step + 1
+        stats = probe_bkspc_row(
+            self.model, ProbeFeatures.concatenate(parts), self.bkspc_id,
+            steps=config.bkspc_probe_steps, lr=config.bkspc_probe_lr,
+        )  # fmt: skip
+        if self.world.is_main:
+            print("<bkspc> row probed: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+        return stats
 
     def _find_resume_point(self) -> Path | None:
         """Lock the run folder and decide where this run starts: a verified checkpoint of
@@ -283,6 +317,16 @@ class Trainer:
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        row_lr = self.config.bkspc_row_lr
+        self.row_lr: RowLearningRate | None = None
+        if row_lr and self.config.lora_r > 0:  # peft's <bkspc> rows: a group of their own
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            rows = [p for n, p in named if "trainable_tokens" in n]
+            groups = [{**g, "params": [p for p in g["params"] if all(p is not r for r in rows)]}
+                      for g in groups]  # fmt: skip
+            groups.append({"params": rows, "weight_decay": 0.0, "lr": row_lr, "base_lr": row_lr})
+        elif row_lr and self.bkspc_id is not None:
+            self.row_lr = RowLearningRate(self.model, self.bkspc_id, row_lr / self.config.lr)
         if self.value_head is not None:  # its own learning rate, on the same schedule
             lr = self.config.value_head_lr
             groups.append({"params": list(self.value_head.parameters()), "weight_decay": 0.0,
@@ -537,6 +581,7 @@ class Trainer:
             sm_weight=self.sm_weight(step), divergence=config.divergence, gamma=config.gamma,
             alpha=config.alpha, beta=config.beta, totals=totals, offsets=offsets,
             normalise=self.q_reading == "normalised",
+            learned_terminal=config.terminal_value == "learned", balance_noise=config.balance_noise,
         ).as_dict()  # fmt: skip
 
     def _train_step(self, step: int) -> dict[str, float]:
@@ -588,7 +633,11 @@ class Trainer:
                 f"non-finite gradient norm at step {step} ({phase} phase); the update was not "
                 f"applied and training stopped. {self._recovery_advice()}"
             )
+        if self.row_lr is not None:
+            self.row_lr.before_step()
         self.scaler.step(self.optimizer)
+        if self.row_lr is not None:
+            self.row_lr.after_step()  # the <bkspc> row's update at its own learning rate
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
@@ -658,13 +707,15 @@ class Trainer:
         last: dict[str, Any] = {}
         started = time.perf_counter()
         self.model.train()
+        pending = dict(self.probe_stats)  # logged with the first step
         while self.step < last_step:
             step = self.step + 1
-            extra: dict[str, float] = {}
+            extra: dict[str, float] = pending
+            pending = {}
             if self._phase(step) == "sequencematch":
                 since = step - config.mle_warmup() - 1
                 if not self.replay or since % config.refresh_every == 0:
-                    extra = self._refresh(step)
+                    extra |= self._refresh(step)
                     self.model.train()
             metrics = self._train_step(step)
             self.step = step
