@@ -49,7 +49,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "sm-before": dict(**ONLINE, **BEFORE),
     "sm-fixed": dict(**ONLINE, **FIXED),
     "offline-fixed": dict(**OFFLINE, **FIXED),
-    "sm-probe-only": dict(**ONLINE, **BEFORE, **{"bkspc_init": "probe"}),
+    "sm-probe-only": {**ONLINE, **BEFORE, "bkspc_init": "probe"},
     "mle-bkspc-probe-rowlr": dict(method="mle", bkspc_init="probe", bkspc_row_lr=1e-3),
     "sm-fixed-rowlr": dict(**ONLINE, **FIXED, bkspc_row_lr=1e-3),
 }

@@ -19,7 +19,7 @@ def sequencematch_step_loss(trainer) -> dict[str, torch.Tensor]:
     """The loss terms of step 1 (SequenceMatch phase, after the first refill)."""
     trainer._refresh(1)
     micro = trainer._micro_batches(1, "sequencematch")[0]
-    return trainer._loss(*micro, "sequencematch", 1)
+    return trainer._loss(*micro, "sequencematch", 1)[0].as_dict()
 
 
 def test_sequencematch_trains_in_bf16_with_float32_losses(tmp_path: Path):

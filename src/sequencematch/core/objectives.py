@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from .actions import Batch
 from .chunked_logits import ChunkedLogits
 from .layout import validate_rows, visible_lengths
+from .transition_stats import transition_statistics
 
 Phi = Callable[[torch.Tensor, float], torch.Tensor]
 """``phi(x, alpha) -> tensor``: the concave function of the reward in the imitation term
@@ -412,7 +413,8 @@ class SequenceMatchTerms:
 
     ``loss = imitation + value + regulariser``. Statistics are plain (unweighted) means over
     the expert transitions of the data batch and, when given, the model batch;
-    ``r_model_mean`` is NaN without a model batch.
+    ``r_model_mean`` is NaN without a model batch. ``by_kind``: r, V and log pi per kind of
+    transition (:func:`~sequencematch.core.transition_stats.transition_statistics`).
     """
 
     loss: torch.Tensor
@@ -424,10 +426,12 @@ class SequenceMatchTerms:
     r_std: torch.Tensor
     r_data_mean: torch.Tensor
     r_model_mean: torch.Tensor
+    by_kind: dict[str, float] = field(default_factory=dict, compare=False)
 
     def as_floats(self) -> dict[str, float]:
-        """Every field as a Python float, for logging."""
-        return {f.name: float(getattr(self, f.name).detach()) for f in fields(self)}
+        """Every tensor field as a Python float, for logging."""
+        return {f.name: float(getattr(self, f.name).detach()) for f in fields(self)
+                if f.name != "by_kind"}  # fmt: skip
 
 
 def sequencematch_loss(
@@ -516,6 +520,7 @@ def sequencematch_loss(
     else:
         imitation = -_weighted_mean(phi(r_data, alpha), data_t, gamma, data_total)
 
+    by_kind = transition_statistics(data_t, data.sequences, bkspc_id, gamma, "data/")
     r_parts = [r_data.detach()[data_t.mask]]  # [N_data] rewards, for statistics
     v_parts = [data_t.v.detach()[data_t.mask]]  # [N_data]
     if model is None:
@@ -534,6 +539,7 @@ def sequencematch_loss(
                                          data_total, over=data_t.noise)  # fmt: skip
             value = value - (1.0 - beta) * noise_value
         square = beta * square_data + (1.0 - beta) * square_model
+        by_kind |= transition_statistics(model_t, model.sequences, bkspc_id, gamma, "model/")
         r_parts.append(r_model.detach()[model_t.mask].to(r_data.device))  # [N_model]
         v_parts.append(model_t.v.detach()[model_t.mask].to(r_data.device))  # [N_model]
 
@@ -555,6 +561,7 @@ def sequencematch_loss(
         r_std=r_flat.std(correction=0),
         r_data_mean=r_parts[0].mean(),
         r_model_mean=r_parts[1].mean() if len(r_parts) > 1 else nan,
+        by_kind=by_kind,
     )
 
 
@@ -568,7 +575,8 @@ class TrainingLoss:
     """``loss = (1 - w) * mle + w * (imitation + value + regulariser)`` and its parts.
 
     The SequenceMatch terms are zero when ``w = 0`` (they are not computed then); the
-    statistics ``v_mean``, ``r_mean`` and ``r_std`` are ``None`` then.
+    statistics ``v_mean``, ``r_mean`` and ``r_std`` are ``None`` then, and ``by_kind`` holds
+    log pi per kind of transition only (r and V too otherwise).
     """
 
     loss: torch.Tensor
@@ -579,10 +587,12 @@ class TrainingLoss:
     v_mean: torch.Tensor | None = None
     r_mean: torch.Tensor | None = None
     r_std: torch.Tensor | None = None
+    by_kind: dict[str, float] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        """The terms by name; statistics detached, and left out when not computed."""
-        terms = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The terms by name; statistics detached, and left out when not computed
+        (``by_kind``, plain floats, is read as an attribute)."""
+        terms = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "by_kind"}
         return {
             name: value if name in ("loss", "mle", "imitation", "value", "regulariser")
             else value.detach()
@@ -628,10 +638,15 @@ def training_loss(
     if not (isinstance(sm_weight, (int, float)) and 0.0 <= sm_weight <= 1.0):
         raise ValueError(f"sm_weight must lie in [0, 1], got {sm_weight!r}")
     mle_total, data_total, model_total = (None, None, None) if totals is None else totals
-    mle = mle_loss(data_logits, data, bkspc_id, 1.0, total=mle_total)
+    plain = transitions(data_logits, data, bkspc_id, eos_id)  # Q = logits: log pi = q - v
+    if mle_total is None:
+        _require_transitions(plain, "data")
+    mle = _weighted_mean(plain.v - plain.q, plain, 1.0, mle_total)  # mle_loss, gamma 1
     if sm_weight == 0.0:
         zero = torch.zeros((), dtype=mle.dtype, device=mle.device)
-        return TrainingLoss(mle, mle, zero, zero, zero)
+        by_kind = transition_statistics(plain, data.sequences, bkspc_id, gamma, "data/",
+                                        with_values=False)  # fmt: skip
+        return TrainingLoss(mle, mle, zero, zero, zero, by_kind=by_kind)
     terms = sequencematch_loss(
         data_logits, data, model_logits, model, bkspc_id, eos_id, divergence=divergence,
         gamma=gamma, alpha=alpha, beta=beta if model is not None else 1.0,
@@ -647,4 +662,5 @@ def training_loss(
         v_mean=terms.v_mean.detach(),
         r_mean=terms.r_mean.detach(),
         r_std=terms.r_std.detach(),
+        by_kind=terms.by_kind,
     )

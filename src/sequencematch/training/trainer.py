@@ -40,7 +40,7 @@ from ..core.forward import (
     verify_head_once,
     verify_layout_once,
 )
-from ..core.objectives import training_loss
+from ..core.objectives import TrainingLoss, training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
 from ..models.loading import PRESETS
@@ -114,6 +114,22 @@ def run_identity(config: TrainConfig) -> dict[str, Any]:
         if isinstance(value, str) and Path(value).exists():
             values[key] = str(Path(value).resolve())
     return values
+
+
+def gradient_shares(result: TrainingLoss, weight: float, logits: torch.Tensor) -> dict[str, float]:
+    """Each weighted term's share of the summed gradient norms at the logits: which term
+    moves the policy (a term acting on the value head alone has share 0)."""
+    parts = {"mle": (1.0 - weight) * result.mle, "imitation": weight * result.imitation,
+             "value": weight * result.value,
+             "regulariser": weight * result.regulariser}  # fmt: skip
+    norms = {}
+    for name, term in parts.items():
+        if not term.requires_grad:
+            continue
+        (gradient,) = torch.autograd.grad(term, logits, retain_graph=True, allow_unused=True)
+        norms[name] = 0.0 if gradient is None else float(torch.linalg.vector_norm(gradient))
+    total = sum(norms.values())
+    return {f"grad_share/{name}": norm / total for name, norm in norms.items()} if total else {}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -564,7 +580,9 @@ class Trainer:
 
     def _loss(
         self, batch: Batch, data_count: int, totals, phase: str, step: int
-    ) -> dict[str, torch.Tensor]:
+    ) -> tuple[TrainingLoss, dict[str, float]]:
+        """The micro-batch's loss and, on a logging step, each term's share of the gradient
+        at the logits (dense logits only)."""
         config = self.config
         batch = batch.to(self.device)
         logits, hidden = self._state_logits(batch)  # [B, T, V] float32, [B, T, H]
@@ -575,18 +593,24 @@ class Trainer:
         if self.value_head is not None:
             b = self.value_head(hidden)  # [B, T] b(s) of the state after each element
             offsets = (b[:data_count], b[data_count:] if with_model else None)
-        return training_loss(
+        weight = self.sm_weight(step)
+        result = training_loss(
             logits[:data_count], data, logits[data_count:] if with_model else None,
             model if with_model else None, self.bkspc_id, self.eos_id,
-            sm_weight=self.sm_weight(step), divergence=config.divergence, gamma=config.gamma,
+            sm_weight=weight, divergence=config.divergence, gamma=config.gamma,
             alpha=config.alpha, beta=config.beta, totals=totals, offsets=offsets,
             normalise=self.q_reading == "normalised",
             learned_terminal=config.terminal_value == "learned", balance_noise=config.balance_noise,
-        ).as_dict()  # fmt: skip
+        )  # fmt: skip
+        logged = step % config.log_every == 0 or step == config.steps
+        if not logged or not isinstance(logits, torch.Tensor) or weight == 0.0:
+            return result, {}
+        return result, gradient_shares(result, weight, logits)
 
     def _train_step(self, step: int) -> dict[str, float]:
         phase = self._phase(step)
         sums: dict[str, float] = {}
+        kinds: dict[str, float] = {}  # statistics per kind of transition: this process's
         finite = True
         bad_term = ""
         micro = list(self._micro_batches(step, phase))
@@ -598,7 +622,10 @@ class Trainer:
                 else contextlib.nullcontext()
             )
             with sync:
-                terms = self._loss(batch, data_count, totals, phase, step)
+                result, shares = self._loss(batch, data_count, totals, phase, step)
+                terms = result.as_dict()
+                for name, value in (result.by_kind | shares).items():  # means over micro-batches
+                    kinds[name] = kinds.get(name, 0.0) + value / len(micro)
                 for name in LOSS_TERMS:
                     value = float(terms[name].detach())
                     if not math.isfinite(value) and finite:
@@ -644,7 +671,7 @@ class Trainer:
         self.scheduler.step()
         if phase == "sequencematch":  # mean steps since the step's model rows were sampled
             sums["sample/age"] = ReplayBuffer.mean_age(self._model_rows(step), step)
-        return {**sums, "grad_norm": grad_norm, "lr": lr, "phase": phase}
+        return {**sums, **kinds, "grad_norm": grad_norm, "lr": lr, "phase": phase}
 
     def _reduce_value_head_gradients(self) -> None:
         """Average the value head's gradients over processes (it is outside DDP/FSDP) and
