@@ -1,6 +1,6 @@
 """The comparison harness behind both demos: four methods, paired on one warm-up per seed.
 
-The protocol (SPEC sections 9 and 10), for each seed:
+The protocol (docs/method.md, "The objective": its three kinds), for each seed:
 
 1. one shared warm-up: plain MLE on the task's data (the paper's BC/MLE warm-up), from
    scratch for a preset model, or fine-tuning a pretrained one (``model``), saved as a

@@ -4,7 +4,7 @@ A completion that reaches a real end (the end of an answer, of a document) ends 
 ``<eos>``: the episode is over there. A completion cut short (a window from the middle of
 a text, a row cut at the maximum length) has no ``<eos>``: the objectives bootstrap from the
 value of its last state, exactly as they do for a model sample cut at its maximum length
-(SPEC section 3), so data rows and model rows follow one rule.
+(docs/method.md, "Terminal states"), so data rows and model rows follow one rule.
 """
 
 from __future__ import annotations

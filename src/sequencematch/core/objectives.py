@@ -1,6 +1,6 @@
 """Training objectives on one-pass logits: MLE and the SequenceMatch (IQ-Learn) loss.
 
-The logits of a row are read as a soft Q-function (SPEC section 3): ``logits[b, t]`` is
+The logits of a row are read as a soft Q-function (docs/method.md): ``logits[b, t]`` is
 ``Q(s_t, .)`` for the state reached after element ``t``. The action at element ``t``
 (``P <= t < L``) is the transition ``s = state after t-1 -> s' = state after t``, so its
 ``Q(s, a)`` is ``logits[b, t-1, a]``, its ``V(s)`` is the logsumexp of ``logits[b, t-1]`` and
@@ -122,7 +122,8 @@ def transitions(
 ) -> Transitions:
     """Q, V, V' and flags of every action transition of a batch (see module doc).
 
-    How logits are read as Q (SPEC section 11): by default ``Q = logits``. ``offsets``
+    How logits are read as Q (docs/method.md, "Reading logits as Q"): by default
+    ``Q = logits``. ``offsets``
     (``[B, T]``, one scalar ``b(s)`` per state after each element) are added to every Q of
     that state; with ``normalise`` the logits are first replaced by their log-softmax, so
     ``Q = log pi + b`` and ``V = b``. The policy ``softmax(Q)`` is the same in all three
@@ -299,7 +300,7 @@ def mle_loss(
     ``pi`` is the softmax over valid actions (``<bkspc>`` masked at the prompt boundary);
     each transition is weighted by ``gamma ** step`` and the sum is normalised by the total
     weight, so ``gamma=1`` is the plain per-action mean. Excluded noise actions and padding
-    never enter. This is the reference SequenceMatch reduces to (SPEC section 4).
+    never enter. This is the reference SequenceMatch reduces to (docs/method.md, "The objective").
     ``total``: the normaliser of the whole batch when ``batch`` is a shard of it
     (:func:`weight_total`); a shard may then hold no expert transition.
     """
@@ -452,7 +453,7 @@ def sequencematch_loss(
     learned_terminal: bool = True,
     balance_noise: bool = True,
 ) -> SequenceMatchTerms:
-    """The SequenceMatch objective of SPEC section 4 (minimised).
+    """The SequenceMatch objective of docs/method.md, "The objective" (minimised).
 
     With ``r = Q(s,a) - gamma (1-done) V(s')``, ``value = V(s) - gamma (1-done) V(s')`` and
     ``E_data`` / ``E_model`` the ``gamma ** step``-weighted means over the expert
@@ -625,7 +626,7 @@ def training_loss(
     ``MLE`` is :func:`mle_loss` on the data rows (``gamma = 1``: the plain per-action mean);
     ``L_SM`` is :func:`sequencematch_loss` on the data rows and, when given, the model rows
     (without them: the data-only objective, ``beta = 1``). With ``w = 1 - lambda_mle`` this is
-    SPEC section 4's ``lambda_mle * L_MLE + (1 - lambda_mle) * L_SM``; ``w = 0`` is MLE alone.
+    docs/method.md's ``lambda_mle * L_MLE + (1 - lambda_mle) * L_SM``; ``w = 0`` is MLE alone.
 
     ``totals``: ``(mle_total, data_total, model_total)`` normalisers of the whole step when
     these rows are one micro-batch of it (:func:`weight_total`; gamma 1 for the first).

@@ -224,7 +224,8 @@ class Trainer:
             self.probe_stats = self._probe_bkspc_row()  # before any weight of the body moves
         self.model = adapt_model(self.model, config, self.bkspc_id)
         verify_layout_once(self.model)
-        # b(s), when SequenceMatch reads Q with a learned value offset (SPEC section 11)
+        # b(s), when SequenceMatch reads Q with a learned value offset (docs/method.md,
+        # "Reading logits as Q")
         self.q_reading = q_reading(config.value_head, config.model)
         self.value_head: ValueHead | None = None
         if config.method == "sequencematch" and self.q_reading != "none":
