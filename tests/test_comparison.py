@@ -312,3 +312,23 @@ def test_a_pretrained_comparison_through_lora_adapters_and_its_report_says_so(tm
     report = ArithmeticComparison().report(scratch, "", None)
     assert "plain MLE from scratch, 600 steps of 32 questions, a `tiny_llama` model" in report
     assert "LoRA" not in report
+
+
+def test_the_report_shows_each_methods_policy_when_it_was_measured():
+    results = fake_results(CONSISTENT)
+    assert "### The policy around the reference answer" not in render(
+        results, ArithmeticComparison()
+    )  # results written before the policy was measured
+    for number, seed in enumerate(results["seeds"].values()):
+        for method, entry in seed["methods"].items():
+            p_eos = 0.9 + 0.01 * number if method == "mle" else 0.5
+            entry["policy"] = {
+                "p_eos": p_eos, "tail_at_end": 1 - p_eos, "p_bkspc_after_wrong": float("nan"),
+                "p_bkspc_at_end": 0.0, "first_token_entropy": 1.0, "outside_top10": 0.0,
+            }  # fmt: skip
+    body = render(results, ArithmeticComparison())
+    assert "### The policy around the reference answer (mean over 3 seed(s)" in body
+    section = body.split("### The policy around the reference answer")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| mle |"))
+    # P(eos) over the three seeds 0.90, 0.91, 0.92; no row measured deletion
+    assert row.startswith("| mle | 0.910 [0.900, 0.920] | 0.090 [0.080, 0.100] | - |")

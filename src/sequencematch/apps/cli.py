@@ -261,7 +261,14 @@ def run_eval(args: argparse.Namespace) -> int:
         trained.model, trained.tokenizer, pairs, bkspc_id=trained.bkspc_id,
         max_new_tokens=trained.sample_length, options=options,
     )  # fmt: skip
-    print(json.dumps(task.record(result)) if args.json else task.summary(result))
+    policy = task.policy(trained.model, trained.tokenizer, pairs, seed=args.seed).as_dict()
+    if args.json:
+        known = {k: None if v != v else v for k, v in policy.items()}  # NaN: no such row
+        print(json.dumps(task.record(result) | {"policy": known}))
+    else:
+        print(task.summary(result))
+        print("policy at the reference answer: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in policy.items() if k != "rows" and v == v))  # fmt: skip
     return 0
 
 

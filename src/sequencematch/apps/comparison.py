@@ -254,20 +254,24 @@ def train_and_evaluate(
     """Train one method, save it, and evaluate it on the held-out ``split`` (``"valid"`` for
     tuning, ``"test"`` for reported results) as its task's comparison does; return the
     result and the training time in seconds. ``options.seed`` becomes the run's seed."""
-    result, seconds, _ = _train_and_evaluate(config, options, progress, split)
+    result, seconds, _, _ = _train_and_evaluate(config, options, progress, split)
     return result, seconds
 
 
 def _train_and_evaluate(
     config: TrainConfig, options: EvalOptions, progress: bool, split: str
-) -> tuple[Any, float, float]:
+) -> tuple[Any, float, float, dict[str, float]]:
+    """Train, then evaluate on ``split``: the task's result, the training's wall-clock and
+    CPU seconds, and the policy around the reference completions (docs/method.md)."""
     trainer, inputs, seconds, cpu_seconds = _train(config, progress)
     pairs = inputs.test if split == "test" else inputs.valid
     result = inputs.task.comparison().evaluate(
         inputs.task, trainer.model, trainer.tokenizer, pairs, bkspc_id=trainer.bkspc_id,
         max_new_tokens=inputs.sample_length, options=replace(options, seed=config.seed),
     )  # fmt: skip
-    return result, seconds, cpu_seconds
+    policy = inputs.task.policy(trainer.model, trainer.tokenizer, pairs,
+                                vocab_size=trainer.vocab_size, seed=config.seed)  # fmt: skip
+    return result, seconds, cpu_seconds, policy.as_dict()
 
 
 def warmup_job(config: TrainConfig, progress: bool = False) -> dict[str, float]:
@@ -291,8 +295,9 @@ def method_job(
     """Train and evaluate one method of one seed; its comparison entry (with the costs of
     :func:`warmup_job`) is written to the run folder and returned."""
     started = time.process_time()
-    result, seconds, cpu_seconds = _train_and_evaluate(config, options, progress, split)
+    result, seconds, cpu_seconds, policy = _train_and_evaluate(config, options, progress, split)
     entry = config_task(config).comparison().entry(result, seconds)
+    entry["policy"] = policy
     entry["train_cpu_seconds"] = round(cpu_seconds, 1)
     entry["job_cpu_seconds"] = round(time.process_time() - started, 1)
     (Path(config.output_dir) / RECORD).write_text(json.dumps(entry))
