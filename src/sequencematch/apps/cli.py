@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate from a trained model folder")
     generate.add_argument("--model", required=True, help="model folder (e.g. RUN/model)")
     generate.add_argument("--prompt", required=True, help="prompt text (a question)")
+    _add_task_arguments(generate)
     generate.add_argument("--show-edits", action="store_true",
                           help="print the action trace, deleted tokens in [brackets]")  # fmt: skip
     generate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -111,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "jsonl) or text quality (MAUVE, diversity)",
     )
     evaluate.add_argument("--model", required=True, help="model folder (e.g. RUN/model)")
-    evaluate.add_argument("--task", default=None,
-                          help="default: the task the model was trained on")  # fmt: skip
+    _add_task_arguments(evaluate)
     evaluate.add_argument(
         "--data", default=None,
         help='arithmetic: JSONL of {"question", "answer"} (default: the generated test '
@@ -134,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64, help="questions per batch")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task", default=None,
+        help="the model's task (default: the one its task.json names; a folder without one, "
+        "such as a checkpoint, needs it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trust-task-code", action="store_true",
+        help="allow the folder's task.json to name a task class by import path (module:Class), "
+        "which imports and runs that module: only for folders you trust",
+    )  # fmt: skip
 
 
 def _flag(text: str) -> bool:
@@ -190,7 +203,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     _check_sampling_options(args)
-    trained = _load_model_folder(args.model)
+    trained = _load_model_folder(args)
     tokenizer = trained.tokenizer
     if not args.prompt.strip():
         raise ValueError("--prompt is empty: give the text to continue")
@@ -223,21 +236,12 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from ..tasks.base import EvalOptions
-    from ..tasks.registry import task_from_info
-    from .setup import TASK_FILE
 
     _check_sampling_options(args)
     if args.batch_size < 1 or (args.n is not None and args.n < 0):
         raise ValueError("--batch-size must be at least 1 and --n at least 0")
-    trained = _load_model_folder(args.model)
-    if args.task is None and not os.path.exists(os.path.join(args.model, TASK_FILE)):
-        raise ValueError(
-            f"{args.model} has no {TASK_FILE} (sequencematch train writes one), so the task "
-            "it was trained on is unknown: pass --task NAME (arithmetic, jsonl or text)"
-        )
+    trained = _load_model_folder(args)
     task = trained.task
-    if args.task is not None and args.task != trained.task_info.get("task"):
-        task = task_from_info({**trained.task_info, "task": args.task})
     pairs = task.held_out(trained.tokenizer, args.data, n=args.n, seed=args.seed)
     if not pairs:
         raise ValueError("nothing to evaluate: the data holds no prompt/completion pair")
@@ -297,9 +301,9 @@ def run_train(args: argparse.Namespace) -> int:
 MIN_MAUVE_SAMPLES = 100
 
 
-def _load_model_folder(folder: str) -> Any:
-    """A saved model folder, checked first: it exists, holds a model and a tokenizer, and
-    its files match their manifest (when it has one)."""
+def _load_model_folder(args: argparse.Namespace) -> Any:
+    """The saved model folder ``--model``, checked first: it exists, holds a model and a
+    tokenizer, and its files match their manifest (when it has one)."""
     from pathlib import Path
 
     from safetensors import SafetensorError
@@ -308,13 +312,14 @@ def _load_model_folder(folder: str) -> Any:
     from ..training.run_folder import MANIFEST_FILE
     from .setup import load_trained
 
+    folder = args.model
     problem = model_folder_problem(folder)
     if problem is not None:
         raise ValueError(f"--model: {problem}; pass a model folder (e.g. RUN/model)")
     if (Path(folder) / MANIFEST_FILE).exists():
         verify_folder(Path(folder), missing_ok=True)
     try:
-        return load_trained(folder)
+        return load_trained(folder, task=args.task, trust_task_code=args.trust_task_code)
     except SafetensorError as error:
         raise ValueError(f"{folder}: the model weights cannot be read ({error})") from error
 
