@@ -235,6 +235,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
+    from ..core.examples import check_prompt_lengths, position_limit
     from ..tasks.base import EvalOptions
 
     _check_sampling_options(args)
@@ -261,6 +262,10 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"warning: MAUVE from {len(pairs)} samples is unreliable (hundreds are usual); "
               "give more --data or pass --no-mauve", file=sys.stderr)  # fmt: skip
     pairs = trained.prompts_as_trained(pairs)  # the chat template, if training used one
+    check_prompt_lengths(
+        trained.tokenizer, [p.prompt for p in pairs], position_limit(trained.model),
+        trained.sample_length, args.data or "the held-out data",
+    )  # fmt: skip
     result = task.evaluate(
         trained.model, trained.tokenizer, pairs, bkspc_id=trained.bkspc_id,
         max_new_tokens=trained.sample_length, options=options,

@@ -12,7 +12,13 @@ import torch
 from transformers import PreTrainedModel
 
 from ..core.actions import NoiseSource
-from ..core.examples import Example, encode_prompt, longest_completion
+from ..core.examples import (
+    Example,
+    check_prompt_lengths,
+    encode_prompt,
+    longest_completion,
+    position_limit,
+)
 from ..models.loading import PRESETS, load_model
 from ..models.prompts import format_prompt
 from ..tasks.base import Evaluator, Pair, Task, TaskData, TaskOptions
@@ -122,6 +128,10 @@ def prepare_run(config: TrainConfig, task: Task | None = None) -> RunInputs:
     if config.chat_template:
         data = chat_formatted(tokenizer, data)
     sample_length = config.sample_length(longest_completion(data.train))
+    for name, pairs in (("validation data", data.valid), ("test data", data.test)):
+        check_prompt_lengths(
+            tokenizer, [p.prompt for p in pairs], position_limit(model), sample_length, name
+        )
     evaluate = None
     if data.valid:
         evaluate = task.validation_evaluator(tokenizer, data.valid, max_new_tokens=sample_length)

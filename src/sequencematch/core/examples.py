@@ -128,3 +128,25 @@ def check_lengths(examples: Sequence[Example], limit: int | None, sample_length:
                 f"{sample_length} sampled tokens exceeds the model's {limit} positions: lower "
                 "max_new_tokens or shorten the prompt"
             )
+
+
+def check_prompt_lengths(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    limit: int | None,
+    sample_length: int,
+    what: str,
+) -> None:
+    """Refuse held-out prompts that, with ``sample_length`` generated tokens, exceed the
+    model's ``limit`` positions: checked before training or evaluation starts, not found
+    out by a crash at the end. ``what`` names the data in the message."""
+    if limit is None:
+        return
+    for number, prompt in enumerate(prompts, start=1):
+        length = len(encode_prompt(tokenizer, prompt))
+        if length + sample_length > limit:
+            raise ValueError(
+                f"{what}: prompt {number} has {length} tokens; with {sample_length} generated "
+                f"tokens that is more than the model's {limit} positions: shorten it, lower "
+                "max_new_tokens, or use a model with more positions"
+            )
