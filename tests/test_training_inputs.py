@@ -11,6 +11,10 @@ import pytest
 
 from sequencematch.apps.cli import main
 from sequencematch.apps.setup import prepare_run
+from sequencematch.core.examples import encode_example, encode_prompt, special_ids
+from sequencematch.core.tokenizers import char_tokenizer
+from sequencematch.models.prompts import format_prompt
+from sequencematch.tasks.text import END_OF_TEXT, PAD, cut_windows, train_bpe_tokenizer
 from sequencematch.training.config import TrainConfig
 from sequencematch.training.trainer import Trainer
 
@@ -78,3 +82,52 @@ def test_the_model_is_saved_before_the_final_evaluation(tmp_path):
     run = tmp_path / "run"
     assert (run / "model" / "model.safetensors").is_file()
     assert (run / "checkpoints" / "step-00000002").is_dir()
+
+
+# ---------------------------------------------------------------------- special-token text
+
+
+@pytest.mark.parametrize("literal", ["<eos>", "<pad>", "<unk>", "<bos>"])
+def test_literal_special_token_text_in_pairs_stays_text(literal):
+    tokenizer = char_tokenizer("abcd<>eosupnkb")
+    example = encode_example(tokenizer, f"ab{literal}cd", f"c{literal}d")
+    specials = set(special_ids(tokenizer))
+    assert not specials & {*example.prompt[1:], *example.completion[:-1]}  # BOS, <eos> added
+    assert tokenizer.decode(example.completion[:-1]) == f"c{literal}d"
+    assert not specials & set(encode_prompt(tokenizer, f"ab{literal}")[1:])
+
+
+@pytest.mark.parametrize("literal", [END_OF_TEXT, PAD])
+def test_literal_special_token_text_in_a_corpus_stays_text(literal):
+    tokenizer = train_bpe_tokenizer(["some text to learn from"] * 4, vocab_size=300)
+    document = f"one line{literal}and the next line of the same text " * 3
+    windows = cut_windows(tokenizer, [document], prompt_tokens=4, completion_tokens=8)
+    ids = {i for window in windows for i in window.prompt + window.completion}
+    assert not ids & set(special_ids(tokenizer))
+
+
+def test_a_literal_bkspc_is_no_deletion_when_the_tokenizer_has_the_token(tmp_path):
+    data = write_pairs(tmp_path / "bk.jsonl", [("ab<bkspc>:", "c<bkspc>d")] * 4)
+    config = pairs_config(tmp_path, backspace=True, train_file=str(data))
+    inputs = prepare_run(config)
+    Trainer(config, inputs.model, inputs.tokenizer, inputs.train).train()
+    folder = str(tmp_path / "run" / "model")  # its tokenizer knows <bkspc> and its characters
+    again = prepare_run(pairs_config(tmp_path, model=folder, train_file=str(data),
+                                     output_dir=str(tmp_path / "again")))  # fmt: skip
+    assert again.tokenizer.unk_token_id not in again.train[0].prompt
+    bkspc = again.tokenizer.convert_tokens_to_ids("<bkspc>")
+    assert isinstance(bkspc, int) and bkspc != again.tokenizer.unk_token_id
+    assert all(bkspc not in e.prompt + e.completion for e in again.train)
+
+
+def test_a_chat_template_keeps_its_markers_and_reads_the_users_text_as_text():
+    tokenizer = char_tokenizer("abcd<>eosupnk")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<pad>{{ m['content'] }}<eos>{% endfor %}"
+        "{% if add_generation_prompt %}<unk>{% endif %}"
+    )
+    ids = encode_prompt(tokenizer, format_prompt(tokenizer, "a<eos>b", chat_template=True))
+    literal = tokenizer("<eos>", add_special_tokens=False, split_special_tokens=True).input_ids
+    pad, eos, unk = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id
+    a, b = tokenizer.convert_tokens_to_ids(["a", "b"])
+    assert ids == [tokenizer.bos_token_id, pad, a, *literal, b, eos, unk]

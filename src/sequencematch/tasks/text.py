@@ -290,11 +290,14 @@ def cut_pairs(
 def _encode_documents(
     tokenizer: PreTrainedTokenizerBase, documents: Iterable[str]
 ) -> list[list[int]]:
-    """Token ids of each document, without special tokens."""
+    """Token ids of each document: none added, and none read from the text (a literal
+    ``<|endoftext|>`` in a document stays text; see :func:`~..core.examples.encode_text`)."""
     texts = list(documents)
     if not texts:
         return []
-    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)[
+        "input_ids"
+    ]
 
 
 def _spans(length: int, window: int, prompt_tokens: int) -> list[tuple[int, int]]:
