@@ -131,3 +131,30 @@ def test_a_chat_template_keeps_its_markers_and_reads_the_users_text_as_text():
     pad, eos, unk = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id
     a, b = tokenizer.convert_tokens_to_ids(["a", "b"])
     assert ids == [tokenizer.bos_token_id, pad, a, *literal, b, eos, unk]
+
+
+# ---------------------------------------------------------------------- what a resume reads
+
+
+def test_a_resume_after_the_training_data_changed_is_refused(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", [("ab:", "ba"), ("cd:", "dc")] * 4)
+    argv = ["train", "--task", "jsonl", "--train-file", str(data), "--output-dir",
+            str(tmp_path / "run"), "--steps", "4", "--save-every", "2", *TINY]  # fmt: skip
+    assert main([*argv, "--stop-at", "2"]) == 0
+    write_pairs(data, [("ef:", "fe"), ("gh:", "hg")] * 4)  # new characters: new ids
+    fails(capsys, [*argv, "--resume", "true"], "the contents of train_file changed")
+
+
+def test_a_resume_on_a_base_model_replaced_in_place_is_refused(tmp_path, capsys):
+    config = pairs_config(tmp_path, output_dir=str(tmp_path / "base"))
+    inputs = prepare_run(config)
+    Trainer(config, inputs.model, inputs.tokenizer, inputs.train).train()
+    base = tmp_path / "base" / "model"
+    argv = ["train", "--task", "jsonl", "--train-file", str(tmp_path / "train.jsonl"),
+            "--model", str(base), "--output-dir", str(tmp_path / "run"), "--steps", "4",
+            "--save-every", "2", "--method", "mle", "--batch-size", "4",
+            "--progress", "false"]  # fmt: skip
+    assert main([*argv, "--stop-at", "2"]) == 0
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # replaced in place
+    fails(capsys, [*argv, "--resume", "true"], "the contents of model changed")

@@ -47,6 +47,18 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, or of a folder's files (their relative paths and
+    contents, in sorted order): what a run was trained from, to notice it changed."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_of(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_of(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def is_disk_full(error: BaseException) -> bool:
     """Whether ``error`` (or what caused it) is a full disk: ``OSError`` ENOSPC, or the
     wrapped forms of it that ``torch.save`` and ``safetensors`` raise."""

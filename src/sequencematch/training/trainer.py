@@ -32,7 +32,7 @@ from ..core.actions import Batch, NoiseSource
 from ..core.backspace import causal_lm, check_backspace_support
 from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
-from ..core.files import atomic_write_text, disk_full_error, is_disk_full
+from ..core.files import atomic_write_text, content_digest, disk_full_error, is_disk_full
 from ..core.forward import (
     chunked_state_logits,
     precision_body_dtype,
@@ -104,13 +104,15 @@ def valid_vocabulary(model: PreTrainedModel, tokenizer: Any) -> int:
 
 def run_identity(config: TrainConfig) -> dict[str, Any]:
     """The options that define a run (compared on resume): every option but those that may
-    change, with file options as resolved paths."""
+    change, with file options as resolved paths and the sha256 of what they hold (data
+    edited or a base model replaced in place is another run: ids would mean other text)."""
     values = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
     values.pop("output_dir")
     for key in PATH_OPTIONS:
         value = values.get(key)
         if isinstance(value, str) and Path(value).exists():
             values[key] = str(Path(value).resolve())
+            values[f"{key}_sha256"] = content_digest(value)
     return values
 
 
@@ -305,7 +307,11 @@ class Trainer:
         current = self.identity
         mismatched = sorted(key for key in current if key in saved and saved[key] != current[key])
         if mismatched:
-            details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in mismatched)
+            details = ", ".join(
+                f"the contents of {k.removesuffix('_sha256')} changed" if k.endswith("_sha256")
+                else f"{k}: {saved[k]!r} -> {current[k]!r}"
+                for k in mismatched
+            )  # fmt: skip
             raise CheckpointError(
                 f"checkpoint {checkpoint} was trained with other settings ({details}), which "
                 f"cannot change on resume (these can: {', '.join(sorted(RESUMABLE_CHANGES))}); "
