@@ -19,6 +19,7 @@ from ..core.examples import (
     longest_completion,
     position_limit,
 )
+from ..core.files import parse_json
 from ..models.loading import PRESETS, load_model
 from ..models.prompts import format_prompt
 from ..tasks.base import Evaluator, Pair, Task, TaskData, TaskOptions
@@ -256,8 +257,8 @@ def read_task_info(folder: Path) -> dict[str, Any]:
     if not info_file.exists():
         return {}
     try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        info = parse_json(info_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
         raise ValueError(f"{info_file} is not valid JSON ({error}); restore it") from None
     if not isinstance(info, dict):
         raise ValueError(f"{info_file} must hold a JSON object, not {type(info).__name__}")

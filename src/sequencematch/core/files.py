@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -101,6 +103,33 @@ def read_utf8(path: str | os.PathLike[str]) -> str:
     """A whole UTF-8 file (BOM dropped, universal newlines); errors name the file and line."""
     text = "".join(line for _, line in utf8_lines(path))
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def parse_json(text: str) -> Any:
+    """One JSON value, refusing what ``json.loads`` lets through silently or as a crash: a
+    key twice in one object (one value would silently win), nesting too deep to read, and a
+    lone surrogate escape (``"\\ud800"``: no character, it breaks every encoder later).
+    Malformed JSON raises ``json.JSONDecodeError``, anything else ``ValueError``."""
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+    except UnicodeEncodeError:
+        raise ValueError(
+            "a string holds a lone surrogate escape (such as \\ud800), which is no character; "
+            "write the character itself"
+        ) from None
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} appears twice in one object; keep one")
+        found[key] = value
+    return found
 
 
 def model_folder_problem(path: str | os.PathLike[str]) -> str | None:

@@ -373,7 +373,19 @@ class TrainConfig:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """Safe YAML whose floats follow YAML 1.2: ``1e-3`` and ``1e3`` are numbers, not text."""
+    """Safe YAML whose floats follow YAML 1.2: ``1e-3`` and ``1e3`` are numbers, not text;
+    an option given twice is refused (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(
