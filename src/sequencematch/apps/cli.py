@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import pickle
 import sys
 from typing import Any, NoReturn
 
@@ -13,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ..core.files import is_disk_full, model_folder_problem  # noqa: E402
-from ..training.config import add_config_arguments, config_from_arguments  # noqa: E402
+from ..training.config import MAX_SEED, add_config_arguments, config_from_arguments  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train with MLE or SequenceMatch. Options come from --config FILE.yaml, "
         "then from the flags below (flags win). Launch with torchrun --nproc-per-node N for "
         "data parallel training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     train.add_argument("--config", default=None, help="YAML file of options")
     add_config_arguments(train)
@@ -270,7 +271,7 @@ def run_eval(args: argparse.Namespace) -> int:
         trained.model, trained.tokenizer, pairs, bkspc_id=trained.bkspc_id,
         max_new_tokens=trained.sample_length, options=options,
     )  # fmt: skip
-    print(json.dumps(task.record(result)) if args.json else task.summary(result))
+    print(json.dumps(json_ready(task.record(result))) if args.json else task.summary(result))
     return 0
 
 
@@ -327,13 +328,17 @@ def _load_model_folder(args: argparse.Namespace) -> Any:
         return load_trained(folder, task=args.task, trust_task_code=args.trust_task_code)
     except SafetensorError as error:
         raise ValueError(f"{folder}: the model weights cannot be read ({error})") from error
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{folder}: {describe_error(error)}") from None
 
 
 def _check_sampling_options(args: argparse.Namespace) -> None:
     if not 0.0 <= args.noise <= 1.0:
         raise ValueError(f"--noise is a probability in [0, 1], got {args.noise}")
-    if args.temperature is not None and not args.temperature > 0:
-        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    if args.temperature is not None and not 0 < args.temperature < math.inf:
+        raise ValueError(f"--temperature must be a positive number, got {args.temperature}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must lie in [0, {MAX_SEED}], got {args.seed}")
 
 
 def _check_positions(model: Any, prompt_tokens: int, new_tokens: int, what: str) -> None:
@@ -364,13 +369,33 @@ def _warn_unknown_characters(tokenizer: Any, texts: list[str], where: str) -> No
               f"({shown}); they are read as {tokenizer.unk_token}", file=sys.stderr)  # fmt: skip
 
 
-def describe_error(error: BaseException) -> str:
-    """The one line a user error becomes on stderr."""
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite number as ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def describe_error(error: BaseException, command: str = "train") -> str:
+    """The one line a user error of ``command`` becomes on stderr."""
     if is_disk_full(error):
         where = getattr(error, "filename", None)
+        again = "a demo continues with --resume" if command == "demo" else (
+            "a training run continues with --resume true"
+        )  # fmt: skip
         return (
             f"no space left on device{f' (writing {where})' if where else ''}: free some space "
-            "and run the command again (a training run continues with --resume true)"
+            f"and run the command again ({again})"
+        )
+    if isinstance(error, pickle.UnpicklingError):
+        return (
+            "a pytorch_model.bin cannot be read safely: it is damaged, or holds more than "
+            "tensors, which is never unpickled (that could run code); use the model saved as "
+            "model.safetensors"
         )
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.filename}: {error.strerror}"
@@ -391,7 +416,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .parallel import WorkerDied
 
     return (ValueError, OSError, ImportError, TrainingError, CheckpointError, RunFolderError,
-            SafetensorError, WorkerDied)  # fmt: skip
+            SafetensorError, WorkerDied, pickle.UnpicklingError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,12 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             return run_eval(args)
     except _user_errors() as error:
-        print(f"error: {describe_error(error)}", file=sys.stderr)
+        print(f"error: {describe_error(error, args.command)}", file=sys.stderr)
         return 2
     except RuntimeError as error:
         if not is_disk_full(error):
             raise
-        print(f"error: {describe_error(error)}", file=sys.stderr)
+        print(f"error: {describe_error(error, args.command)}", file=sys.stderr)
         return 2
     return 2
 

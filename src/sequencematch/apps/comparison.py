@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from ..models.loading import model_source
 from ..tasks.base import EvalOptions
 from ..tasks.comparison import Comparison
-from ..training.config import TrainConfig
+from ..training.config import MAX_SEED, TrainConfig
 from ..training.run_folder import RunFolder
 from .parallel import (
     Job,
@@ -141,6 +141,8 @@ class ComparisonSettings:
             raise ValueError(
                 f"--n-train and --n-test must be at least 1, got {self.n_train} and {self.n_test}"
             )
+        if not 0 <= self.seed <= self.seed + self.seeds - 1 <= MAX_SEED:
+            raise ValueError(f"--seed and the seeds after it must lie in [0, {MAX_SEED}]")
         model_source(self.model)  # a misspelled --model, before any folder is claimed
         # every run's configuration, before the first one trains for minutes
         warmup_config(self, self.seed, Path("warmup")).validate()

@@ -30,6 +30,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, tag: str = "") ->
     prefix = f".{path.name}.{tag}-" if tag else f".{path.name}."
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
+        os.fchmod(handle, new_file_mode())  # mkstemp's files are private (0600)
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
@@ -38,6 +39,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, tag: str = "") ->
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def new_file_mode() -> int:
+    """The mode an ordinary new file gets here (0666 less the umask; 0644 usually)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def share_files(folder: str | os.PathLike[str]) -> None:
+    """Give every file below ``folder`` (written by this process: a model folder, a
+    checkpoint) the mode of an ordinary new file; some writers leave theirs private."""
+    for file in Path(folder).rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            file.chmod(new_file_mode())
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -148,4 +164,9 @@ def model_folder_problem(path: str | os.PathLike[str]) -> str | None:
             f"{folder} has no tokenizer (no tokenizer.json); save the model's tokenizer into it "
             "with tokenizer.save_pretrained"
         )
+    for file in sorted(folder.glob("*.json")):  # the loaders' own errors do not name the file
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            return f"{file} is not valid JSON ({error}); restore it or save the model again"
     return None

@@ -27,6 +27,8 @@ MIXABLE_NOISE_SOURCES = ("uniform", "unigram", "task")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "per_phase")
 REPLAY_DRAWS = ("uniform", "fresh")
+MAX_SEED = 2**32 - 1
+"""The largest seed (every random generator the runs seed accepts it)."""
 
 
 def noise_source_parts(noise_source: str) -> list[str]:
@@ -244,6 +246,11 @@ class TrainConfig:
                 problems.append(message)
 
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(
+            re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        need(0 <= self.seed <= MAX_SEED, f"seed must lie in [0, {MAX_SEED}], got {self.seed}")
         need(bool(self.task), "task must name a task (e.g. arithmetic, jsonl or text)")
         try:
             noise_source_parts(self.noise_source)
