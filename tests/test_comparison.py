@@ -242,6 +242,35 @@ def test_resume_may_add_seeds_but_not_change_anything_else(tmp_path, capsys):
     assert "replacing the previous demo run" in capsys.readouterr().out
 
 
+def test_resume_never_drops_seeds(tmp_path):
+    settings = with_overrides(DemoSettings.quick(), seeds=2)
+    prepare_output(tmp_path, settings, resume=False)
+    with pytest.raises(ValueError, match="--seeds 1 is fewer than the 2 seeds of the demo"):
+        prepare_output(tmp_path, with_overrides(settings, seeds=1), resume=True)
+    prepare_output(tmp_path, settings, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "-3"], "--workers must be at least 1"),
+        (["--p-noise", "1.5"], "p_noise must lie in [0, 1)"),
+        (["--n-test", "0"], "--n-train and --n-test must be at least 1"),
+        (["--model", "smollm2-13"], "model 'smollm2-13' is neither a preset"),
+    ],
+)
+def test_bad_demo_options_are_refused_before_anything_is_trained_or_claimed(
+    tmp_path, capsys, flags, message
+):
+    from sequencematch.apps.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--progress", "false", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()
+
+
 def test_bad_demo_settings_are_refused():
     with pytest.raises(ValueError, match="--seeds must be at least 1"):
         with_overrides(DemoSettings(), seeds=0)

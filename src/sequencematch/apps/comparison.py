@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..models.loading import model_source
 from ..tasks.base import EvalOptions
 from ..tasks.comparison import Comparison
-from ..training.config import TrainConfig
+from ..training.config import MAX_SEED, TrainConfig
 from ..training.run_folder import RunFolder
 from .parallel import (
     Job,
@@ -136,6 +137,17 @@ class ComparisonSettings:
                 f"--lr must be > 0 and --lora-r >= 0 (0: every weight), got {self.lr} and "
                 f"{self.lora_r}"
             )
+        if self.n_train < 1 or self.n_test < 1:
+            raise ValueError(
+                f"--n-train and --n-test must be at least 1, got {self.n_train} and {self.n_test}"
+            )
+        if not 0 <= self.seed <= self.seed + self.seeds - 1 <= MAX_SEED:
+            raise ValueError(f"--seed and the seeds after it must lie in [0, {MAX_SEED}]")
+        model_source(self.model)  # a misspelled --model, before any folder is claimed
+        # every run's configuration, before the first one trains for minutes
+        warmup_config(self, self.seed, Path("warmup")).validate()
+        for config in method_configs(self, self.seed, Path("warmup"), Path("seed")).values():
+            config.validate()
         return self
 
     def task_config(self) -> dict[str, Any]:
@@ -338,6 +350,8 @@ def run_comparison(
     from .paired_summary import render, summarise
 
     settings.validate()
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1 (1: one run at a time), got {workers}")
     started = time.perf_counter()
     comparison: Comparison = config_task(warmup_config(settings, settings.seed, out)).comparison()
     prepare_output(out, settings, resume, overwrite)
@@ -451,6 +465,13 @@ def prepare_output(
                 raise ValueError(
                     f"--resume needs the settings of the run in {out}; these differ: "
                     f"{', '.join(changed)}. Use the same options, or another --out"
+                )
+            before = previous.get("seeds")
+            if resume and isinstance(before, int) and settings.seeds < before:
+                raise ValueError(
+                    f"--seeds {settings.seeds} is fewer than the {before} seeds of the demo in "
+                    f"{out}: --resume adds seeds, never drops them; pass --seeds {before} or "
+                    "more (or use another --out for fewer)"
                 )
         folder.record(*outputs)
     saved.write_text(json.dumps(current, indent=2))

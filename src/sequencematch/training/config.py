@@ -29,6 +29,8 @@ LR_SCHEDULES = ("cosine", "per_phase")
 BKSPC_INITS = ("auto", "mean", "probe")
 TERMINAL_VALUES = ("zero", "learned")
 REPLAY_DRAWS = ("uniform", "fresh")
+MAX_SEED = 2**32 - 1
+"""The largest seed (every random generator the runs seed accepts it)."""
 
 
 def noise_source_parts(noise_source: str) -> list[str]:
@@ -270,6 +272,11 @@ class TrainConfig:
                 problems.append(message)
 
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(
+            re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        need(0 <= self.seed <= MAX_SEED, f"seed must lie in [0, {MAX_SEED}], got {self.seed}")
         need(bool(self.task), "task must name a task (e.g. arithmetic, jsonl or text)")
         try:
             noise_source_parts(self.noise_source)
@@ -418,7 +425,19 @@ class TrainConfig:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """Safe YAML whose floats follow YAML 1.2: ``1e-3`` and ``1e3`` are numbers, not text."""
+    """Safe YAML whose floats follow YAML 1.2: ``1e-3`` and ``1e3`` are numbers, not text;
+    an option given twice is refused (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(

@@ -32,7 +32,7 @@ from ..core.actions import Batch, NoiseSource, collate
 from ..core.backspace import BKSPC_TOKEN, causal_lm, check_backspace_support
 from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
-from ..core.files import atomic_write_text, disk_full_error, is_disk_full
+from ..core.files import atomic_write_text, content_digest, disk_full_error, is_disk_full
 from ..core.forward import (
     chunked_state_logits,
     precision_body_dtype,
@@ -106,13 +106,15 @@ def valid_vocabulary(model: PreTrainedModel, tokenizer: Any) -> int:
 
 def run_identity(config: TrainConfig) -> dict[str, Any]:
     """The options that define a run (compared on resume): every option but those that may
-    change, with file options as resolved paths."""
+    change, with file options as resolved paths and the sha256 of what they hold (data
+    edited or a base model replaced in place is another run: ids would mean other text)."""
     values = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
     values.pop("output_dir")
     for key in PATH_OPTIONS:
         value = values.get(key)
         if isinstance(value, str) and Path(value).exists():
             values[key] = str(Path(value).resolve())
+            values[f"{key}_sha256"] = content_digest(value)
     return values
 
 
@@ -193,6 +195,9 @@ class Trainer:
         self.evaluate = evaluate
         self.model_files = dict(model_files or {})
         self.step = 0
+        self.window: list[dict[str, Any]] = []  # metrics of the steps since the last log line
+        self.elapsed_before = 0.0  # seconds trained before a resume (elapsed_s goes on)
+        self.started: float | None = None
         self.replay = ReplayBuffer(config.replay_size, config.seed)
         self._writer: Any = None
         self.run: RunFolder | None = None  # the locked run folder (rank 0)
@@ -363,7 +368,11 @@ class Trainer:
         current = self.identity
         mismatched = sorted(key for key in current if key in saved and saved[key] != current[key])
         if mismatched:
-            details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in mismatched)
+            details = ", ".join(
+                f"the contents of {k.removesuffix('_sha256')} changed" if k.endswith("_sha256")
+                else f"{k}: {saved[k]!r} -> {current[k]!r}"
+                for k in mismatched
+            )  # fmt: skip
             raise CheckpointError(
                 f"checkpoint {checkpoint} was trained with other settings ({details}), which "
                 f"cannot change on resume (these can: {', '.join(sorted(RESUMABLE_CHANGES))}); "
@@ -394,6 +403,8 @@ class Trainer:
             self.value_head.load_state_dict(state["value_head"])
         self.step = int(state["step"])
         self._drop_metrics_after(self.step)
+        self.window = list(state.get("metrics_window", []))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.replay.load_state_dict(state["replay"], self.step)
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
@@ -731,9 +742,9 @@ class Trainer:
             total=config.steps, initial=self.step, desc=f"{config.method}",
             disable=not (config.progress and self.world.is_main), dynamic_ncols=True,
         )  # fmt: skip
-        window: list[dict[str, Any]] = []
         last: dict[str, Any] = {}
-        started = time.perf_counter()
+        first_step = self.step
+        started = self.started = time.perf_counter() - self.elapsed_before
         self.model.train()
         pending = dict(self.probe_stats)  # logged with the first step
         while self.step < last_step:
@@ -747,25 +758,56 @@ class Trainer:
                     self.model.train()
             metrics = self._train_step(step)
             self.step = step
-            window.append(metrics)
+            self.window.append(metrics)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "mle", "regulariser")})
             if step % config.log_every == 0 or step == last_step or extra:
-                last = self._log(step, window, extra, time.perf_counter() - started)
-                window = []
+                last = self._log(step, self.window, extra, time.perf_counter() - started)
+                self.window = []
             if config.eval_every and step % config.eval_every == 0 and step != last_step:
                 last |= self._run_evaluation(step)
             if config.save_every and step % config.save_every == 0 and step != last_step:
                 self.save_checkpoint()
         bar.close()
-        if self.step >= config.steps:
-            last |= self._run_evaluation(self.step)
-        self.save_checkpoint()
-        if self.step >= config.steps:
+        self.save_checkpoint()  # first: an evaluation that fails must not lose the training
+        trained = self.step > first_step
+        if not trained and self.step >= config.steps and self.world.is_main:
+            print(f"the run in {self.run_dir} finished at step {self.step} already")
+        if self.step >= config.steps and (trained or not self._finished_before("model")):
             self.save_model(self.run_dir / "model")
+        if self.step >= config.steps and (trained or not self._finished_before("evaluation")):
+            last |= self._run_evaluation(self.step)
         if self._writer is not None:
             self._writer.close()
         return last
+
+    def _elapsed(self) -> float:
+        """Seconds of training so far, over every resume."""
+        if self.started is None:
+            return self.elapsed_before
+        return time.perf_counter() - self.started
+
+    def _finished_before(self, part: str) -> bool:
+        """Whether a run resumed at its last step already wrote ``part`` (``"model"`` or the
+        final ``"evaluation"``): resuming a finished run rewrites and appends nothing."""
+        done = False
+        if self.world.is_main:
+            if part == "model":
+                done = self.run is not None and self.run.owns("model")
+                done = done and (self.run_dir / "model").is_dir()
+            else:
+                done = self.evaluate is None or any(
+                    record.get("step") == self.step and any(k.startswith("eval/") for k in record)
+                    for record in self._metrics_records()
+                )
+        return bool(all_gather_objects(self.world, done)[0])
+
+    def _metrics_records(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (rank 0; checked when the run was resumed)."""
+        path = self.run_dir / METRICS_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def _log(
         self, step: int, window: list[dict[str, Any]], extra: dict[str, float], elapsed: float
@@ -834,6 +876,8 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "identity": self.identity,
                 "mle_warmup": self.config.mle_warmup(),
+                "metrics_window": list(self.window),  # logged later, averaged with later steps
+                "elapsed_s": self._elapsed(),
             }
             if self.value_head is not None:
                 state["value_head"] = self.value_head.state_dict()
