@@ -81,6 +81,11 @@ def test_eval_prints_json_for_a_question_file(demo_folder, tmp_path, capsys):
     assert main(["eval", "--model", str(model), "--data", str(questions), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["n"] == 12 and 0.0 <= record["accuracy"] <= 1.0
+    policy = record["policy"]  # the policy around the 12 reference answers
+    assert policy["rows"] == 12
+    assert policy["p_eos"] + policy["tail_at_end"] + policy["p_bkspc_at_end"] == (
+        pytest.approx(1.0, abs=1e-5)
+    )
     assert main(["eval", "--model", str(model), "--data", str(questions), "--json",
                  "--noise", "1.0", "--seed", "3"]) == 0  # fmt: skip
     noisy = json.loads(capsys.readouterr().out)

@@ -242,6 +242,35 @@ def test_resume_may_add_seeds_but_not_change_anything_else(tmp_path, capsys):
     assert "replacing the previous demo run" in capsys.readouterr().out
 
 
+def test_resume_never_drops_seeds(tmp_path):
+    settings = with_overrides(DemoSettings.quick(), seeds=2)
+    prepare_output(tmp_path, settings, resume=False)
+    with pytest.raises(ValueError, match="--seeds 1 is fewer than the 2 seeds of the demo"):
+        prepare_output(tmp_path, with_overrides(settings, seeds=1), resume=True)
+    prepare_output(tmp_path, settings, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "-3"], "--workers must be at least 1"),
+        (["--p-noise", "1.5"], "p_noise must lie in [0, 1)"),
+        (["--n-test", "0"], "--n-train and --n-test must be at least 1"),
+        (["--model", "smollm2-13"], "model 'smollm2-13' is neither a preset"),
+    ],
+)
+def test_bad_demo_options_are_refused_before_anything_is_trained_or_claimed(
+    tmp_path, capsys, flags, message
+):
+    from sequencematch.apps.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--progress", "false", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()
+
+
 def test_bad_demo_settings_are_refused():
     with pytest.raises(ValueError, match="--seeds must be at least 1"):
         with_overrides(DemoSettings(), seeds=0)
@@ -312,3 +341,23 @@ def test_a_pretrained_comparison_through_lora_adapters_and_its_report_says_so(tm
     report = ArithmeticComparison().report(scratch, "", None)
     assert "plain MLE from scratch, 600 steps of 32 questions, a `tiny_llama` model" in report
     assert "LoRA" not in report
+
+
+def test_the_report_shows_each_methods_policy_when_it_was_measured():
+    results = fake_results(CONSISTENT)
+    assert "### The policy around the reference answer" not in render(
+        results, ArithmeticComparison()
+    )  # results written before the policy was measured
+    for number, seed in enumerate(results["seeds"].values()):
+        for method, entry in seed["methods"].items():
+            p_eos = 0.9 + 0.01 * number if method == "mle" else 0.5
+            entry["policy"] = {
+                "p_eos": p_eos, "tail_at_end": 1 - p_eos, "p_bkspc_after_wrong": float("nan"),
+                "p_bkspc_at_end": 0.0, "first_token_entropy": 1.0, "outside_top10": 0.0,
+            }  # fmt: skip
+    body = render(results, ArithmeticComparison())
+    assert "### The policy around the reference answer (mean over 3 seed(s)" in body
+    section = body.split("### The policy around the reference answer")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| mle |"))
+    # P(eos) over the three seeds 0.90, 0.91, 0.92; no row measured deletion
+    assert row.startswith("| mle | 0.910 [0.900, 0.920] | 0.090 [0.080, 0.100] | - |")

@@ -53,7 +53,8 @@ def test_bad_lengths_and_empty_data_are_refused():
 
 
 def test_a_row_without_eos_bootstraps_from_the_value_of_its_last_state():
-    """SPEC section 3: a row cut by the maximum length is not terminal. Its last transition
+    """docs/method.md, "Terminal states": a row cut by the maximum length is not terminal.
+    Its last transition
     has V(s') = logsumexp of the last element's logits; a row that ends in <eos> has
     V(s') = 0 there. The objective treats data rows and model rows by this one rule."""
     torch.manual_seed(0)

@@ -48,7 +48,7 @@ def test_training_and_loading_a_bf16_checkpoint_give_float32_weights(bf16_folder
     config = TrainConfig(model=str(bf16_folder))
     model = build_model(config, char_tokenizer(ALPHABET))
     assert float_dtypes(model) == {torch.float32}
-    assert float_dtypes(load_trained(bf16_folder).model) == {torch.float32}
+    assert float_dtypes(load_trained(bf16_folder, task="text").model) == {torch.float32}
 
 
 def test_parameter_dtype_check_names_the_odd_parameter():

@@ -107,14 +107,16 @@ def reference_transitions(logits: torch.Tensor, rows, bkspc_id, eos_id):
     return out
 
 
-def reference_expectations(items_per_row, gamma, fn):
+def reference_expectations(items_per_row, gamma, fn, over_noise=False):
+    """The gamma-weighted mean of ``fn`` over expert transitions; ``over_noise``: the sum over
+    the non-expert (noise) transitions instead, divided by the same expert weight."""
     num = den = 0.0
     for items in items_per_row:
         for it in items:
-            if it["expert"]:
-                w = gamma ** it["step"]
+            w = gamma ** it["step"]
+            if it["expert"] != over_noise:
                 num += w * fn(it)
-                den += w
+            den += w if it["expert"] else 0.0
     return num / den
 
 
@@ -146,6 +148,8 @@ def reference_loss(
         )
         regulariser = 0.0
     val = mix(value)
+    if model_rows is not None:  # noise rows balanced: their wrong tokens weigh -(1 - beta)
+        val -= (1 - beta) * reference_expectations(data, gamma, value, over_noise=True)
     return dict(
         loss=imitation + val + regulariser, imitation=imitation, value=val, regulariser=regulariser
     )
@@ -379,7 +383,7 @@ def test_get_phi_unknown_name_lists_valid_names():
 
 
 # --------------------------------------------------------------------------------------
-# SPEC section 4 identity
+# The identity -r + dV = -log pi (docs/method.md)
 # --------------------------------------------------------------------------------------
 
 
@@ -614,7 +618,9 @@ def test_mixture_averages_value_and_regulariser(divergence):
     data_logits = random_logits(data, seed=16)
     model_logits = random_logits(model, seed=17)
     kwargs = dict(divergence=divergence, gamma=0.9, alpha=0.2)
-    mixed = sequencematch_loss(data_logits, data, model_logits, model, BK, EOS, beta=0.5, **kwargs)
+    mixed = sequencematch_loss(
+        data_logits, data, model_logits, model, BK, EOS, beta=0.5, balance_noise=False, **kwargs
+    )  # the plain mixture; noise-row balance: tests/test_objective_optima.py
     data_only = sequencematch_loss(data_logits, data, None, None, BK, EOS, **kwargs)
     model_only = sequencematch_loss(model_logits, model, None, None, BK, EOS, **kwargs)
 
@@ -636,7 +642,7 @@ def test_mixture_averages_value_and_regulariser(divergence):
 
     # beta = 0: value and regulariser come from the model batch only
     model_side = sequencematch_loss(
-        data_logits, data, model_logits, model, BK, EOS, beta=0.0, **kwargs
+        data_logits, data, model_logits, model, BK, EOS, beta=0.0, balance_noise=False, **kwargs
     )
     assert num(model_side.value) == pytest.approx(num(model_only.value), rel=1e-12)
 

@@ -118,7 +118,9 @@ def test_a_users_task_is_a_class_trained_and_validated_like_any_other(tmp_path, 
     trainer.train()
     evaluations = [r for r in metrics_records(tmp_path / "run") if "eval/accuracy" in r]
     assert [r["step"] for r in evaluations] == [2, 3]  # every eval_every steps and at the end
-    trained = load_trained(tmp_path / "run" / "model")
+    with pytest.raises(ValueError, match="pass --trust-task-code"):  # a class by import path
+        load_trained(tmp_path / "run" / "model")
+    trained = load_trained(tmp_path / "run" / "model", trust_task_code=True)
     assert isinstance(trained.task, ReverseTask)  # found again through task.json
 
     monkeypatch.setattr(registry, "_REGISTERED", {})  # forgotten after this test

@@ -412,9 +412,9 @@ def test_padded_vocabulary_rows_are_never_actions(tmp_path, noise_source):
     trainer._refresh(1)
     assert all(a < valid for trace in trainer.replay for a in trace.actions)
     micro = trainer._micro_batches(1, "sequencematch")[0]
-    lifted = trainer._loss(*micro, "sequencematch", 1)
+    lifted = trainer._loss(*micro, "sequencematch", 1)[0].as_dict()
     boost["amount"] = 0.0
-    plain = trainer._loss(*micro, "sequencematch", 1)
+    plain = trainer._loss(*micro, "sequencematch", 1)[0].as_dict()
     for name in ("loss", "mle", "value", "regulariser", "v_mean"):
         assert float(lifted[name].detach()) == pytest.approx(float(plain[name].detach()),
                                                              abs=1e-6), name  # fmt: skip

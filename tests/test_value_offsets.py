@@ -1,4 +1,4 @@
-"""How SequenceMatch reads logits as Q (SPEC section 11): ``Q = logits``, ``Q = logits + b(s)``
+"""How SequenceMatch reads logits as Q (docs/method.md): ``Q = logits``, ``Q = logits + b(s)``
 or ``Q = log-softmax(logits) + b(s)``. The policy and the MLE identity must not depend on the
 reading; the value terms must."""
 

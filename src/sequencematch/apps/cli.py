@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import pickle
 import sys
 from typing import Any, NoReturn
 
@@ -13,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ..core.files import is_disk_full, model_folder_problem  # noqa: E402
-from ..training.config import add_config_arguments, config_from_arguments  # noqa: E402
+from ..training.config import MAX_SEED, add_config_arguments, config_from_arguments  # noqa: E402
 from .signals import interrupted_line, stop_on_sigterm  # noqa: E402
 
 
@@ -89,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train with MLE or SequenceMatch. Options come from --config FILE.yaml, "
         "then from the flags below (flags win). Launch with torchrun --nproc-per-node N for "
         "data parallel training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     train.add_argument("--config", default=None, help="YAML file of options")
     add_config_arguments(train)
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate from a trained model folder")
     generate.add_argument("--model", required=True, help="model folder (e.g. RUN/model)")
     generate.add_argument("--prompt", required=True, help="prompt text (a question)")
+    _add_task_arguments(generate)
     generate.add_argument("--show-edits", action="store_true",
                           help="print the action trace, deleted tokens in [brackets]")  # fmt: skip
     generate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -112,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "jsonl) or text quality (MAUVE, diversity)",
     )
     evaluate.add_argument("--model", required=True, help="model folder (e.g. RUN/model)")
-    evaluate.add_argument("--task", default=None,
-                          help="default: the task the model was trained on")  # fmt: skip
+    _add_task_arguments(evaluate)
     evaluate.add_argument(
         "--data", default=None,
         help='arithmetic: JSONL of {"question", "answer"} (default: the generated test '
@@ -135,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64, help="questions per batch")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task", default=None,
+        help="the model's task (default: the one its task.json names; a folder without one, "
+        "such as a checkpoint, needs it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trust-task-code", action="store_true",
+        help="allow the folder's task.json to name a task class by import path (module:Class), "
+        "which imports and runs that module: only for folders you trust",
+    )  # fmt: skip
 
 
 def _flag(text: str) -> bool:
@@ -191,7 +205,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     _check_sampling_options(args)
-    trained = _load_model_folder(args.model)
+    trained = _load_model_folder(args)
     tokenizer = trained.tokenizer
     if not args.prompt.strip():
         raise ValueError("--prompt is empty: give the text to continue")
@@ -223,22 +237,14 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
+    from ..core.examples import check_prompt_lengths, position_limit
     from ..tasks.base import EvalOptions
-    from ..tasks.registry import task_from_info
-    from .setup import TASK_FILE
 
     _check_sampling_options(args)
     if args.batch_size < 1 or (args.n is not None and args.n < 0):
         raise ValueError("--batch-size must be at least 1 and --n at least 0")
-    trained = _load_model_folder(args.model)
-    if args.task is None and not os.path.exists(os.path.join(args.model, TASK_FILE)):
-        raise ValueError(
-            f"{args.model} has no {TASK_FILE} (sequencematch train writes one), so the task "
-            "it was trained on is unknown: pass --task NAME (arithmetic, jsonl or text)"
-        )
+    trained = _load_model_folder(args)
     task = trained.task
-    if args.task is not None and args.task != trained.task_info.get("task"):
-        task = task_from_info({**trained.task_info, "task": args.task})
     pairs = task.held_out(trained.tokenizer, args.data, n=args.n, seed=args.seed)
     if not pairs:
         raise ValueError("nothing to evaluate: the data holds no prompt/completion pair")
@@ -258,11 +264,21 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"warning: MAUVE from {len(pairs)} samples is unreliable (hundreds are usual); "
               "give more --data or pass --no-mauve", file=sys.stderr)  # fmt: skip
     pairs = trained.prompts_as_trained(pairs)  # the chat template, if training used one
+    check_prompt_lengths(
+        trained.tokenizer, [p.prompt for p in pairs], position_limit(trained.model),
+        trained.sample_length, args.data or "the held-out data",
+    )  # fmt: skip
     result = task.evaluate(
         trained.model, trained.tokenizer, pairs, bkspc_id=trained.bkspc_id,
         max_new_tokens=trained.sample_length, options=options,
     )  # fmt: skip
-    print(json.dumps(task.record(result)) if args.json else task.summary(result))
+    policy = task.policy(trained.model, trained.tokenizer, pairs, seed=args.seed).as_dict()
+    if args.json:
+        print(json.dumps(json_ready(task.record(result) | {"policy": policy})))
+    else:
+        print(task.summary(result))
+        print("policy at the reference answer: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in policy.items() if k != "rows" and v == v))  # fmt: skip
     return 0
 
 
@@ -319,9 +335,9 @@ def _train_until_stopped(trainer: Any, world: Any) -> dict[str, Any]:
 MIN_MAUVE_SAMPLES = 100
 
 
-def _load_model_folder(folder: str) -> Any:
-    """A saved model folder, checked first: it exists, holds a model and a tokenizer, and
-    its files match their manifest (when it has one)."""
+def _load_model_folder(args: argparse.Namespace) -> Any:
+    """The saved model folder ``--model``, checked first: it exists, holds a model and a
+    tokenizer, and its files match their manifest (when it has one)."""
     from pathlib import Path
 
     from safetensors import SafetensorError
@@ -330,22 +346,27 @@ def _load_model_folder(folder: str) -> Any:
     from ..training.run_folder import MANIFEST_FILE
     from .setup import load_trained
 
+    folder = args.model
     problem = model_folder_problem(folder)
     if problem is not None:
         raise ValueError(f"--model: {problem}; pass a model folder (e.g. RUN/model)")
     if (Path(folder) / MANIFEST_FILE).exists():
         verify_folder(Path(folder), missing_ok=True)
     try:
-        return load_trained(folder)
+        return load_trained(folder, task=args.task, trust_task_code=args.trust_task_code)
     except SafetensorError as error:
         raise ValueError(f"{folder}: the model weights cannot be read ({error})") from error
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{folder}: {describe_error(error)}") from None
 
 
 def _check_sampling_options(args: argparse.Namespace) -> None:
     if not 0.0 <= args.noise <= 1.0:
         raise ValueError(f"--noise is a probability in [0, 1], got {args.noise}")
-    if args.temperature is not None and not args.temperature > 0:
-        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    if args.temperature is not None and not 0 < args.temperature < math.inf:
+        raise ValueError(f"--temperature must be a positive number, got {args.temperature}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must lie in [0, {MAX_SEED}], got {args.seed}")
 
 
 def _check_positions(model: Any, prompt_tokens: int, new_tokens: int, what: str) -> None:
@@ -376,13 +397,33 @@ def _warn_unknown_characters(tokenizer: Any, texts: list[str], where: str) -> No
               f"({shown}); they are read as {tokenizer.unk_token}", file=sys.stderr)  # fmt: skip
 
 
-def describe_error(error: BaseException) -> str:
-    """The one line a user error becomes on stderr."""
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite number as ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def describe_error(error: BaseException, command: str = "train") -> str:
+    """The one line a user error of ``command`` becomes on stderr."""
     if is_disk_full(error):
         where = getattr(error, "filename", None)
+        again = "a demo continues with --resume" if command == "demo" else (
+            "a training run continues with --resume true"
+        )  # fmt: skip
         return (
             f"no space left on device{f' (writing {where})' if where else ''}: free some space "
-            "and run the command again (a training run continues with --resume true)"
+            f"and run the command again ({again})"
+        )
+    if isinstance(error, pickle.UnpicklingError):
+        return (
+            "a pytorch_model.bin cannot be read safely: it is damaged, or holds more than "
+            "tensors, which is never unpickled (that could run code); use the model saved as "
+            "model.safetensors"
         )
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.filename}: {error.strerror}"
@@ -403,7 +444,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .parallel import WorkerDied
 
     return (ValueError, OSError, ImportError, TrainingError, CheckpointError, RunFolderError,
-            SafetensorError, WorkerDied)  # fmt: skip
+            SafetensorError, WorkerDied, pickle.UnpicklingError)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,12 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {line}", file=sys.stderr)
         return code
     except _user_errors() as error:
-        print(f"error: {describe_error(error)}", file=sys.stderr)
+        print(f"error: {describe_error(error, args.command)}", file=sys.stderr)
         return 2
     except RuntimeError as error:
         if not is_disk_full(error):
             raise
-        print(f"error: {describe_error(error)}", file=sys.stderr)
+        print(f"error: {describe_error(error, args.command)}", file=sys.stderr)
         return 2
     return 2
 

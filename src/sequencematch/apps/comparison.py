@@ -1,6 +1,6 @@
 """The comparison harness behind both demos: four methods, paired on one warm-up per seed.
 
-The protocol (SPEC sections 9 and 10), for each seed:
+The protocol (docs/method.md, "The objective": its three kinds), for each seed:
 
 1. one shared warm-up: plain MLE on the task's data (the paper's BC/MLE warm-up), from
    scratch for a preset model, or fine-tuning a pretrained one (``model``), saved as a
@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..core.files import atomic_write_text
+from ..models.loading import model_source
 from ..tasks.base import EvalOptions
 from ..tasks.comparison import Comparison
-from ..training.config import TrainConfig
+from ..training.config import MAX_SEED, TrainConfig
 from ..training.run_folder import RunFolder
 from .parallel import (
     Job,
@@ -137,6 +138,17 @@ class ComparisonSettings:
                 f"--lr must be > 0 and --lora-r >= 0 (0: every weight), got {self.lr} and "
                 f"{self.lora_r}"
             )
+        if self.n_train < 1 or self.n_test < 1:
+            raise ValueError(
+                f"--n-train and --n-test must be at least 1, got {self.n_train} and {self.n_test}"
+            )
+        if not 0 <= self.seed <= self.seed + self.seeds - 1 <= MAX_SEED:
+            raise ValueError(f"--seed and the seeds after it must lie in [0, {MAX_SEED}]")
+        model_source(self.model)  # a misspelled --model, before any folder is claimed
+        # every run's configuration, before the first one trains for minutes
+        warmup_config(self, self.seed, Path("warmup")).validate()
+        for config in method_configs(self, self.seed, Path("warmup"), Path("seed")).values():
+            config.validate()
         return self
 
     def task_config(self) -> dict[str, Any]:
@@ -255,20 +267,24 @@ def train_and_evaluate(
     """Train one method, save it, and evaluate it on the held-out ``split`` (``"valid"`` for
     tuning, ``"test"`` for reported results) as its task's comparison does; return the
     result and the training time in seconds. ``options.seed`` becomes the run's seed."""
-    result, seconds, _ = _train_and_evaluate(config, options, progress, split)
+    result, seconds, _, _ = _train_and_evaluate(config, options, progress, split)
     return result, seconds
 
 
 def _train_and_evaluate(
     config: TrainConfig, options: EvalOptions, progress: bool, split: str
-) -> tuple[Any, float, float]:
+) -> tuple[Any, float, float, dict[str, float]]:
+    """Train, then evaluate on ``split``: the task's result, the training's wall-clock and
+    CPU seconds, and the policy around the reference completions (docs/method.md)."""
     trainer, inputs, seconds, cpu_seconds = _train(config, progress)
     pairs = inputs.test if split == "test" else inputs.valid
     result = inputs.task.comparison().evaluate(
         inputs.task, trainer.model, trainer.tokenizer, pairs, bkspc_id=trainer.bkspc_id,
         max_new_tokens=inputs.sample_length, options=replace(options, seed=config.seed),
     )  # fmt: skip
-    return result, seconds, cpu_seconds
+    policy = inputs.task.policy(trainer.model, trainer.tokenizer, pairs,
+                                vocab_size=trainer.vocab_size, seed=config.seed)  # fmt: skip
+    return result, seconds, cpu_seconds, policy.as_dict()
 
 
 def warmup_job(config: TrainConfig, progress: bool = False) -> dict[str, float]:
@@ -292,8 +308,9 @@ def method_job(
     """Train and evaluate one method of one seed; its comparison entry (with the costs of
     :func:`warmup_job`) is written to the run folder and returned."""
     started = time.process_time()
-    result, seconds, cpu_seconds = _train_and_evaluate(config, options, progress, split)
+    result, seconds, cpu_seconds, policy = _train_and_evaluate(config, options, progress, split)
     entry = config_task(config).comparison().entry(result, seconds)
+    entry["policy"] = policy
     entry["train_cpu_seconds"] = round(cpu_seconds, 1)
     entry["job_cpu_seconds"] = round(time.process_time() - started, 1)
     _write_record(Path(config.output_dir), entry)
@@ -346,6 +363,8 @@ def run_comparison(
     from .paired_summary import render, summarise
 
     settings.validate()
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1 (1: one run at a time), got {workers}")
     started = time.perf_counter()
     comparison: Comparison = config_task(warmup_config(settings, settings.seed, out)).comparison()
     folder = claim_output(out, settings, resume, overwrite)  # held to the end
@@ -475,6 +494,13 @@ def claim_output(
                 raise ValueError(
                     f"--resume needs the settings of the run in {out}; these differ: "
                     f"{', '.join(changed)}. Use the same options, or another --out"
+                )
+            before = previous.get("seeds")
+            if isinstance(before, int) and settings.seeds < before:
+                raise ValueError(
+                    f"--seeds {settings.seeds} is fewer than the {before} seeds of the demo in "
+                    f"{out}: --resume adds seeds, never drops them; pass --seeds {before} or "
+                    "more (or use another --out for fewer)"
                 )
         folder.record(*folder.outputs)
         atomic_write_text(saved, json.dumps(current, indent=2))

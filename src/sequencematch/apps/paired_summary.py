@@ -277,6 +277,40 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+POLICY_COLUMNS = (
+    ("p_eos", "P(eos \\| answer)"), ("tail_at_end", "mass on neither at answer"),
+    ("p_bkspc_after_wrong", "P(bkspc \\| answer + wrong token)"),
+    ("p_bkspc_at_end", "P(bkspc \\| answer)"), ("first_token_entropy", "first-token entropy"),
+    ("outside_top10", "first token outside top 10"),
+)  # fmt: skip
+
+
+def policy_section(results: dict[str, Any]) -> list[str]:
+    """Markdown lines: each method's policy around the reference completions (docs/method.md,
+    "Policy diagnostics"), mean over seeds [lowest, highest seed]; none for results written
+    before it was measured."""
+    seeds = list(results["seeds"].values())
+    methods = list(seeds[0]["methods"])
+    if not all("policy" in seed["methods"][m] for seed in seeds for m in methods):
+        return []
+    lines = [
+        f"### The policy around the reference answer (mean over {len(seeds)} seed(s) "
+        "[lowest, highest])",
+        "",
+        "| method | " + " | ".join(label for _, label in POLICY_COLUMNS) + " |",
+        "|---" * (len(POLICY_COLUMNS) + 1) + "|",
+    ]
+    for method in methods:
+        cells = []
+        for key, _ in POLICY_COLUMNS:
+            values = [seed["methods"][method]["policy"][key] for seed in seeds]
+            values = [v for v in values if v == v]  # NaN: no row of that kind
+            cells.append(f"{sum(values) / len(values):.3f} [{min(values):.3f}, "
+                         f"{max(values):.3f}]" if values else "-")  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def render(results: dict[str, Any], comparison: Comparison) -> str:
     """The tables and the conclusion, as markdown (printed, and the body of report.md)."""
     settings = results["settings"]
@@ -301,6 +335,7 @@ def render(results: dict[str, Any], comparison: Comparison) -> str:
             "",
             per_seed_table(results),
             "",
+            *policy_section(results),
             "### What the intervals support",
             "",
             *conclusion(results),

@@ -12,7 +12,14 @@ import torch
 from transformers import PreTrainedModel
 
 from ..core.actions import NoiseSource
-from ..core.examples import Example, encode_prompt, longest_completion
+from ..core.examples import (
+    Example,
+    check_prompt_lengths,
+    encode_prompt,
+    longest_completion,
+    position_limit,
+)
+from ..core.files import parse_json
 from ..models.loading import PRESETS, load_model
 from ..models.prompts import format_prompt
 from ..tasks.base import Evaluator, Pair, Task, TaskData, TaskOptions
@@ -122,6 +129,10 @@ def prepare_run(config: TrainConfig, task: Task | None = None) -> RunInputs:
     if config.chat_template:
         data = chat_formatted(tokenizer, data)
     sample_length = config.sample_length(longest_completion(data.train))
+    for name, pairs in (("validation data", data.valid), ("test data", data.test)):
+        check_prompt_lengths(
+            tokenizer, [p.prompt for p in pairs], position_limit(model), sample_length, name
+        )
     evaluate = None
     if data.valid:
         evaluate = task.validation_evaluator(tokenizer, data.valid, max_new_tokens=sample_length)
@@ -203,15 +214,57 @@ class TrainedModel:
         return list(pairs)
 
 
-def load_trained(folder: str | Path, device: str = "cpu") -> TrainedModel:
-    """Load a model folder written by training (``model/`` of a run, or a demo subfolder)."""
+def load_trained(
+    folder: str | Path,
+    device: str = "cpu",
+    *,
+    task: str | None = None,
+    trust_task_code: bool = False,
+) -> TrainedModel:
+    """Load a model folder written by training (``model/`` of a run, or a demo subfolder).
+
+    ``task`` names the task instead of the folder's ``task.json`` (which a folder without one,
+    such as a checkpoint, needs: the task is never guessed). A ``task.json`` naming a task
+    class by import path is refused unless ``trust_task_code`` (importing it runs its code).
+    """
     from ..core.backspace import backspace_id
 
     path = Path(folder)
     if not (path / "config.json").exists():
         raise ValueError(f"{path} holds no saved model (no config.json); pass a model folder")
-    info_file = path / TASK_FILE
-    info = json.loads(info_file.read_text()) if info_file.exists() else {"task": "text"}
+    info = read_task_info(path)
+    if task is not None:
+        info["task"] = task
+    elif "task" not in info:
+        raise ValueError(
+            f"{path} has no {TASK_FILE} (sequencematch train writes one), so the task it was "
+            "trained on is unknown: pass --task NAME (arithmetic, jsonl or text)"
+        )
+    try:  # the task first: refusing it must not cost loading the weights
+        built = task_from_info(info, trust_code=trust_task_code or task is not None)
+    except ValueError as error:
+        where = "--task" if task is not None else str(path / TASK_FILE)
+        raise ValueError(f"{where}: {error}") from None
     model, tokenizer = load_model(path, dtype="float32", attn_implementation="sdpa")
     model = model.to(device)
-    return TrainedModel(model.eval(), tokenizer, backspace_id(model), info, task_from_info(info))
+    return TrainedModel(model.eval(), tokenizer, backspace_id(model), info, built)
+
+
+def read_task_info(folder: Path) -> dict[str, Any]:
+    """The ``task.json`` of a model folder as a dict (empty when there is none), its entries
+    checked; refusals name the file."""
+    info_file = folder / TASK_FILE
+    if not info_file.exists():
+        return {}
+    try:
+        info = parse_json(info_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{info_file} is not valid JSON ({error}); restore it") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_file} must hold a JSON object, not {type(info).__name__}")
+    length = info.get("max_new_tokens", 64)
+    if not (isinstance(length, int) and not isinstance(length, bool) and length >= 1):
+        raise ValueError(f"{info_file}: max_new_tokens must be a whole number >= 1, got {length!r}")
+    if not isinstance(info.get("chat_template", False), bool):
+        raise ValueError(f"{info_file}: chat_template must be true or false")
+    return info

@@ -4,7 +4,7 @@ A completion that reaches a real end (the end of an answer, of a document) ends 
 ``<eos>``: the episode is over there. A completion cut short (a window from the middle of
 a text, a row cut at the maximum length) has no ``<eos>``: the objectives bootstrap from the
 value of its last state, exactly as they do for a model sample cut at its maximum length
-(SPEC section 3), so data rows and model rows follow one rule.
+(docs/method.md, "Terminal states"), so data rows and model rows follow one rule.
 """
 
 from __future__ import annotations
@@ -24,14 +24,53 @@ class Example:
     completion: list[int]
 
 
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a user's text, no special token added and none read from it: a literal
+    ``<eos>``, ``<pad>`` or ``<bkspc>`` in the data stays those characters, never the
+    token (which would end an answer early, or turn into an expert deletion)."""
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+    return [int(token) for token in ids]
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of a prompt: ``text`` without special tokens, after the BOS token if any.
+    """Token ids of a prompt: ``text`` (see :func:`encode_text`), after the BOS token if any.
 
     The BOS token makes prompts never empty (generation and the one-pass layout need at
-    least one prompt token); evaluation and training share this encoding.
+    least one prompt token); evaluation and training share this encoding. A prompt in the
+    tokenizer's chat template keeps the template's own markers as special tokens; only the
+    user's text inside is read as plain text.
     """
-    ids = [int(token) for token in tokenizer(text, add_special_tokens=False).input_ids]
-    return with_bos(tokenizer, ids)
+    frame = _chat_frame(tokenizer)
+    if frame is not None:
+        before, after = frame
+        inside = len(text) - len(before) - len(after)
+        if inside >= 0 and text.startswith(before) and text.endswith(after):
+            markers = {"add_special_tokens": False}
+            ids = [
+                *tokenizer(before, **markers).input_ids,
+                *encode_text(tokenizer, text[len(before) : len(before) + inside]),
+                *(tokenizer(after, **markers).input_ids if after else []),
+            ]
+            return with_bos(tokenizer, ids)
+    return with_bos(tokenizer, encode_text(tokenizer, text))
+
+
+_PLACEHOLDER = "SEQUENCEMATCHUSERTEXT"
+
+
+def _chat_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
+    """What the tokenizer's chat template writes before and after one user turn's text (the
+    start of the assistant's reply included, a leading BOS left out); ``None`` without one."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    formatted = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _PLACEHOLDER}], tokenize=False, add_generation_prompt=True
+    )
+    bos = tokenizer.bos_token
+    if bos and tokenizer.bos_token_id is not None and formatted.startswith(bos):
+        formatted = formatted[len(bos) :]
+    parts = formatted.split(_PLACEHOLDER)
+    return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
 def with_bos(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[int]:
@@ -81,8 +120,8 @@ def encode_example(
 ) -> Example:
     """Tokenise one pair; the completion ends with ``<eos>`` when ``final`` (see
     :func:`make_example` for the cut at ``max_completion_tokens``)."""
-    completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    completion_ids = encode_text(tokenizer, completion)
+    prompt_ids = encode_text(tokenizer, prompt)
     return make_example(
         tokenizer, prompt_ids, completion_ids, final=final,
         max_completion_tokens=max_completion_tokens,
@@ -127,4 +166,26 @@ def check_lengths(examples: Sequence[Example], limit: int | None, sample_length:
                 f"training example {number}: its prompt of {len(example.prompt)} tokens plus "
                 f"{sample_length} sampled tokens exceeds the model's {limit} positions: lower "
                 "max_new_tokens or shorten the prompt"
+            )
+
+
+def check_prompt_lengths(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    limit: int | None,
+    sample_length: int,
+    what: str,
+) -> None:
+    """Refuse held-out prompts that, with ``sample_length`` generated tokens, exceed the
+    model's ``limit`` positions: checked before training or evaluation starts, not found
+    out by a crash at the end. ``what`` names the data in the message."""
+    if limit is None:
+        return
+    for number, prompt in enumerate(prompts, start=1):
+        length = len(encode_prompt(tokenizer, prompt))
+        if length + sample_length > limit:
+            raise ValueError(
+                f"{what}: prompt {number} has {length} tokens; with {sample_length} generated "
+                f"tokens that is more than the model's {limit} positions: shorten it, lower "
+                "max_new_tokens, or use a model with more positions"
             )

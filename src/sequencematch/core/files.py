@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -28,6 +30,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, tag: str = "") ->
     prefix = f".{path.name}.{tag}-" if tag else f".{path.name}."
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
+        os.fchmod(handle, new_file_mode())  # mkstemp's files are private (0600)
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
@@ -36,6 +39,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, tag: str = "") ->
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def new_file_mode() -> int:
+    """The mode an ordinary new file gets here (0666 less the umask; 0644 usually)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def share_files(folder: str | os.PathLike[str]) -> None:
+    """Give every file below ``folder`` (written by this process: a model folder, a
+    checkpoint) the mode of an ordinary new file; some writers leave theirs private."""
+    for file in Path(folder).rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            file.chmod(new_file_mode())
 
 
 class OutsideFolderError(ValueError):
@@ -70,6 +88,18 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as stream:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, or of a folder's files (their relative paths and
+    contents, in sorted order): what a run was trained from, to notice it changed."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_of(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_of(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -117,6 +147,33 @@ def read_utf8(path: str | os.PathLike[str]) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def parse_json(text: str) -> Any:
+    """One JSON value, refusing what ``json.loads`` lets through silently or as a crash: a
+    key twice in one object (one value would silently win), nesting too deep to read, and a
+    lone surrogate escape (``"\\ud800"``: no character, it breaks every encoder later).
+    Malformed JSON raises ``json.JSONDecodeError``, anything else ``ValueError``."""
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+    except UnicodeEncodeError:
+        raise ValueError(
+            "a string holds a lone surrogate escape (such as \\ud800), which is no character; "
+            "write the character itself"
+        ) from None
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} appears twice in one object; keep one")
+        found[key] = value
+    return found
+
+
 def model_folder_problem(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be loaded as a saved Hugging Face model with its tokenizer
     (``None`` when it can): a missing folder, no ``config.json``, or no tokenizer files."""
@@ -133,4 +190,9 @@ def model_folder_problem(path: str | os.PathLike[str]) -> str | None:
             f"{folder} has no tokenizer (no tokenizer.json); save the model's tokenizer into it "
             "with tokenizer.save_pretrained"
         )
+    for file in sorted(folder.glob("*.json")):  # the loaders' own errors do not name the file
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            return f"{file} is not valid JSON ({error}); restore it or save the model again"
     return None

@@ -1,6 +1,6 @@
 """Training objectives on one-pass logits: MLE and the SequenceMatch (IQ-Learn) loss.
 
-The logits of a row are read as a soft Q-function (SPEC section 3): ``logits[b, t]`` is
+The logits of a row are read as a soft Q-function (docs/method.md): ``logits[b, t]`` is
 ``Q(s_t, .)`` for the state reached after element ``t``. The action at element ``t``
 (``P <= t < L``) is the transition ``s = state after t-1 -> s' = state after t``, so its
 ``Q(s, a)`` is ``logits[b, t-1, a]``, its ``V(s)`` is the logsumexp of ``logits[b, t-1]`` and
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from .actions import Batch
 from .chunked_logits import ChunkedLogits
 from .layout import validate_rows, visible_lengths
+from .transition_stats import transition_statistics
 
 Phi = Callable[[torch.Tensor, float], torch.Tensor]
 """``phi(x, alpha) -> tensor``: the concave function of the reward in the imitation term
@@ -43,14 +44,17 @@ class Transitions:
     Attributes:
         q: ``Q(s, a)``, the logit of the action taken in the state before it.
         v: ``V(s)``, logsumexp over the valid actions of that state.
-        v_next: ``V(s')`` of the state after the action; ``0`` after ``<eos>`` (the
-            absorbing terminal state, never bootstrapped from).
+        v_next: ``V(s')`` of the state after the action; after ``<eos>`` the absorbing
+            terminal state's: ``0``, or its learned ``b`` (``learned_terminal``).
         done: ``True`` where the action is ``<eos>``.
         mask: ``True`` at action elements that are expert transitions (the ones any loss
             averages over; inserted noise actions of data rows are ``False``).
         step: ``t - P``, the action index after the prompt (backspaces and noise count),
             used for the ``gamma ** step`` weights.
         action: ``True`` at every action element (expert or not).
+
+    ``noise`` (a property): action elements that are not expert transitions (the inserted
+    wrong tokens of data rows).
     """
 
     q: torch.Tensor
@@ -61,13 +65,19 @@ class Transitions:
     step: torch.Tensor
     action: torch.Tensor
 
+    @property
+    def noise(self) -> torch.Tensor:
+        """``[B, T]`` ``True`` at action elements that are no expert transition."""
+        return self.action & ~self.mask
+
     def reward(self, gamma: float) -> torch.Tensor:
-        """Implicit reward ``r = Q(s,a) - gamma * (1 - done) * V(s')``, ``[B, T]``."""
-        return self.q - gamma * torch.where(self.done, 0.0, self.v_next)
+        """Implicit reward ``r = Q(s,a) - gamma * V(s')``, ``[B, T]`` (``V(s')`` is ``0`` after
+        ``<eos>`` unless the terminal value is learned)."""
+        return self.q - gamma * self.v_next
 
     def value_difference(self, gamma: float) -> torch.Tensor:
-        """``V(s) - gamma * (1 - done) * V(s')``, ``[B, T]`` (the value-term integrand)."""
-        return self.v - gamma * torch.where(self.done, 0.0, self.v_next)
+        """``V(s) - gamma * V(s')``, ``[B, T]`` (the value-term integrand)."""
+        return self.v - gamma * self.v_next
 
     def weights(self, gamma: float) -> torch.Tensor:
         """``gamma ** step`` on masked transitions, ``0`` elsewhere, ``[B, T]``."""
@@ -108,14 +118,22 @@ def transitions(
     *,
     offsets: torch.Tensor | None = None,
     normalise: bool = False,
+    learned_terminal: bool = False,
 ) -> Transitions:
     """Q, V, V' and flags of every action transition of a batch (see module doc).
 
-    How logits are read as Q (SPEC section 11): by default ``Q = logits``. ``offsets``
+    How logits are read as Q (docs/method.md, "Reading logits as Q"): by default
+    ``Q = logits``. ``offsets``
     (``[B, T]``, one scalar ``b(s)`` per state after each element) are added to every Q of
     that state; with ``normalise`` the logits are first replaced by their log-softmax, so
     ``Q = log pi + b`` and ``V = b``. The policy ``softmax(Q)`` is the same in all three
     readings, and so is ``V(s) - Q(s, a) = -log pi(a|s)``.
+
+    ``learned_terminal`` (with ``offsets``): the state after ``<eos>`` is an absorbing state
+    whose value is learned, ``V(s') = b(s')`` read at the ``<eos>`` element, instead of ``0``
+    (docs/method.md, "Terminal states"). Without it, ``b``'s level is pinned by the terminal
+    alone, and an offset ``b(s) > 2 alpha / (1 - lambda_mle)`` at a finished answer makes the
+    objective itself lower ``P(<eos>)``.
 
     ``<bkspc>`` is masked to ``-inf`` in every state whose visible length equals the prompt
     length (it would delete the prompt), so it never enters ``V`` there. ``bkspc_id=None``:
@@ -193,6 +211,8 @@ def transitions(
     q = torch.where(action, q, zero)
     v = torch.where(action, v, zero)
     v_next = torch.where(action & ~done, values, zero)  # [B, T]
+    if learned_terminal and offsets is not None:  # V(absorbing state after <eos>) = b(s')
+        v_next = torch.where(done, offsets, v_next)  # [B, T]
     step = torch.where(action, index[None, :] - prompt, 0).to(logits.dtype)  # [B, T]
     return Transitions(q=q, v=v, v_next=v_next, done=done, mask=mask, step=step, action=action)
 
@@ -220,16 +240,24 @@ def _check_gamma(gamma: float) -> None:
 
 
 def _weighted_mean(
-    x: torch.Tensor, trans: Transitions, gamma: float, total: float | None = None
+    x: torch.Tensor,
+    trans: Transitions,
+    gamma: float,
+    total: float | None = None,
+    over: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sum(w * x) / sum(w)`` over the masked transitions, ``w = gamma ** step``.
 
     ``torch.where`` (not a product with a 0/1 mask) keeps whatever ``x`` holds elsewhere out
     of the value and the gradient. ``total`` replaces ``sum(w)`` when this batch is one
     shard of a larger one (gradient accumulation, data parallel): see :func:`weight_total`.
+    ``over``: sum over these elements instead of the expert ones (still divided by the
+    expert transitions' total weight).
     """
     weights = trans.weights(gamma)  # [B, T] zero outside the mask
-    numerator = torch.where(trans.mask, weights * x, 0.0).sum()
+    over = trans.mask if over is None else over
+    steps = torch.pow(torch.as_tensor(gamma, dtype=x.dtype, device=x.device), trans.step)
+    numerator = torch.where(over, steps * x, 0.0).sum()
     return numerator / (weights.sum() if total is None else total)
 
 
@@ -272,7 +300,7 @@ def mle_loss(
     ``pi`` is the softmax over valid actions (``<bkspc>`` masked at the prompt boundary);
     each transition is weighted by ``gamma ** step`` and the sum is normalised by the total
     weight, so ``gamma=1`` is the plain per-action mean. Excluded noise actions and padding
-    never enter. This is the reference SequenceMatch reduces to (SPEC section 4).
+    never enter. This is the reference SequenceMatch reduces to (docs/method.md, "The objective").
     ``total``: the normaliser of the whole batch when ``batch`` is a shard of it
     (:func:`weight_total`); a shard may then hold no expert transition.
     """
@@ -386,7 +414,8 @@ class SequenceMatchTerms:
 
     ``loss = imitation + value + regulariser``. Statistics are plain (unweighted) means over
     the expert transitions of the data batch and, when given, the model batch;
-    ``r_model_mean`` is NaN without a model batch.
+    ``r_model_mean`` is NaN without a model batch. ``by_kind``: r, V and log pi per kind of
+    transition (:func:`~sequencematch.core.transition_stats.transition_statistics`).
     """
 
     loss: torch.Tensor
@@ -398,10 +427,12 @@ class SequenceMatchTerms:
     r_std: torch.Tensor
     r_data_mean: torch.Tensor
     r_model_mean: torch.Tensor
+    by_kind: dict[str, float] = field(default_factory=dict, compare=False)
 
     def as_floats(self) -> dict[str, float]:
-        """Every field as a Python float, for logging."""
-        return {f.name: float(getattr(self, f.name).detach()) for f in fields(self)}
+        """Every tensor field as a Python float, for logging."""
+        return {f.name: float(getattr(self, f.name).detach()) for f in fields(self)
+                if f.name != "by_kind"}  # fmt: skip
 
 
 def sequencematch_loss(
@@ -419,8 +450,10 @@ def sequencematch_loss(
     totals: tuple[float, float | None] | None = None,
     offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     normalise: bool = False,
+    learned_terminal: bool = True,
+    balance_noise: bool = True,
 ) -> SequenceMatchTerms:
-    """The SequenceMatch objective of SPEC section 4 (minimised).
+    """The SequenceMatch objective of docs/method.md, "The objective" (minimised).
 
     With ``r = Q(s,a) - gamma (1-done) V(s')``, ``value = V(s) - gamma (1-done) V(s')`` and
     ``E_data`` / ``E_model`` the ``gamma ** step``-weighted means over the expert
@@ -439,8 +472,15 @@ def sequencematch_loss(
     losses then sum to the loss of the whole batches.
 
     ``offsets``: ``(data_offsets, model_offsets)``, a learned per-state value offset ``b(s)``
-    of each batch (``[B, T]``, or ``None``) and ``normalise``: how Q is read, see
-    :func:`transitions`. Neither changes the policy or the identity above.
+    of each batch (``[B, T]``, or ``None``), ``normalise`` and ``learned_terminal``: how Q
+    is read, see :func:`transitions`. None of them changes the policy or the identity above.
+
+    ``balance_noise``: with model rows (``beta < 1``), the inserted wrong tokens of data rows
+    enter the value term with weight ``-(1 - beta)`` (they stay out of every other term), so
+    that every state of a noise row carries as much weight on ``V`` as on ``Q``, as in a
+    clean row: the data rows' value term telescopes again (docs/method.md, "Noise rows").
+    Without it, the state before a wrong token is pushed down by ``(1 - beta) V(s)`` and the
+    state after it up, which under ``Q = logits`` flattens the policy where the noise is.
 
     Raises:
         ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
@@ -469,9 +509,8 @@ def sequencematch_loss(
 
     data_total, model_total = (None, None) if totals is None else totals
     data_offsets, model_offsets = (None, None) if offsets is None else offsets
-    data_t = transitions(
-        data_logits, data, bkspc_id, eos_id, offsets=data_offsets, normalise=normalise
-    )
+    reading = dict(normalise=normalise, learned_terminal=learned_terminal)
+    data_t = transitions(data_logits, data, bkspc_id, eos_id, offsets=data_offsets, **reading)
     if data_total is None:
         _require_transitions(data_t, "data")
     r_data = data_t.reward(gamma)  # [B, T]
@@ -482,21 +521,26 @@ def sequencematch_loss(
     else:
         imitation = -_weighted_mean(phi(r_data, alpha), data_t, gamma, data_total)
 
+    by_kind = transition_statistics(data_t, data.sequences, bkspc_id, gamma, "data/")
     r_parts = [r_data.detach()[data_t.mask]]  # [N_data] rewards, for statistics
     v_parts = [data_t.v.detach()[data_t.mask]]  # [N_data]
     if model is None:
         value, square = value_data, square_data
     else:
-        model_t = transitions(
-            model_logits, model, bkspc_id, eos_id, offsets=model_offsets, normalise=normalise
-        )
+        model_t = transitions(model_logits, model, bkspc_id, eos_id, offsets=model_offsets,
+                              **reading)  # fmt: skip
         if model_total is None:
             _require_transitions(model_t, "model")
         r_model = model_t.reward(gamma)  # [B', T']
         value_model = _weighted_mean(model_t.value_difference(gamma), model_t, gamma, model_total)
         square_model = _weighted_mean(r_model.square(), model_t, gamma, model_total)
         value = beta * value_data + (1.0 - beta) * value_model
+        if balance_noise and beta < 1.0:  # the wrong tokens' share of the telescoping sum
+            noise_value = _weighted_mean(data_t.value_difference(gamma), data_t, gamma,
+                                         data_total, over=data_t.noise)  # fmt: skip
+            value = value - (1.0 - beta) * noise_value
         square = beta * square_data + (1.0 - beta) * square_model
+        by_kind |= transition_statistics(model_t, model.sequences, bkspc_id, gamma, "model/")
         r_parts.append(r_model.detach()[model_t.mask].to(r_data.device))  # [N_model]
         v_parts.append(model_t.v.detach()[model_t.mask].to(r_data.device))  # [N_model]
 
@@ -518,6 +562,7 @@ def sequencematch_loss(
         r_std=r_flat.std(correction=0),
         r_data_mean=r_parts[0].mean(),
         r_model_mean=r_parts[1].mean() if len(r_parts) > 1 else nan,
+        by_kind=by_kind,
     )
 
 
@@ -531,7 +576,8 @@ class TrainingLoss:
     """``loss = (1 - w) * mle + w * (imitation + value + regulariser)`` and its parts.
 
     The SequenceMatch terms are zero when ``w = 0`` (they are not computed then); the
-    statistics ``v_mean``, ``r_mean`` and ``r_std`` are ``None`` then.
+    statistics ``v_mean``, ``r_mean`` and ``r_std`` are ``None`` then, and ``by_kind`` holds
+    log pi per kind of transition only (r and V too otherwise).
     """
 
     loss: torch.Tensor
@@ -542,10 +588,12 @@ class TrainingLoss:
     v_mean: torch.Tensor | None = None
     r_mean: torch.Tensor | None = None
     r_std: torch.Tensor | None = None
+    by_kind: dict[str, float] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        """The terms by name; statistics detached, and left out when not computed."""
-        terms = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The terms by name; statistics detached, and left out when not computed
+        (``by_kind``, plain floats, is read as an attribute)."""
+        terms = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "by_kind"}
         return {
             name: value if name in ("loss", "mle", "imitation", "value", "regulariser")
             else value.detach()
@@ -570,18 +618,20 @@ def training_loss(
     totals: tuple[float | None, float | None, float | None] | None = None,
     offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     normalise: bool = False,
+    learned_terminal: bool = True,
+    balance_noise: bool = True,
 ) -> TrainingLoss:
     """The loss a training step minimises: ``(1 - w) * MLE + w * L_SM`` with ``w = sm_weight``.
 
     ``MLE`` is :func:`mle_loss` on the data rows (``gamma = 1``: the plain per-action mean);
     ``L_SM`` is :func:`sequencematch_loss` on the data rows and, when given, the model rows
     (without them: the data-only objective, ``beta = 1``). With ``w = 1 - lambda_mle`` this is
-    SPEC section 4's ``lambda_mle * L_MLE + (1 - lambda_mle) * L_SM``; ``w = 0`` is MLE alone.
+    docs/method.md's ``lambda_mle * L_MLE + (1 - lambda_mle) * L_SM``; ``w = 0`` is MLE alone.
 
     ``totals``: ``(mle_total, data_total, model_total)`` normalisers of the whole step when
     these rows are one micro-batch of it (:func:`weight_total`; gamma 1 for the first).
-    ``offsets`` and ``normalise``: how ``L_SM`` reads Q (:func:`sequencematch_loss`); the MLE
-    term does not depend on them.
+    ``offsets``, ``normalise``, ``learned_terminal`` and ``balance_noise``: how ``L_SM`` reads
+    Q and keeps noise rows (:func:`sequencematch_loss`); the MLE term does not depend on them.
 
     Raises:
         ValueError: ``sm_weight`` outside ``[0, 1]``, or whatever the two losses refuse.
@@ -589,14 +639,20 @@ def training_loss(
     if not (isinstance(sm_weight, (int, float)) and 0.0 <= sm_weight <= 1.0):
         raise ValueError(f"sm_weight must lie in [0, 1], got {sm_weight!r}")
     mle_total, data_total, model_total = (None, None, None) if totals is None else totals
-    mle = mle_loss(data_logits, data, bkspc_id, 1.0, total=mle_total)
+    plain = transitions(data_logits, data, bkspc_id, eos_id)  # Q = logits: log pi = q - v
+    if mle_total is None:
+        _require_transitions(plain, "data")
+    mle = _weighted_mean(plain.v - plain.q, plain, 1.0, mle_total)  # mle_loss, gamma 1
     if sm_weight == 0.0:
         zero = torch.zeros((), dtype=mle.dtype, device=mle.device)
-        return TrainingLoss(mle, mle, zero, zero, zero)
+        by_kind = transition_statistics(plain, data.sequences, bkspc_id, gamma, "data/",
+                                        with_values=False)  # fmt: skip
+        return TrainingLoss(mle, mle, zero, zero, zero, by_kind=by_kind)
     terms = sequencematch_loss(
         data_logits, data, model_logits, model, bkspc_id, eos_id, divergence=divergence,
         gamma=gamma, alpha=alpha, beta=beta if model is not None else 1.0,
         totals=(data_total, model_total), offsets=offsets, normalise=normalise,
+        learned_terminal=learned_terminal, balance_noise=balance_noise,
     )  # fmt: skip
     return TrainingLoss(
         loss=(1.0 - sm_weight) * mle + sm_weight * terms.loss,
@@ -607,4 +663,5 @@ def training_loss(
         v_mean=terms.v_mean.detach(),
         r_mean=terms.r_mean.detach(),
         r_std=terms.r_std.detach(),
+        by_kind=terms.by_kind,
     )

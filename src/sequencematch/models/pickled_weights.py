@@ -36,8 +36,8 @@ def refused_pickles_in_one_line(folder: str | Path) -> Iterator[None]:
         if not pickles:
             raise
         raise ValueError(
-            f"{Path(folder) / pickles[0]} cannot be loaded: torch's tensors-only loader "
-            f"refused it ({type(error).__name__}), so it holds something other than weights "
-            "(or is damaged); only weights are ever loaded from it. Use a folder with "
-            "model.safetensors, or convert a copy you trust"
+            f"{Path(folder)}: a pytorch_model.bin cannot be read safely ({pickles[0]} was "
+            f"refused by torch's tensors-only loader: {type(error).__name__}); it is damaged, "
+            "or holds more than tensors, which is never unpickled (that could run code): use "
+            "a folder with model.safetensors"
         ) from None

@@ -2,7 +2,7 @@
 
 Accuracy is exact match of the visible answer (after backspaces, without ``<eos>``), with
 a Wilson score interval over questions (:mod:`sequencematch.tasks.exact_match`). The
-forced-noise sweep (SPEC section 9, our addition to the paper) forces a plausible random
+forced-noise sweep (our addition to the paper's protocol) forces a plausible random
 answer character with probability ``p`` per generation step and measures how often the
 model deletes it again, a direct test of recovery from compounding error.
 """

@@ -10,17 +10,20 @@ more class (see :mod:`sequencematch.tasks.registry`).
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.actions import NoiseSource
 from ..core.backspace import backspace_id
-from ..core.examples import Example, longest_completion
+from ..core.examples import Example, encode_prompt, longest_completion
+from ..evaluation.policy import PolicyDiagnostics, ReferenceRow, policy_diagnostics
 
 if TYPE_CHECKING:
     from .comparison import Comparison
@@ -73,11 +76,34 @@ class TaskOptions:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TaskOptions:
         """The options found in ``values`` (e.g. a configuration as a dict); others ignored."""
-        known = {item.name for item in fields(cls)}
-        chosen = {key: value for key, value in values.items() if key in known}
-        if "difficulty" in chosen:
-            chosen["difficulty"] = tuple(float(x) for x in chosen["difficulty"])
+        defaults = cls()
+        chosen = {}
+        for item in fields(cls):
+            if item.name in values:
+                chosen[item.name] = _option_value(
+                    item.name, values[item.name], getattr(defaults, item.name)
+                )
         return cls(**chosen)
+
+
+def _option_value(name: str, value: Any, default: Any) -> Any:
+    """``value`` of the task option ``name`` (checked against its default's type): a
+    ``task.json`` from elsewhere may hold anything."""
+    if isinstance(default, tuple):
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_number, value)):
+            return tuple(float(x) for x in value)
+        raise ValueError(f"{name} must be a list of two numbers, got {value!r}")
+    if default is None or isinstance(default, str):
+        if value is None or isinstance(value, str):
+            return value
+        raise ValueError(f"{name} must be text (a file path) or null, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} must be a whole number, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -237,6 +263,36 @@ class Task(ABC):
 
         return evaluate
 
+    def policy(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        pairs: Sequence[Pair],
+        *,
+        vocab_size: int | None = None,
+        seed: int = 0,
+    ) -> PolicyDiagnostics:
+        """The policy around each pair's reference completion
+        (:func:`~sequencematch.evaluation.policy.policy_diagnostics`), the wrong token drawn
+        from the task's own mistakes where it has them. ``pairs`` are formatted as the model
+        was trained (chat template or raw)."""
+        rows = [
+            ReferenceRow(
+                encode_prompt(tokenizer, pair.prompt),
+                [int(t) for t in tokenizer(pair.completion, add_special_tokens=False).input_ids],
+                pair.final,
+            )
+            for pair in pairs
+        ]
+        bkspc_id = backspace_id(model)
+        vocab = vocab_size or min(len(tokenizer), model.get_input_embeddings().weight.shape[0])
+        pad = tokenizer.pad_token_id
+        return policy_diagnostics(
+            model, rows, bkspc_id=bkspc_id, eos_id=tokenizer.eos_token_id, vocab_size=vocab,
+            pad_id=0 if pad is None else pad, wrong_token=self.noise_source(tokenizer),
+            exclude=tokenizer.all_special_ids, seed=seed,
+        )  # fmt: skip
+
     # ------------------------------------------------------------------ a saved model's task
 
     def info(self) -> dict[str, Any]:
@@ -247,6 +303,8 @@ class Task(ABC):
         record: dict[str, Any] = {"task": task_reference(type(self))}
         for name in self.option_names:
             value = getattr(self.options, name)
+            if name.endswith("_file") and isinstance(value, str) and Path(value).exists():
+                value = str(Path(value).resolve())  # the same file wherever eval runs
             record[name] = list(value) if isinstance(value, tuple) else value
         return record
 

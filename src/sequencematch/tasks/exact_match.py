@@ -3,8 +3,8 @@
 A prediction is the visible completion (after backspaces, without ``<eos>``), decoded with
 special tokens kept, so a stray special token makes it wrong rather than disappearing; it
 matches when it equals the expected completion after stripping surrounding whitespace.
-Accuracy comes with a Wilson score interval over prompts. The forced-noise sweep (SPEC
-section 9, our addition to the paper) forces a random token with probability ``p`` per
+Accuracy comes with a Wilson score interval over prompts. The forced-noise sweep (our
+addition to the paper's protocol) forces a random token with probability ``p`` per
 generation step and measures how often the model deletes it again.
 """
 

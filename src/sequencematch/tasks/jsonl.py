@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.files import utf8_lines
+from ..core.files import parse_json, utf8_lines
 from . import arithmetic
 
 
@@ -21,9 +21,11 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
             continue
         where = f"{path}:line {number}"
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{where}: not JSON ({error.msg})") from None
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         if isinstance(record, dict) and {"prompt", "completion"} <= record.keys():
             prompt, completion = _text(record, "prompt", where), _text(record, "completion", where)
         elif isinstance(record, dict) and {"question", "answer"} <= record.keys():

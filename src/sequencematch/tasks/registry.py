@@ -79,9 +79,27 @@ def build_task(name: str, options: TaskOptions) -> Task:
     return task_class(name)(options)
 
 
-def task_from_info(info: Mapping[str, Any]) -> Task:
-    """The task a saved model's ``task.json`` describes."""
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` is a ``module:Class`` path (neither built in nor registered): finding
+    its class imports, and so runs, that module."""
+    return name not in _BUILTIN and name not in _REGISTERED and ":" in name
+
+
+def task_from_info(info: Mapping[str, Any], *, trust_code: bool = False) -> Task:
+    """The task a saved model's ``task.json`` describes.
+
+    A task named by import path is refused unless ``trust_code``: a model folder from
+    someone else would otherwise import (run) whatever module it names, as transformers'
+    ``trust_remote_code``."""
+    if not isinstance(info, Mapping):
+        raise ValueError(f"task.json must hold a JSON object, not {type(info).__name__}")
     name = info.get("task")
     if not isinstance(name, str) or not name:
         raise ValueError("task.json names no task (expected a 'task' entry)")
+    if is_import_path(name) and not trust_code:
+        raise ValueError(
+            f"the task {name!r} is a class named by import path, and loading it imports and "
+            "runs that module's code: pass --trust-task-code if you trust where this model "
+            "folder came from (built-in and registered tasks need no flag)"
+        )
     return task_class(name).from_info(info)

@@ -21,7 +21,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from ..core.files import read_utf8
+from ..core.files import parse_json, read_utf8
 from .shakespeare import (  # noqa: F401  (re-exported: the text task's corpora)
     SDIST_ENV,
     SHAKESPEARE_SHA256,
@@ -130,9 +130,11 @@ def _read_folder(folder: Path) -> dict[str, str]:
 def _parse_text_record(line: str, where: str) -> str:
     """The ``"text"`` of one JSONL line; ``where`` ("file:line N") prefixes error messages."""
     try:
-        record = json.loads(line)
+        record = parse_json(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: malformed JSON: {e.msg}") from e
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "text" not in record:
@@ -290,11 +292,14 @@ def cut_pairs(
 def _encode_documents(
     tokenizer: PreTrainedTokenizerBase, documents: Iterable[str]
 ) -> list[list[int]]:
-    """Token ids of each document, without special tokens."""
+    """Token ids of each document: none added, and none read from the text (a literal
+    ``<|endoftext|>`` in a document stays text; see :func:`~..core.examples.encode_text`)."""
     texts = list(documents)
     if not texts:
         return []
-    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)[
+        "input_ids"
+    ]
 
 
 def _spans(length: int, window: int, prompt_tokens: int) -> list[tuple[int, int]]:

@@ -224,6 +224,6 @@ def _holds_pairs(path: str) -> bool:
     first = next((line for line in Path(path).read_text().splitlines() if line.strip()), "")
     try:
         record = json.loads(first)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return False  # read_documents reports the bad line with its number
     return isinstance(record, dict) and bool({"prompt", "question"} & record.keys())

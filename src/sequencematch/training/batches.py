@@ -82,7 +82,8 @@ def data_rows(
     max_noise_run: int = 1,
     noise_in_loss: bool = False,
 ) -> DataRows:
-    """Rows of ``examples``, each completion noise-augmented (SPEC section 5) from ``noise``:
+    """Rows of ``examples``, each completion noise-augmented (docs/method.md, "Noise rows")
+    from ``noise``:
     one source for all rows, one per row, or ``None`` for clean rows. Inserted wrong tokens
     are non-expert unless ``noise_in_loss``."""
     rng = random.Random(f"{seed}-noise-{step}")

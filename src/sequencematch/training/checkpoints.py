@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..core.files import atomic_write_text, disk_full_error, is_disk_full, sha256_of
+from ..core.files import atomic_write_text, disk_full_error, is_disk_full, sha256_of, share_files
 from .run_folder import (
     MANIFEST_FILE,
     RunFolder,
@@ -142,6 +142,7 @@ def _save_pretrained(
     else:
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    share_files(folder)  # transformers writes the weights private (0600)
 
 
 def save_model_folder(

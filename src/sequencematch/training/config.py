@@ -26,7 +26,11 @@ MIXABLE_NOISE_SOURCES = ("uniform", "unigram", "task")
 """Sources a ``+``-joined mixture may list (``model`` samples come from a per-batch pass)."""
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "per_phase")
+BKSPC_INITS = ("auto", "mean", "probe")
+TERMINAL_VALUES = ("zero", "learned")
 REPLAY_DRAWS = ("uniform", "fresh")
+MAX_SEED = 2**32 - 1
+"""The largest seed (every random generator the runs seed accepts it)."""
 
 
 def noise_source_parts(noise_source: str) -> list[str]:
@@ -134,6 +138,19 @@ class TrainConfig:
     )
     max_noise_run: int = _field(1, "longest run of wrong tokens before the backspaces")
     noise_in_loss: bool = _field(False, "also train on the inserted wrong tokens (BC reading)")
+    bkspc_init: str = _field(
+        "auto",
+        "how a newly added <bkspc> output row starts: mean (the mean embedding) or probe (the "
+        "mean, then fitted alone, body frozen, to the noise-augmented training rows: a linear "
+        "probe before fine-tuning); auto: probe for a loaded (pretrained) model with p_noise > "
+        "0, mean for a preset trained from scratch",
+    )
+    bkspc_probe_rows: int = _field(128, "probe: noise-augmented training rows it is fitted on")
+    bkspc_probe_steps: int = _field(300, "probe: Adam steps on the rows' cached features")
+    bkspc_probe_lr: float = _field(0.02, "probe: Adam learning rate of the row")
+    bkspc_row_lr: float = _field(
+        0.0, "learning rate of the <bkspc> output row while fine-tuning (0: lr, like the rest)"
+    )
     divergence: str = _field("chi2", "chi2, kl, reverse_kl, js, hellinger or tv")
     gamma: float = _field(0.998, "discount of the occupancy measure")
     alpha: float = _field(
@@ -164,6 +181,17 @@ class TrainConfig:
         "from scratch, normalised for any other (pretrained) model",
     )
     value_head_lr: float = _field(1e-3, "learning rate of the value head b(s) (AdamW)")
+    terminal_value: str = _field(
+        "learned",
+        "value of the state after <eos> under the offset and normalised readings: learned (an "
+        "absorbing state, V = b(s) read at the <eos> element) or zero (as for the plain reading)",
+    )
+    balance_noise: bool = _field(
+        True,
+        "with model rows (beta < 1), enter the inserted wrong tokens of data rows in the value "
+        "term with weight -(1 - beta), so that noise rows telescope like clean rows "
+        "(docs/method.md); false: leave them out of every term",
+    )
     # model samples (replay buffer)
     refresh_every: int = _field(25, "steps between refills of the replay buffer")
     samples_per_refresh: int = _field(64, "sequences sampled from the model per refill")
@@ -244,6 +272,11 @@ class TrainConfig:
                 problems.append(message)
 
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(
+            re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        need(0 <= self.seed <= MAX_SEED, f"seed must lie in [0, {MAX_SEED}], got {self.seed}")
         need(bool(self.task), "task must name a task (e.g. arithmetic, jsonl or text)")
         try:
             noise_source_parts(self.noise_source)
@@ -290,6 +323,25 @@ class TrainConfig:
         need(self.sm_ramp_steps >= 0, "sm_ramp_steps must be >= 0")
         need(self.value_head in VALUE_HEADS, f"value_head must be one of {VALUE_HEADS}")
         need(self.value_head_lr > 0, f"value_head_lr must be positive, got {self.value_head_lr}")
+        need(self.bkspc_init in BKSPC_INITS, f"bkspc_init must be one of {BKSPC_INITS}")
+        need(
+            self.terminal_value in TERMINAL_VALUES,
+            f"terminal_value must be one of {TERMINAL_VALUES}",
+        )
+        need(
+            self.bkspc_probe_rows >= 1 and self.bkspc_probe_steps >= 0,
+            "bkspc_probe_rows must be >= 1 and bkspc_probe_steps >= 0",
+        )
+        need(self.bkspc_probe_lr > 0, f"bkspc_probe_lr must be positive, got {self.bkspc_probe_lr}")
+        need(self.bkspc_row_lr >= 0, f"bkspc_row_lr must be >= 0 (0: lr), got {self.bkspc_row_lr}")
+        need(
+            self.bkspc_row_lr == 0 or not self.fsdp,
+            "bkspc_row_lr needs fsdp false (a sharded row cannot be stepped apart)",
+        )
+        need(
+            self.backspace or (self.bkspc_init in ("auto", "mean") and self.bkspc_row_lr == 0),
+            "bkspc_init probe and bkspc_row_lr need backspace true",
+        )
         need(self.lora_r >= 0, f"lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
         need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
         need(
@@ -373,7 +425,19 @@ class TrainConfig:
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """Safe YAML whose floats follow YAML 1.2: ``1e-3`` and ``1e3`` are numbers, not text."""
+    """Safe YAML whose floats follow YAML 1.2: ``1e-3`` and ``1e3`` are numbers, not text;
+    an option given twice is refused (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(

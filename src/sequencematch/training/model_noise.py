@@ -20,7 +20,8 @@ from ..core.forward import state_logits
 
 
 class ModelSampleNoise:
-    """Wrong tokens the model itself would have sampled, for one data row (SPEC section 5).
+    """Wrong tokens the model itself would have sampled, for one data row (docs/method.md,
+    "Noise rows").
 
     ``samples[t, k]`` is the ``k``-th wrong token of a run of noise inserted in the state
     after element ``t`` of the clean row ``prompt + completion``: ``k = 0`` is drawn from the

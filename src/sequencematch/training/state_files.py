@@ -21,6 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..core.files import new_file_mode
+
 VALUES_FILE = "state.json"
 TENSORS_FILE = "state.safetensors"
 _TAGS = ("__tensor__", "__tuple__", "__items__", "__float__")
@@ -36,6 +38,7 @@ def write_state(folder: Path, state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     values = _encode(state, tensors)
     save_file(tensors, str(folder / TENSORS_FILE))
+    (folder / TENSORS_FILE).chmod(new_file_mode())  # safetensors writes it private (0600)
     text = json.dumps(values, allow_nan=False, separators=(",", ":"))
     (folder / VALUES_FILE).write_text(text + "\n", encoding="utf-8")
 

@@ -28,11 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..core.actions import Batch, NoiseSource
-from ..core.backspace import causal_lm, check_backspace_support
+from ..core.actions import Batch, NoiseSource, collate
+from ..core.backspace import BKSPC_TOKEN, causal_lm, check_backspace_support
 from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
-from ..core.files import atomic_write_text, disk_full_error, is_disk_full
+from ..core.files import atomic_write_text, content_digest, disk_full_error, is_disk_full
 from ..core.forward import (
     chunked_state_logits,
     precision_body_dtype,
@@ -40,12 +40,14 @@ from ..core.forward import (
     verify_head_once,
     verify_layout_once,
 )
-from ..core.objectives import training_loss
+from ..core.objectives import TrainingLoss, training_loss
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
+from ..models.loading import PRESETS
 from ..models.pickled_weights import refused_pickles_in_one_line
 from .adapters import adapt_model, load_trainable_state, trainable_state
 from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
+from .bkspc_row import ProbeFeatures, RowLearningRate, probe_bkspc_row, probe_features
 from .checkpoints import (
     CHECKPOINTS,
     CheckpointError,
@@ -105,14 +107,32 @@ def valid_vocabulary(model: PreTrainedModel, tokenizer: Any) -> int:
 
 def run_identity(config: TrainConfig) -> dict[str, Any]:
     """The options that define a run (compared on resume): every option but those that may
-    change, with file options as resolved paths."""
+    change, with file options as resolved paths and the sha256 of what they hold (data
+    edited or a base model replaced in place is another run: ids would mean other text)."""
     values = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
     values.pop("output_dir")
     for key in PATH_OPTIONS:
         value = values.get(key)
         if isinstance(value, str) and Path(value).exists():
             values[key] = str(Path(value).resolve())
+            values[f"{key}_sha256"] = content_digest(value)
     return values
+
+
+def gradient_shares(result: TrainingLoss, weight: float, logits: torch.Tensor) -> dict[str, float]:
+    """Each weighted term's share of the summed gradient norms at the logits: which term
+    moves the policy (a term acting on the value head alone has share 0)."""
+    parts = {"mle": (1.0 - weight) * result.mle, "imitation": weight * result.imitation,
+             "value": weight * result.value,
+             "regulariser": weight * result.regulariser}  # fmt: skip
+    norms = {}
+    for name, term in parts.items():
+        if not term.requires_grad:
+            continue
+        (gradient,) = torch.autograd.grad(term, logits, retain_graph=True, allow_unused=True)
+        norms[name] = 0.0 if gradient is None else float(torch.linalg.vector_norm(gradient))
+    total = sum(norms.values())
+    return {f"grad_share/{name}": norm / total for name, norm in norms.items()} if total else {}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -176,6 +196,9 @@ class Trainer:
         self.evaluate = evaluate
         self.model_files = dict(model_files or {})
         self.step = 0
+        self.window: list[dict[str, Any]] = []  # metrics of the steps since the last log line
+        self.elapsed_before = 0.0  # seconds trained before a resume (elapsed_s goes on)
+        self.started: float | None = None
         self.replay = ReplayBuffer(config.replay_size, config.seed)
         self._writer: Any = None
         self.run: RunFolder | None = None  # the locked run folder (rank 0)
@@ -192,8 +215,8 @@ class Trainer:
         check_backspace_support(model)
         self.tokenizer = tokenizer
         self.model = model.to(self.device)
+        new_row = config.backspace and BKSPC_TOKEN not in tokenizer.get_vocab()
         self.bkspc_id = add_backspace(self.model, tokenizer) if config.backspace else None
-        self.model = adapt_model(self.model, config, self.bkspc_id)
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.vocab_size = valid_vocabulary(self.model, tokenizer)
@@ -203,8 +226,13 @@ class Trainer:
                 config.noise_source, tokenizer, train, self.vocab_size, [self.bkspc_id],
                 task_noise,
             )  # fmt: skip
+        self.probe_stats: dict[str, float] = {}
+        if new_row and resume_from is None and self._probes_bkspc_row():
+            self.probe_stats = self._probe_bkspc_row()  # before any weight of the body moves
+        self.model = adapt_model(self.model, config, self.bkspc_id)
         verify_layout_once(self.model)
-        # b(s), when SequenceMatch reads Q with a learned value offset (SPEC section 11)
+        # b(s), when SequenceMatch reads Q with a learned value offset (docs/method.md,
+        # "Reading logits as Q")
         self.q_reading = q_reading(config.value_head, config.model)
         self.value_head: ValueHead | None = None
         if config.method == "sequencematch" and self.q_reading != "none":
@@ -228,6 +256,34 @@ class Trainer:
             self._restore(resume_from)
 
     # ------------------------------------------------------------------ set-up helpers
+
+    def _probes_bkspc_row(self) -> bool:
+        """Whether the new ``<bkspc>`` row starts as a linear probe (``bkspc_init``)."""
+        config = self.config
+        if config.bkspc_init != "auto":
+            return config.bkspc_init == "probe"
+        return config.model not in PRESETS and config.p_noise > 0
+
+    def _probe_bkspc_row(self) -> dict[str, float]:
+        """Fit the ``<bkspc>`` row to the noise-augmented rows of the first steps, body frozen
+        (:mod:`.bkspc_row`); return the probe's statistics (logged with the first step)."""
+        config = self.config
+        body_dtype = precision_body_dtype(config.precision)
+        parts, rows, step = [], 0, 1
+        self.model.eval()
+        while rows < config.bkspc_probe_rows:
+            data = self._data_rows(step)
+            batch = collate(data.prompts, data.actions, data.experts, pad_id=self.pad_id)
+            parts.append(probe_features(self.model, batch.to(self.device), self.bkspc_id,
+                                        self.vocab_size, body_dtype))  # fmt: skip
+            rows, step = rows + len(data.prompts), step + 1
+        stats = probe_bkspc_row(
+            self.model, ProbeFeatures.concatenate(parts), self.bkspc_id,
+            steps=config.bkspc_probe_steps, lr=config.bkspc_probe_lr,
+        )  # fmt: skip
+        if self.world.is_main:
+            print("<bkspc> row probed: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+        return stats
 
     def _find_resume_point(self) -> Path | None:
         """Lock the run folder and decide where this run starts: a verified checkpoint of
@@ -292,6 +348,16 @@ class Trainer:
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        row_lr = self.config.bkspc_row_lr
+        self.row_lr: RowLearningRate | None = None
+        if row_lr and self.config.lora_r > 0:  # peft's <bkspc> rows: a group of their own
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            rows = [p for n, p in named if "trainable_tokens" in n]
+            groups = [{**g, "params": [p for p in g["params"] if all(p is not r for r in rows)]}
+                      for g in groups]  # fmt: skip
+            groups.append({"params": rows, "weight_decay": 0.0, "lr": row_lr, "base_lr": row_lr})
+        elif row_lr and self.bkspc_id is not None:
+            self.row_lr = RowLearningRate(self.model, self.bkspc_id, row_lr / self.config.lr)
         if self.value_head is not None:  # its own learning rate, on the same schedule
             lr = self.config.value_head_lr
             groups.append({"params": list(self.value_head.parameters()), "weight_decay": 0.0,
@@ -311,7 +377,11 @@ class Trainer:
         current = self.identity
         mismatched = sorted(key for key in current if key in saved and saved[key] != current[key])
         if mismatched:
-            details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in mismatched)
+            details = ", ".join(
+                f"the contents of {k.removesuffix('_sha256')} changed" if k.endswith("_sha256")
+                else f"{k}: {saved[k]!r} -> {current[k]!r}"
+                for k in mismatched
+            )  # fmt: skip
             raise CheckpointError(
                 f"checkpoint {checkpoint} was trained with other settings ({details}), which "
                 f"cannot change on resume (these can: {', '.join(sorted(RESUMABLE_CHANGES))}); "
@@ -342,6 +412,8 @@ class Trainer:
             self.value_head.load_state_dict(state["value_head"])
         self.step = int(state["step"])
         self._drop_metrics_after(self.step)
+        self.window = list(state.get("metrics_window", []))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.replay.load_state_dict(state["replay"], self.step)
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
@@ -529,7 +601,9 @@ class Trainer:
 
     def _loss(
         self, batch: Batch, data_count: int, totals, phase: str, step: int
-    ) -> dict[str, torch.Tensor]:
+    ) -> tuple[TrainingLoss, dict[str, float]]:
+        """The micro-batch's loss and, on a logging step, each term's share of the gradient
+        at the logits (dense logits only)."""
         config = self.config
         batch = batch.to(self.device)
         logits, hidden = self._state_logits(batch)  # [B, T, V] float32, [B, T, H]
@@ -540,17 +614,24 @@ class Trainer:
         if self.value_head is not None:
             b = self.value_head(hidden)  # [B, T] b(s) of the state after each element
             offsets = (b[:data_count], b[data_count:] if with_model else None)
-        return training_loss(
+        weight = self.sm_weight(step)
+        result = training_loss(
             logits[:data_count], data, logits[data_count:] if with_model else None,
             model if with_model else None, self.bkspc_id, self.eos_id,
-            sm_weight=self.sm_weight(step), divergence=config.divergence, gamma=config.gamma,
+            sm_weight=weight, divergence=config.divergence, gamma=config.gamma,
             alpha=config.alpha, beta=config.beta, totals=totals, offsets=offsets,
             normalise=self.q_reading == "normalised",
-        ).as_dict()  # fmt: skip
+            learned_terminal=config.terminal_value == "learned", balance_noise=config.balance_noise,
+        )  # fmt: skip
+        logged = step % config.log_every == 0 or step == config.steps
+        if not logged or not isinstance(logits, torch.Tensor) or weight == 0.0:
+            return result, {}
+        return result, gradient_shares(result, weight, logits)
 
     def _train_step(self, step: int) -> dict[str, float]:
         phase = self._phase(step)
         sums: dict[str, float] = {}
+        kinds: dict[str, float] = {}  # statistics per kind of transition: this process's
         finite = True
         bad_term = ""
         micro = list(self._micro_batches(step, phase))
@@ -562,7 +643,10 @@ class Trainer:
                 else contextlib.nullcontext()
             )
             with sync:
-                terms = self._loss(batch, data_count, totals, phase, step)
+                result, shares = self._loss(batch, data_count, totals, phase, step)
+                terms = result.as_dict()
+                for name, value in (result.by_kind | shares).items():  # means over micro-batches
+                    kinds[name] = kinds.get(name, 0.0) + value / len(micro)
                 for name in LOSS_TERMS:
                     value = float(terms[name].detach())
                     if not math.isfinite(value) and finite:
@@ -597,14 +681,18 @@ class Trainer:
                 f"non-finite gradient norm at step {step} ({phase} phase); the update was not "
                 f"applied and training stopped. {self._recovery_advice()}"
             )
+        if self.row_lr is not None:
+            self.row_lr.before_step()
         self.scaler.step(self.optimizer)
+        if self.row_lr is not None:
+            self.row_lr.after_step()  # the <bkspc> row's update at its own learning rate
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         if phase == "sequencematch":  # mean steps since the step's model rows were sampled
             sums["sample/age"] = ReplayBuffer.mean_age(self._model_rows(step), step)
-        return {**sums, "grad_norm": grad_norm, "lr": lr, "phase": phase}
+        return {**sums, **kinds, "grad_norm": grad_norm, "lr": lr, "phase": phase}
 
     def _reduce_value_head_gradients(self) -> None:
         """Average the value head's gradients over processes (it is outside DDP/FSDP) and
@@ -676,39 +764,72 @@ class Trainer:
             total=config.steps, initial=self.step, desc=f"{config.method}",
             disable=not (config.progress and self.world.is_main), dynamic_ncols=True,
         )  # fmt: skip
-        window: list[dict[str, Any]] = []
         last: dict[str, Any] = {}
-        started = time.perf_counter()
+        first_step = self.step
+        started = self.started = time.perf_counter() - self.elapsed_before
         self.model.train()
+        pending = dict(self.probe_stats)  # logged with the first step
         while self.step < last_step and not self._stop_requested:
             step = self.step + 1
-            extra: dict[str, float] = {}
+            extra: dict[str, float] = pending
+            pending = {}
             if self._phase(step) == "sequencematch":
                 since = step - config.mle_warmup() - 1
                 if not self.replay or since % config.refresh_every == 0:
-                    extra = self._refresh(step)
+                    extra |= self._refresh(step)
                     self.model.train()
             metrics = self._train_step(step)
             self.step = step
-            window.append(metrics)
+            self.window.append(metrics)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "mle", "regulariser")})
             if step % config.log_every == 0 or step == last_step or extra:
-                last = self._log(step, window, extra, time.perf_counter() - started)
-                window = []
+                last = self._log(step, self.window, extra, time.perf_counter() - started)
+                self.window = []
             if config.eval_every and step % config.eval_every == 0 and step != last_step:
                 last |= self._run_evaluation(step)
             if config.save_every and step % config.save_every == 0 and step != last_step:
                 self.save_checkpoint()
         bar.close()
-        if self.step >= config.steps:
-            last |= self._run_evaluation(self.step)
-        self.save_checkpoint()
-        if self.step >= config.steps:
+        self.save_checkpoint()  # first: an evaluation that fails must not lose the training
+        trained = self.step > first_step
+        if not trained and self.step >= config.steps and self.world.is_main:
+            print(f"the run in {self.run_dir} finished at step {self.step} already")
+        if self.step >= config.steps and (trained or not self._finished_before("model")):
             self.save_model(self.run_dir / "model")
+        if self.step >= config.steps and (trained or not self._finished_before("evaluation")):
+            last |= self._run_evaluation(self.step)
         if self._writer is not None:
             self._writer.close()
         return last
+
+    def _elapsed(self) -> float:
+        """Seconds of training so far, over every resume."""
+        if self.started is None:
+            return self.elapsed_before
+        return time.perf_counter() - self.started
+
+    def _finished_before(self, part: str) -> bool:
+        """Whether a run resumed at its last step already wrote ``part`` (``"model"`` or the
+        final ``"evaluation"``): resuming a finished run rewrites and appends nothing."""
+        done = False
+        if self.world.is_main:
+            if part == "model":
+                done = self.run is not None and self.run.owns("model")
+                done = done and (self.run_dir / "model").is_dir()
+            else:
+                done = self.evaluate is None or any(
+                    record.get("step") == self.step and any(k.startswith("eval/") for k in record)
+                    for record in self._metrics_records()
+                )
+        return bool(all_gather_objects(self.world, done)[0])
+
+    def _metrics_records(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (rank 0; checked when the run was resumed)."""
+        path = self.run_dir / METRICS_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def _log(
         self, step: int, window: list[dict[str, Any]], extra: dict[str, float], elapsed: float
@@ -777,6 +898,8 @@ class Trainer:
                 "config": self.config.to_dict(),
                 "identity": self.identity,
                 "mle_warmup": self.config.mle_warmup(),
+                "metrics_window": list(self.window),  # logged later, averaged with later steps
+                "elapsed_s": self._elapsed(),
             }
             if self.value_head is not None:
                 state["value_head"] = self.value_head.state_dict()

@@ -2,7 +2,8 @@
 
 A pretrained model's logits carry an arbitrary per-state level (their log-sum-exp, ~9-28 on
 SmolLM2-135M) that the SequenceMatch terms read as value; flattening it through the shared
-network moves the policy too (SPEC section 11). ``b(s)`` is a zero-initialised linear head on
+network moves the policy too (docs/method.md, "Reading logits as Q"). ``b(s)`` is a
+zero-initialised linear head on
 the detached last hidden state: the chi2 regulariser and the value term can be met by ``b``
 while the policy ``softmax(logits)`` never sees it (``b`` cancels in it and in the MLE
 identity). It lives beside the model, is trained by its own optimiser group, and is saved in

@@ -1,0 +1,124 @@
+"""Which fix keeps a pretrained policy intact when ``<bkspc>`` is added (validation split).
+
+From one plain-MLE warm-up of SmolLM2-135M on arithmetic (no ``<bkspc>``), each arm continues
+for the same steps on the same data order and noise draws, then is measured on the same
+validation questions: the policy around the reference answer (P(<eos> | answer), the mass it
+leaks to the tail, P(<bkspc> | answer + a wrong digit), P(<bkspc> | answer)), greedy accuracy
+at forced noise 0 and 0.1 (and the share of forced tokens deleted), and sampled accuracy at
+temperature 1. Arms differ by the ``<bkspc>`` row's start (mean embedding or linear probe),
+its learning rate, and the objective's bookkeeping (terminal value, noise rows). Each finished
+arm appends one line to ``OUT/arms.jsonl``; a rerun skips what is there.
+
+    python -m experiments.no_harm --warmup runs/noharm/warmup/model --out runs/noharm
+    python -m experiments.no_harm --out runs/noharm --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from experiments.pretrained_continuation import evaluate, metric_trace, train  # noqa: E402
+from sequencematch.training.config import TrainConfig  # noqa: E402
+
+COMMON = dict(
+    task="arithmetic", n_train=2000, n_valid=100, n_test=10, difficulty=[2.0, 8.0],
+    max_new_tokens=16, batch_size=16, precision="fp32", backspace=True, p_noise=0.15,
+    noise_source="task", max_noise_run=1, log_every=1, save_every=0, eval_every=0,
+    progress=False, overwrite=True, weight_decay=0.01, clip_grad=1.0, steps=20, lr=5e-5,
+    warmup_steps=2, min_lr_ratio=0.1, mle_warmup_steps=0, regularise_warmup=True,
+    sm_ramp_steps=0, refresh_every=10, samples_per_refresh=32, model_batch_size=8,
+    replay_size=64, alpha=1.0, beta=0.5, lambda_mle=0.5, gamma=0.998,
+    sample_temperature=1.0, value_head="normalised",
+)  # fmt: skip
+BEFORE = dict(bkspc_init="mean", terminal_value="zero", balance_noise=False)  # earlier code
+FIXED = dict(bkspc_init="probe", terminal_value="learned", balance_noise=True)
+OFFLINE = dict(method="sequencematch", mle_warmup_steps=20)  # data-only: no model samples
+ONLINE = dict(method="sequencematch", mle_warmup_steps=0)
+ARMS: dict[str, dict[str, Any]] = {
+    "mle": dict(method="mle", backspace=False, p_noise=0.0),
+    "mle-bkspc-mean": dict(method="mle", bkspc_init="mean"),
+    "mle-bkspc-probe": dict(method="mle", bkspc_init="probe"),
+    "sm-before": dict(**ONLINE, **BEFORE),
+    "sm-fixed": dict(**ONLINE, **FIXED),
+    "offline-fixed": dict(**OFFLINE, **FIXED),
+    "sm-probe-only": {**ONLINE, **BEFORE, "bkspc_init": "probe"},
+    "mle-bkspc-probe-rowlr": dict(method="mle", bkspc_init="probe", bkspc_row_lr=1e-3),
+    "sm-fixed-rowlr": dict(**ONLINE, **FIXED, bkspc_row_lr=1e-3),
+}
+POLICY = ("p_eos", "tail_at_end", "p_bkspc_after_wrong", "p_bkspc_at_end",
+          "first_token_entropy", "outside_top10")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {r["arm"] for r in read(out)}
+    arms = ["start", *args.arms]
+    for arm in arms:
+        if arm in done:
+            continue
+        if arm == "start":  # the warm-up itself, measured the same way
+            settings = {**COMMON, "method": "mle", "backspace": False, "p_noise": 0.0,
+                        "steps": 1, "lr": 1e-12, "warmup_steps": 0}  # fmt: skip
+        else:
+            settings = {**COMMON, **ARMS[arm]}
+        config = TrainConfig(**settings, model=args.warmup, seed=args.seed,
+                             output_dir=str(out / arm))  # fmt: skip
+        trainer, inputs, seconds = train(config)
+        policy = inputs.task.policy(trainer.model, trainer.tokenizer, inputs.valid,
+                                    vocab_size=trainer.vocab_size, seed=args.seed)  # fmt: skip
+        record = {"arm": arm, "settings": ARMS.get(arm, {}), "seconds": round(seconds, 1),
+                  "trace": metric_trace(out / arm), "policy": policy.as_dict(),
+                  "probe": trainer.probe_stats,
+                  "scores": evaluate(trainer, inputs, args.seed)}  # fmt: skip
+        with open(out / "arms.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(arm, f"{seconds:.0f} s", row(record), flush=True)
+
+
+def read(out: Path) -> list[dict[str, Any]]:
+    path = out / "arms.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def row(record: dict[str, Any]) -> str:
+    policy, scores = record["policy"], record["scores"]
+    cells = [f"{policy[k]:.3f}" for k in POLICY]
+    cells += [f"{scores[k]['accuracy']:.3f}" for k in ("greedy", "greedy-p0.1", "sampled")]
+    cells.append(f"{scores['greedy-p0.1']['forced_deleted_rate']:.2f}")
+    return "| " + record["arm"] + " | " + " | ".join(cells) + " |"
+
+
+def table(out: Path) -> None:
+    print("| arm | P(eos\\|answer) | tail at answer | P(bk\\|answer+wrong) | P(bk\\|answer) | "
+          "first-token entropy | outside top 10 | greedy | greedy p=0.1 | sampled T=1 | "
+          "forced deleted p=0.1 |")  # fmt: skip
+    print("|---" * 11 + "|")
+    for record in read(out):
+        print(row(record))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/noharm")
+    parser.add_argument("--warmup", help="the warm-up model folder (plain MLE, no <bkspc>)")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--table", action="store_true", help="print the table and stop")
+    args = parser.parse_args()
+    if args.table:
+        table(Path(args.out))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
