@@ -8,30 +8,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_cli_errors import TINY, fails
 
 from sequencematch.apps.cli import main
 from sequencematch.tasks.base import TaskOptions
 from sequencematch.tasks.jsonl_task import JsonlTask
 
-TINY = ["--model", "tiny_gpt2", "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2",
-        "--n-train", "16", "--n-valid", "2", "--n-test", "2", "--batch-size", "4",
-        "--method", "mle", "--progress", "false"]  # fmt: skip
 PROMPT = "In base 7, what is 1 + 1?"
 
 PAYLOAD = """
 from pathlib import Path
 Path(__file__).with_name("imported.txt").write_text("this module ran")
 """
-
-
-def fails(capsys, argv: list[str], message: str) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

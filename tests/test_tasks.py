@@ -287,3 +287,17 @@ def test_jsonl_train_and_eval_through_the_command_line(tmp_path, capsys):
         bkspc_id=trained.bkspc_id, max_new_tokens=5, options=EvalOptions(),
     )  # fmt: skip
     assert result.accuracy == record["accuracy"]  # exact match of the completion, as in eval
+
+
+def test_task_mistakes_read_the_question_after_a_chat_templates_own_text():
+    from sequencematch.models.presets import char_tokenizer
+    from sequencematch.tasks import arithmetic
+    from sequencematch.tasks.arithmetic_task import ArithmeticMistakes
+
+    tokenizer = char_tokenizer(arithmetic.ALPHABET + "user")
+    text = "user\nIn base 3, what is 11 + 1? = 10"
+    prefix = tokenizer(text, add_special_tokens=False).input_ids
+    rng = random.Random(0)
+    for _ in range(20):  # a wrong digit of base 3 (or a sign), never a parse error
+        mistake = tokenizer.decode([ArithmeticMistakes(tokenizer)(prefix, -1, rng)])
+        assert mistake in "012-"

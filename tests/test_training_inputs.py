@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_cli_errors import fails
 
 from sequencematch.apps.cli import main
 from sequencematch.apps.setup import prepare_run
@@ -20,16 +21,6 @@ from sequencematch.training.trainer import Trainer
 
 TINY = ["--model", "tiny_gpt2", "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2",
         "--batch-size", "4", "--method", "mle", "--progress", "false"]  # fmt: skip
-
-
-def fails(capsys, argv: list[str], message: str) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message in lines[0], lines[0]
-    return lines[0]
 
 
 def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:

@@ -41,6 +41,7 @@ class ArithmeticMistakes:
 
     def __call__(self, prefix: list[int], correct: int, rng: random.Random) -> int:
         text = self.tokenizer.decode(prefix, skip_special_tokens=True)
+        text = text[max(0, text.find("In base")) :]  # after a chat template's own text
         question, _, answer_prefix = text.partition(arithmetic.PROMPT_SEPARATOR)
         question = question.strip()
         at_end = correct in (-1, self.eos_id)  # the answer should end here
