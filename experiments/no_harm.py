@@ -52,6 +52,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "sm-probe-only": {**ONLINE, **BEFORE, "bkspc_init": "probe"},
     "mle-bkspc-probe-rowlr": dict(method="mle", bkspc_init="probe", bkspc_row_lr=1e-3),
     "sm-fixed-rowlr": dict(**ONLINE, **FIXED, bkspc_row_lr=1e-3),
+    "sm-fixed-alpha10": dict(**ONLINE, **FIXED, alpha=10.0),
+    "sm-fixed-value-lr": dict(**ONLINE, **FIXED, value_head_lr=1e-2),
 }
 POLICY = ("p_eos", "tail_at_end", "p_bkspc_after_wrong", "p_bkspc_at_end",
           "first_token_entropy", "outside_top10")  # fmt: skip
