@@ -254,11 +254,10 @@ def _weighted_mean(
     ``over``: sum over these elements instead of the expert ones (still divided by the
     expert transitions' total weight).
     """
-    weights = trans.weights(gamma)  # [B, T] zero outside the mask
-    over = trans.mask if over is None else over
     steps = torch.pow(torch.as_tensor(gamma, dtype=x.dtype, device=x.device), trans.step)
-    numerator = torch.where(over, steps * x, 0.0).sum()
-    return numerator / (weights.sum() if total is None else total)
+    over = trans.mask if over is None else over
+    numerator = torch.where(over, steps * x, 0.0).sum()  # [B, T] -> scalar
+    return numerator / (torch.where(trans.mask, steps, 0.0).sum() if total is None else total)
 
 
 def weight_total(batch: Batch, gamma: float) -> float:
