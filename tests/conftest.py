@@ -12,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from sequencematch.apps.cli import main  # noqa: E402
 from sequencematch.models.backspace import add_backspace  # noqa: E402
 from sequencematch.models.presets import char_tokenizer, tiny_model  # noqa: E402
 
@@ -42,3 +43,28 @@ def boost_logit(model, token_id: int, amount: float):
         return output
 
     return head.register_forward_hook(hook)
+
+
+TINY = ["--model", "tiny_gpt2", "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2",
+        "--n-train", "16", "--n-valid", "2", "--n-test", "2", "--batch-size", "4",
+        "--method", "mle", "--progress", "false"]  # fmt: skip
+"""``sequencematch train`` options of a tiny run (seconds on a CPU)."""
+
+
+def fails(capsys, argv: list[str], message: str) -> str:
+    """Run the CLI, expect exit code 2 and exactly one stderr line holding ``message``."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory):
+    """A tiny arithmetic model trained by the CLI (read only: copy it to change it)."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--output-dir", str(run), "--steps", "2", *TINY]) == 0
+    return run / "model"

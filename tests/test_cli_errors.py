@@ -8,31 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import TINY, fails
 
 from sequencematch.apps.cli import main
 from sequencematch.training.run_folder import LOCK_FILE
-
-TINY = ["--model", "tiny_gpt2", "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2",
-        "--n-train", "16", "--n-valid", "2", "--n-test", "2", "--batch-size", "4",
-        "--method", "mle", "--progress", "false"]  # fmt: skip
-
-
-def fails(capsys, argv: list[str], message: str) -> str:
-    """Run the CLI, expect exit code 2 and exactly one stderr line holding ``message``."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert message in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--output-dir", str(run), "--steps", "2", *TINY]) == 0
-    return run / "model"
 
 
 @pytest.fixture

@@ -10,18 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_cli_errors import TINY, fails
+from conftest import TINY, fails
 
 from sequencematch.apps.cli import build_parser, main
 
 PROMPT = "In base 7, what is 1 + 1?"
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("messages") / "run"
-    assert main(["train", "--output-dir", str(run), "--steps", "2", *TINY]) == 0
-    return run / "model"
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from test_checkpoints import config_for, logged_steps, same_weights, snapshot, train
 
 from sequencematch.apps import comparison
@@ -34,9 +35,6 @@ from sequencematch.training.run_folder import LOCK_FILE, MARKER_FILE, RunFolder,
 from sequencematch.training.state_files import StateFileError, read_state, write_state
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = ["--model", "tiny_gpt2", "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2",
-        "--n-train", "16", "--n-valid", "2", "--n-test", "2", "--batch-size", "4",
-        "--method", "mle", "--progress", "false"]  # fmt: skip
 DEMO = ["demo", "--quick", "--seeds", "1", "--warmup-steps", "4", "--steps", "2",
         "--n-train", "32", "--n-test", "4", "--progress", "false"]  # fmt: skip
 
@@ -111,13 +109,6 @@ def test_training_state_round_trips_as_data_only(tmp_path):
     (tmp_path / "state.json").write_text('{"x": {"__tensor__": "t99"}}')
     with pytest.raises(StateFileError, match="names a tensor 't99'"):
         read_state(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("shared") / "run"
-    assert main(["train", "--output-dir", str(run), "--steps", "2", *TINY]) == 0
-    return run / "model"
 
 
 @pytest.mark.parametrize("content", ["payload", "random bytes"])

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_cli_errors import TINY, fails
+from conftest import TINY, fails
 
 from sequencematch.apps.cli import main
 from sequencematch.tasks.base import TaskOptions

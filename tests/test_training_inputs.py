@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli_errors import fails
+from conftest import fails
 
 from sequencematch.apps.cli import main
 from sequencematch.apps.setup import prepare_run
