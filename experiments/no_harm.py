@@ -11,6 +11,13 @@ arm appends one line to ``OUT/arms.jsonl``; a rerun skips what is there.
 
     python -m experiments.no_harm --warmup runs/noharm/warmup/model --out runs/noharm
     python -m experiments.no_harm --out runs/noharm --table
+
+``--setting tiny`` runs the same measurement on the from-scratch demo's own settings (the
+continuations of ``make demo``, from one of its warm-ups, with ``--arms`` from ``TINY_ARMS``):
+the demo's tiny model shows the same flattening, at a fraction of the cost.
+
+    python -m experiments.no_harm --setting tiny --warmup runs/demo/seed-0/warmup/model \
+        --out runs/noharm-tiny --arms mle-bkspc sm sm-pinned offline offline-pinned
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from experiments.pretrained_continuation import evaluate, metric_trace, train  # noqa: E402
+from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs  # noqa: E402
 from sequencematch.training.config import TrainConfig  # noqa: E402
 
 COMMON = dict(
@@ -55,6 +63,19 @@ ARMS: dict[str, dict[str, Any]] = {
     "sm-fixed-alpha10": dict(**ONLINE, **FIXED, alpha=10.0),
     "sm-fixed-value-lr": dict(**ONLINE, **FIXED, value_head_lr=1e-2),
 }
+# Arms on the from-scratch demo's settings: each is one of the demo's continuations (its
+# method) with options changed.
+PINNED = dict(terminal_value="zero")
+TINY_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mle": ("mle", {}),
+    "mle-bkspc": ("mle-bkspc", {}),
+    "sm": ("sequencematch-chi2-bkspc", {}),
+    "sm-pinned": ("sequencematch-chi2-bkspc", PINNED),
+    "offline": ("offline-chi2-bkspc", {}),
+    "offline-pinned": ("offline-chi2-bkspc", PINNED),
+    "sm-normalised": ("sequencematch-chi2-bkspc", dict(value_head="normalised")),
+    "sm-alpha10": ("sequencematch-chi2-bkspc", dict(alpha=10.0)),
+}
 POLICY = ("p_eos", "tail_at_end", "p_bkspc_after_wrong", "p_bkspc_at_end",
           "first_token_entropy", "outside_top10")  # fmt: skip
 
@@ -67,23 +88,45 @@ def run(args: argparse.Namespace) -> None:
     for arm in arms:
         if arm in done:
             continue
-        if arm == "start":  # the warm-up itself, measured the same way
+        if args.setting == "tiny":
+            config = tiny_config(args, arm, out)
+        elif arm == "start":  # the warm-up itself, measured the same way
             settings = {**COMMON, "method": "mle", "backspace": False, "p_noise": 0.0,
                         "steps": 1, "lr": 1e-12, "warmup_steps": 0}  # fmt: skip
+            config = start_config(args, out)
         else:
-            settings = {**COMMON, **ARMS[arm]}
-        config = TrainConfig(**settings, model=args.warmup, seed=args.seed,
-                             output_dir=str(out / arm))  # fmt: skip
+            config = TrainConfig(**COMMON, **ARMS[arm], model=args.warmup, seed=args.seed,
+                                 output_dir=str(out / arm))  # fmt: skip
         trainer, inputs, seconds = train(config)
         policy = inputs.task.policy(trainer.model, trainer.tokenizer, inputs.valid,
                                     vocab_size=trainer.vocab_size, seed=args.seed)  # fmt: skip
-        record = {"arm": arm, "settings": ARMS.get(arm, {}), "seconds": round(seconds, 1),
+        settings = (TINY_ARMS if args.setting == "tiny" else ARMS).get(arm, {})
+        record = {"arm": arm, "settings": settings, "seconds": round(seconds, 1),
                   "trace": metric_trace(out / arm), "policy": policy.as_dict(),
                   "probe": trainer.probe_stats,
                   "scores": evaluate(trainer, inputs, args.seed)}  # fmt: skip
         with open(out / "arms.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         print(arm, f"{seconds:.0f} s", row(record), flush=True)
+
+
+def start_config(args: argparse.Namespace, out: Path) -> TrainConfig:
+    """The warm-up itself, measured the same way (one step at a vanishing learning rate)."""
+    settings = {**COMMON, "method": "mle", "backspace": False, "p_noise": 0.0, "steps": 1,
+                "lr": 1e-12, "warmup_steps": 0}  # fmt: skip
+    return TrainConfig(**settings, model=args.warmup, seed=args.seed,
+                       output_dir=str(out / "start"))  # fmt: skip
+
+
+def tiny_config(args: argparse.Namespace, arm: str, out: Path) -> TrainConfig:
+    """The demo's continuation behind ``arm`` from the warm-up ``args.warmup``, with the
+    arm's options (``start``: the warm-up, one step at a vanishing learning rate)."""
+    configs = method_configs(DemoSettings(), args.seed, Path(args.warmup), out)
+    if arm == "start":
+        return configs["mle"].replace(steps=1, lr=1e-12, warmup_steps=0,
+                                      output_dir=str(out / "start"))  # fmt: skip
+    method, options = TINY_ARMS[arm]
+    return configs[method].replace(**options, output_dir=str(out / arm))
 
 
 def read(out: Path) -> list[dict[str, Any]]:
@@ -113,7 +156,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/noharm")
     parser.add_argument("--warmup", help="the warm-up model folder (plain MLE, no <bkspc>)")
     parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--setting", choices=("smollm2", "tiny"), default="smollm2")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS),
+                        choices=sorted({*ARMS, *TINY_ARMS}))  # fmt: skip
     parser.add_argument("--table", action="store_true", help="print the table and stop")
     args = parser.parse_args()
     if args.table:

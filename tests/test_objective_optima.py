@@ -29,8 +29,9 @@ def make_batch(rows) -> Batch:
     return collate(list(prompts), list(actions), list(expert))
 
 
-def state_index(batch: Batch) -> torch.Tensor:
-    """``[B, T]`` the toy state after each element (``-1``: no state: padding, after <eos>)."""
+def state_index(batch: Batch, terminal: int = -1) -> torch.Tensor:
+    """``[B, T]`` the toy state after each element (``-1``: no state: padding; after <eos>:
+    ``terminal``, the absorbing state, no state by default)."""
     index = torch.full(batch.sequences.shape, -1, dtype=torch.long)
     for b in range(batch.sequences.shape[0]):
         prompt, length = int(batch.prompt_lengths[b]), int(batch.lengths[b])
@@ -38,6 +39,7 @@ def state_index(batch: Batch) -> torch.Tensor:
         index[b, prompt - 1] = STATES[()]
         for t in range(len(actions)):
             if actions[t] == EOS:
+                index[b, prompt + t] = terminal
                 break
             index[b, prompt + t] = STATES[tuple(apply_backspaces(actions[: t + 1], BK))]
     return index
@@ -110,6 +112,37 @@ def test_a_finished_answer_ends_whatever_the_level_of_the_learned_value(offset):
     assert float(policy(pinned, 1, True)[EOS]) == pytest.approx(expected, abs=0.01)
 
 
+@pytest.mark.parametrize("level", [0.0, 8.0])
+def test_under_the_plain_reading_a_learned_terminal_keeps_a_finished_answer_ending(level):
+    """Plain reading (Q = logits): a network gives every state's logits one level ``c`` (a
+    from-scratch model's log-sum-exp sits around 8-9). With ``V = 0`` after <eos>, ``r_eos =
+    Q(S1, <eos>) = c + log pi(<eos> | S1)``, and at a high level the chi2 term's pull towards
+    ``r = 2 alpha`` outweighs the likelihood: a gradient step lowers ``P(<eos> | S1)`` although
+    the data always ends there. With the absorbing state's value read from its own logits
+    (at the same level), the level cancels and the step raises it."""
+    batch = make_batch([CLEAN])
+    T = 3  # the absorbing state after <eos>: a fourth row of logits
+    index = state_index(batch, terminal=T)
+    probs = torch.tensor([0.02, 0.02, 0.02, 0.9, 0.04], dtype=DTYPE)  # S1: mostly <eos>
+    table = torch.full((4, VOCAB), level, dtype=DTYPE)
+    table[1] = level + probs.log()
+    table.requires_grad_()
+
+    def change_of_log_p_eos(learned: bool) -> float:
+        """d log pi(<eos> | S1) along minus the loss's gradient."""
+        loss = training_loss(
+            scatter(table, index), batch, None, None, BK, EOS, sm_weight=0.5, gamma=1.0,
+            alpha=1.0, learned_terminal=learned,
+        ).loss  # fmt: skip
+        (gradient,) = torch.autograd.grad(loss, table)
+        pi = policy(table, 1, True)
+        return float(-(gradient[1] * (torch.eye(VOCAB, dtype=DTYPE)[EOS] - pi)).sum())
+
+    assert change_of_log_p_eos(learned=True) > 0
+    pinned = change_of_log_p_eos(learned=False)
+    assert pinned < 0 if level > 4 else pinned > 0
+
+
 # ---------------------------------------------------------------------- noise rows
 
 
@@ -154,7 +187,10 @@ def test_every_state_of_a_noise_row_weighs_value_and_q_alike(beta, row, total, u
     # element 0, the prompt's last (the initial state): -(1 - beta) / total, which the model
     # rows' +(1 - beta) at their own initial state meets; every later state is balanced
     assert float(level[0]) == pytest.approx(-(1 - beta) / total, abs=1e-12)
-    assert level[1:].abs().max() < 1e-12
+    assert level[1:4].abs().max() < 1e-12
+    # element 4, the absorbing state after <eos> (step 3): the row's other remainder,
+    # +(1 - beta) gamma w V(s_T), which the model rows' terminal states meet
+    assert float(level[4]) == pytest.approx((1 - beta) * G * G**3 / total, abs=1e-12)
 
     # Without the wrong token's share the state before it and the state after it are not
     # balanced (and a wrong token first leaves the initial state without its -(1 - beta)).

@@ -74,8 +74,9 @@ def assert_terms_equal(a: SequenceMatchTerms, b: SequenceMatchTerms, tol: float 
 # --------------------------------------------------------------------------------------
 
 
-def reference_transitions(logits: torch.Tensor, rows, bkspc_id, eos_id):
-    """List per row of dicts (t, q, v, v_next, done, expert, step) computed by hand."""
+def reference_transitions(logits: torch.Tensor, rows, bkspc_id, eos_id, learned=True):
+    """List per row of dicts (t, q, v, v_next, done, expert, step) computed by hand;
+    ``learned``: V after <eos> is the log-sum-exp of the <eos> element's logits, else 0."""
     table = logits.detach().tolist()
     out = []
     for b, (prompt, actions, expert) in enumerate(rows):
@@ -96,7 +97,7 @@ def reference_transitions(logits: torch.Tensor, rows, bkspc_id, eos_id):
                     t=t,
                     q=table[b][t - 1][a],
                     v=value(table[b][t - 1], depth),
-                    v_next=0.0 if done else value(table[b][t], after),
+                    v_next=0.0 if done and not learned else value(table[b][t], after),
                     done=done,
                     expert=is_expert,
                     step=i,
@@ -126,10 +127,10 @@ def reference_loss(
     data = reference_transitions(data_logits, data_rows, BK, EOS)
 
     def reward(it):
-        return it["q"] - gamma * (0.0 if it["done"] else 1.0) * it["v_next"]
+        return it["q"] - gamma * it["v_next"]
 
     def value(it):
-        return it["v"] - gamma * (0.0 if it["done"] else 1.0) * it["v_next"]
+        return it["v"] - gamma * it["v_next"]
 
     def mix(fn):
         e_data = reference_expectations(data, gamma, fn)
@@ -170,14 +171,17 @@ def test_hand_two_step_row_with_eos_chi2():
     v0 = math.log(math.exp(0.3) + math.exp(-0.2))  # depth 1 == prompt: <bkspc> masked
     v1 = math.log(math.exp(1.1) + math.exp(0.4) + math.exp(-0.7))  # depth 2: all valid
     r1 = 0.3 - gamma * v1  # Q(prompt, a) - gamma V(prompt + a)
-    r2 = 0.4  # Q(prompt + a, <eos>), terminal: no bootstrap
+    r2 = 0.4  # Q(prompt + a, <eos>), terminal value pinned at 0: no bootstrap
     val1, val2 = v0 - gamma * v1, v1
     w = [1.0, gamma]
 
     def mean(x1, x2):
         return (w[0] * x1 + w[1] * x2) / (w[0] + w[1])
 
-    trans = transitions(logits, batch, bk, eos)
+    learned = transitions(logits, batch, bk, eos)  # V(s_T): the <eos> element's log-sum-exp
+    assert learned.v_next[0].tolist() == pytest.approx([0.0, v1, 9.0 + math.log(3.0)])
+
+    trans = transitions(logits, batch, bk, eos, learned_terminal=False)
     assert trans.q[0].tolist() == pytest.approx([0.0, 0.3, 0.4])
     assert trans.v[0].tolist() == pytest.approx([0.0, v0, v1])
     assert trans.v_next[0].tolist() == pytest.approx([0.0, v1, 0.0])
@@ -185,7 +189,9 @@ def test_hand_two_step_row_with_eos_chi2():
     assert trans.mask[0].tolist() == [False, True, True]
     assert trans.step[0].tolist() == [0.0, 0.0, 1.0]
 
-    terms = sequencematch_loss(logits, batch, None, None, bk, eos, gamma=gamma, alpha=alpha)
+    terms = sequencematch_loss(
+        logits, batch, None, None, bk, eos, gamma=gamma, alpha=alpha, learned_terminal=False
+    )
     assert num(terms.imitation) == pytest.approx(-mean(r1, r2), rel=1e-12)
     assert num(terms.value) == pytest.approx(mean(val1, val2), rel=1e-12)
     assert num(terms.regulariser) == pytest.approx(mean(r1**2, r2**2) / (4 * alpha), rel=1e-12)
@@ -567,12 +573,13 @@ def test_backspace_into_prompt_is_rejected():
         transitions(random_logits(batch), batch, BK, EOS)
 
 
-def test_terminal_eos_does_not_bootstrap():
+def test_a_pinned_terminal_eos_does_not_bootstrap():
     rows = [([0], [1, 2, EOS], [True] * 3), ([1], [0, 0], [True] * 2)]
     batch = make_batch(rows)
     logits = random_logits(batch, seed=15)
-    base = sequencematch_loss(logits, batch, None, None, BK, EOS)
-    trans = transitions(logits, batch, BK, EOS)
+    pinned = dict(learned_terminal=False)
+    base = sequencematch_loss(logits, batch, None, None, BK, EOS, **pinned)
+    trans = transitions(logits, batch, BK, EOS, **pinned)
     assert bool(trans.done[0, 3]) and num(trans.v_next[0, 3]) == 0.0
     assert not trans.done[1].any()
 
@@ -581,11 +588,12 @@ def test_terminal_eos_does_not_bootstrap():
     after_eos[0, 3, 1] = math.inf  # even non-finite ones: never read, zero gradient
     after_eos.requires_grad_()
     for divergence in DIVERGENCES:
+        options = dict(divergence=divergence, **pinned)
         assert_terms_equal(
-            sequencematch_loss(logits, batch, None, None, BK, EOS, divergence=divergence),
-            sequencematch_loss(after_eos, batch, None, None, BK, EOS, divergence=divergence),
+            sequencematch_loss(logits, batch, None, None, BK, EOS, **options),
+            sequencematch_loss(after_eos, batch, None, None, BK, EOS, **options),
         )
-        loss = sequencematch_loss(after_eos, batch, None, None, BK, EOS, divergence=divergence)
+        loss = sequencematch_loss(after_eos, batch, None, None, BK, EOS, **options)
         (grad,) = torch.autograd.grad(loss.loss, after_eos)
         assert torch.isfinite(grad).all() and (grad[0, 3] == 0).all()
 
@@ -596,14 +604,38 @@ def test_terminal_eos_does_not_bootstrap():
     )
     last_state = logits.detach().clone()
     last_state[1, 2] += torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0], dtype=DTYPE)
-    assert num(sequencematch_loss(last_state, batch, None, None, BK, EOS).loss) != (
+    assert num(sequencematch_loss(last_state, batch, None, None, BK, EOS, **pinned).loss) != (
         pytest.approx(num(base.loss), rel=1e-6)
     )
 
     # Reading <eos> as non-terminal (eos_id=None) would bootstrap: a different loss.
-    assert num(sequencematch_loss(logits, batch, None, None, BK, None).loss) != (
+    assert num(sequencematch_loss(logits, batch, None, None, BK, None, **pinned).loss) != (
         pytest.approx(num(base.loss), rel=1e-6)
     )
+
+
+def test_a_learned_terminal_reads_the_absorbing_state_at_the_eos_element():
+    """V(s_T) is the reading's own V of the <eos> element (docs/method.md, "Terminal
+    states"): its logits' log-sum-exp, plus b with offsets, b alone when normalised."""
+    rows = [([0], [1, 2, EOS], [True] * 3), ([1], [0, 0], [True] * 2)]
+    batch = make_batch(rows)
+    logits = random_logits(batch, seed=15)
+    offsets = torch.linspace(-1.0, 1.0, batch.sequences.numel(), dtype=DTYPE)
+    offsets = offsets.reshape(batch.sequences.shape)  # [B, T]
+    at_eos = logits[0, 3]  # [V] the absorbing state's logits
+    readings = [
+        (dict(), torch.logsumexp(at_eos, -1)),
+        (dict(offsets=offsets), torch.logsumexp(at_eos, -1) + offsets[0, 3]),
+        (dict(offsets=offsets, normalise=True), offsets[0, 3]),
+    ]
+    for reading, expected in readings:
+        trans = transitions(logits, batch, BK, EOS, **reading)
+        assert num(trans.v_next[0, 3]) == pytest.approx(num(expected), rel=1e-12)
+        pinned = transitions(logits, batch, BK, EOS, learned_terminal=False, **reading)
+        assert num(pinned.v_next[0, 3]) == 0.0
+        # everything but the terminal transition is the same
+        assert torch.equal(trans.v_next[1], pinned.v_next[1])
+        assert torch.equal(trans.q, pinned.q) and torch.equal(trans.v, pinned.v)
 
 
 # --------------------------------------------------------------------------------------

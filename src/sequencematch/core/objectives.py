@@ -118,7 +118,7 @@ def transitions(
     *,
     offsets: torch.Tensor | None = None,
     normalise: bool = False,
-    learned_terminal: bool = False,
+    learned_terminal: bool = True,
 ) -> Transitions:
     """Q, V, V' and flags of every action transition of a batch (see module doc).
 
@@ -129,10 +129,12 @@ def transitions(
     ``Q = log pi + b`` and ``V = b``. The policy ``softmax(Q)`` is the same in all three
     readings, and so is ``V(s) - Q(s, a) = -log pi(a|s)``.
 
-    ``learned_terminal`` (with ``offsets``): the state after ``<eos>`` is an absorbing state
-    whose value is learned, ``V(s') = b(s')`` read at the ``<eos>`` element, instead of ``0``
-    (docs/method.md, "Terminal states"). Without it, ``b``'s level is pinned by the terminal
-    alone, and an offset ``b(s) > 2 alpha / (1 - lambda_mle)`` at a finished answer makes the
+    ``learned_terminal``: the state after ``<eos>`` is an absorbing state whose value is
+    learned, ``V(s')`` read at the ``<eos>`` element in the reading's own way (the log-sum-exp
+    of its logits, plus ``b`` with offsets; ``b`` alone when normalised), instead of ``0``
+    (docs/method.md, "Terminal states"). Those logits serve nothing else: no action is taken
+    after ``<eos>``. Without it, the level of Q at a finished answer is pinned by the terminal
+    alone: ``r_eos = Q(s, <eos>)``, and a level above ``2 alpha / (1 - lambda_mle)`` makes the
     objective itself lower ``P(<eos>)``.
 
     ``<bkspc>`` is masked to ``-inf`` in every state whose visible length equals the prompt
@@ -175,6 +177,8 @@ def transitions(
     next_is_action = torch.zeros_like(action)
     next_is_action[:, :-1] = action[:, 1:]  # [B, T] element t+1 is an action
     is_state = next_is_action | (action & ~done)  # [B, T]
+    if learned_terminal:  # the absorbing state after <eos> is read for its value
+        is_state = is_state | done  # [B, T]
     at_boundary = None
     if bkspc_id is not None:
         depths = visible_lengths(sequences, prompt_lengths.to(device), length[:, 0], bkspc_id)
@@ -210,9 +214,8 @@ def transitions(
     zero = torch.zeros((), dtype=logits.dtype, device=device)
     q = torch.where(action, q, zero)
     v = torch.where(action, v, zero)
-    v_next = torch.where(action & ~done, values, zero)  # [B, T]
-    if learned_terminal and offsets is not None:  # V(absorbing state after <eos>) = b(s')
-        v_next = torch.where(done, offsets, v_next)  # [B, T]
+    # V(s'): 0 after <eos> unless the absorbing state's value is learned.
+    v_next = torch.where(action & (~done | learned_terminal), values, zero)  # [B, T]
     step = torch.where(action, index[None, :] - prompt, 0).to(logits.dtype)  # [B, T]
     return Transitions(q=q, v=v, v_next=v_next, done=done, mask=mask, step=step, action=action)
 

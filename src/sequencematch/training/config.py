@@ -183,8 +183,9 @@ class TrainConfig:
     value_head_lr: float = _field(1e-3, "learning rate of the value head b(s) (AdamW)")
     terminal_value: str = _field(
         "learned",
-        "value of the state after <eos> under the offset and normalised readings: learned (an "
-        "absorbing state, V = b(s) read at the <eos> element) or zero (as for the plain reading)",
+        "value of the state after <eos>: learned (an absorbing state whose V is read at the "
+        "<eos> element in the reading's own way: log-sum-exp of its logits, plus b under "
+        "offset, b alone under normalised) or zero",
     )
     balance_noise: bool = _field(
         True,
