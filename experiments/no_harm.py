@@ -62,6 +62,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "sm-fixed-rowlr": dict(**ONLINE, **FIXED, bkspc_row_lr=1e-3),
     "sm-fixed-alpha10": dict(**ONLINE, **FIXED, alpha=10.0),
     "sm-fixed-value-lr": dict(**ONLINE, **FIXED, value_head_lr=1e-2),
+    "sm-fixed-data-value": dict(**ONLINE, **FIXED, data_regulariser="value"),
+    "offline-fixed-data-value": dict(**OFFLINE, **FIXED, data_regulariser="value"),
 }
 # Arms on the from-scratch demo's settings: each is one of the demo's continuations (its
 # method) with options changed.
@@ -74,7 +76,11 @@ TINY_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "offline": ("offline-chi2-bkspc", {}),
     "offline-pinned": ("offline-chi2-bkspc", PINNED),
     "sm-normalised": ("sequencematch-chi2-bkspc", dict(value_head="normalised")),
+    "sm-value": ("sequencematch-chi2-bkspc", dict(data_regulariser="value")),
+    "offline-value": ("offline-chi2-bkspc", dict(data_regulariser="value")),
+    "sm-alpha3": ("sequencematch-chi2-bkspc", dict(alpha=3.0)),
     "sm-alpha10": ("sequencematch-chi2-bkspc", dict(alpha=10.0)),
+    "offline-alpha10": ("offline-chi2-bkspc", dict(alpha=10.0)),
 }
 POLICY = ("p_eos", "tail_at_end", "p_bkspc_after_wrong", "p_bkspc_at_end",
           "first_token_entropy", "outside_top10")  # fmt: skip

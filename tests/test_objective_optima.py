@@ -229,3 +229,33 @@ def test_the_online_optimum_with_noise_rows_is_the_expert_policy(reading):
     assert float(at_start[A] / at_start[EOS]) == pytest.approx(2.0, rel=0.02)
     assert float(policy(table, 1, True)[EOS]) > 0.99
     assert float(policy(table, 2, True)[BK]) > 0.99
+
+
+# ---------------------------------------------------------------------- what the regulariser trains
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_a_value_only_data_regulariser_keeps_the_data_policy_when_the_value_cannot_fit(alpha):
+    """Data-only objective, normalised reading with a value that cannot fit (b = 0 in every
+    state): then r = log pi(a|s) on every transition, and the full gradient of the data's
+    ``r^2 / (4 alpha)`` penalises squared surprisal. At S0 the data takes ``a`` twice as often
+    as ``<eos>``; the full objective's optimum gives the rarer ``<eos>`` more than its 1/3
+    (the likelihood of each action reweighted by ``1 - r / (2 alpha)``, docs/method.md,
+    "Gradient"); with the regulariser training the value alone, the optimum is the data's."""
+    data = make_batch([CLEAN, CLEAN, SHORT])
+    index = state_index(data)
+    zero = torch.zeros(data.sequences.shape, dtype=DTYPE)  # b(s) = 0: a value that cannot fit
+
+    def optimum(data_regulariser: str) -> float:
+        def loss(table):
+            return training_loss(
+                scatter(table, index), data, None, None, BK, EOS, sm_weight=0.5, gamma=1.0,
+                alpha=alpha, offsets=(zero, None), normalise=True,
+                data_regulariser=data_regulariser,
+            ).loss  # fmt: skip
+
+        at_start = policy(minimise(loss, torch.zeros(3, VOCAB, dtype=DTYPE)), 0, False)
+        return float(at_start[A] / at_start[EOS])
+
+    assert optimum("value") == pytest.approx(2.0, rel=0.01)
+    assert optimum("full") < 1.9

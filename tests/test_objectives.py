@@ -937,3 +937,27 @@ def test_training_loss_refuses_a_weight_outside_zero_one():
     data_logits, data, _, _ = _loss_inputs()
     with pytest.raises(ValueError, match="sm_weight must lie in"):
         training_loss(data_logits, data, None, None, BK, EOS, sm_weight=1.5)
+
+
+def test_a_value_only_data_regulariser_changes_the_gradient_not_the_loss():
+    """``data_regulariser value``: the same loss; the data's policy gradient is the
+    likelihood's alone (beta 1: no model rows), the value still gets the regulariser's."""
+    data = make_batch(DATA_ROWS)
+    logits = random_logits(data, seed=21).requires_grad_()
+    offsets = (0.3 * torch.randn(data.sequences.shape, dtype=DTYPE)).requires_grad_()
+    options = dict(gamma=0.9, alpha=0.7, offsets=(offsets, None), normalise=True)
+    full = sequencematch_loss(logits, data, None, None, BK, EOS, **options)
+    value = sequencematch_loss(
+        logits, data, None, None, BK, EOS, data_regulariser="value", **options
+    )
+    assert num(value.loss) == pytest.approx(num(full.loss), rel=1e-12)
+
+    g_value, b_value = torch.autograd.grad(value.loss, (logits, offsets))
+    g_full, b_full = torch.autograd.grad(full.loss, (logits, offsets))
+    nll = mle_loss(logits, data, BK, gamma=0.9)  # imitation + value: the gamma-weighted NLL
+    (g_nll,) = torch.autograd.grad(nll, logits)
+    assert torch.allclose(g_value, g_nll, atol=1e-12)
+    assert not torch.allclose(g_full, g_nll, atol=1e-3)
+    assert torch.allclose(b_value, b_full, atol=1e-12)  # the value's gradient is unchanged
+    with pytest.raises(ValueError, match="data_regulariser"):
+        sequencematch_loss(logits, data, None, None, BK, EOS, data_regulariser="policy")

@@ -437,6 +437,9 @@ class SequenceMatchTerms:
                 if f.name != "by_kind"}  # fmt: skip
 
 
+DATA_REGULARISERS = ("full", "value")
+
+
 def sequencematch_loss(
     data_logits: torch.Tensor,
     data: Batch,
@@ -454,6 +457,7 @@ def sequencematch_loss(
     normalise: bool = False,
     learned_terminal: bool = True,
     balance_noise: bool = True,
+    data_regulariser: str = "full",
 ) -> SequenceMatchTerms:
     """The SequenceMatch objective of docs/method.md, "The objective" (minimised).
 
@@ -484,6 +488,13 @@ def sequencematch_loss(
     Without it, the state before a wrong token is pushed down by ``(1 - beta) V(s)`` and the
     state after it up, which under ``Q = logits`` flattens the policy where the noise is.
 
+    ``data_regulariser``: ``full`` (the objective's gradient) or ``value``: in the chi2
+    regulariser's ``r^2`` on data transitions, ``r = log pi(a|s) + (V(s) - gamma V(s'))``
+    reads ``log pi`` detached, so that term trains the value (``b``, or the logits' level)
+    and not the policy: where ``V`` cannot fit the data's surprisal, the full gradient
+    reweights the likelihood of each data action by ``1 - beta r / (2 alpha)`` and so
+    favours surprising actions (docs/method.md, "Gradient"). The loss's value is the same.
+
     Raises:
         ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
         transition.
@@ -494,6 +505,10 @@ def sequencematch_loss(
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
     if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
         raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+    if data_regulariser not in DATA_REGULARISERS:
+        raise ValueError(
+            f"data_regulariser must be one of {DATA_REGULARISERS}, got {data_regulariser!r}"
+        )
     if (model_logits is None) != (model is None):
         raise ValueError("model_logits and model must be given together (or both None)")
     if model_logits is not None:
@@ -517,7 +532,11 @@ def sequencematch_loss(
         _require_transitions(data_t, "data")
     r_data = data_t.reward(gamma)  # [B, T]
     value_data = _weighted_mean(data_t.value_difference(gamma), data_t, gamma, data_total)
-    square_data = _weighted_mean(r_data.square(), data_t, gamma, data_total)
+    r_square = r_data
+    if data_regulariser == "value":  # the same r, its log pi part detached
+        log_pi = data_t.q - data_t.v  # [B, T]
+        r_square = r_data - log_pi + log_pi.detach()  # [B, T]
+    square_data = _weighted_mean(r_square.square(), data_t, gamma, data_total)
     if divergence == "chi2":
         imitation = -_weighted_mean(r_data, data_t, gamma, data_total)
     else:
@@ -622,6 +641,7 @@ def training_loss(
     normalise: bool = False,
     learned_terminal: bool = True,
     balance_noise: bool = True,
+    data_regulariser: str = "full",
 ) -> TrainingLoss:
     """The loss a training step minimises: ``(1 - w) * MLE + w * L_SM`` with ``w = sm_weight``.
 
@@ -632,8 +652,9 @@ def training_loss(
 
     ``totals``: ``(mle_total, data_total, model_total)`` normalisers of the whole step when
     these rows are one micro-batch of it (:func:`weight_total`; gamma 1 for the first).
-    ``offsets``, ``normalise``, ``learned_terminal`` and ``balance_noise``: how ``L_SM`` reads
-    Q and keeps noise rows (:func:`sequencematch_loss`); the MLE term does not depend on them.
+    ``offsets``, ``normalise``, ``learned_terminal``, ``balance_noise`` and
+    ``data_regulariser``: how ``L_SM`` reads Q, keeps noise rows and regularises
+    (:func:`sequencematch_loss`); the MLE term does not depend on them.
 
     Raises:
         ValueError: ``sm_weight`` outside ``[0, 1]``, or whatever the two losses refuse.
@@ -641,7 +662,8 @@ def training_loss(
     if not (isinstance(sm_weight, (int, float)) and 0.0 <= sm_weight <= 1.0):
         raise ValueError(f"sm_weight must lie in [0, 1], got {sm_weight!r}")
     mle_total, data_total, model_total = (None, None, None) if totals is None else totals
-    plain = transitions(data_logits, data, bkspc_id, eos_id)  # Q = logits: log pi = q - v
+    plain = transitions(data_logits, data, bkspc_id, eos_id,
+                        learned_terminal=False)  # fmt: skip  # Q = logits: log pi = q - v
     if mle_total is None:
         _require_transitions(plain, "data")
     mle = _weighted_mean(plain.v - plain.q, plain, 1.0, mle_total)  # mle_loss, gamma 1
@@ -655,6 +677,7 @@ def training_loss(
         gamma=gamma, alpha=alpha, beta=beta if model is not None else 1.0,
         totals=(data_total, model_total), offsets=offsets, normalise=normalise,
         learned_terminal=learned_terminal, balance_noise=balance_noise,
+        data_regulariser=data_regulariser,
     )  # fmt: skip
     return TrainingLoss(
         loss=(1.0 - sm_weight) * mle + sm_weight * terms.loss,

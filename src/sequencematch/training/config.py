@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..core.files import read_utf8
+from ..core.objectives import DATA_REGULARISERS
 
 METHODS = ("mle", "sequencematch")
 VALUE_HEADS = ("auto", "none", "offset", "normalised")
@@ -193,6 +194,12 @@ class TrainConfig:
         "term with weight -(1 - beta), so that noise rows telescope like clean rows "
         "(docs/method.md); false: leave them out of every term",
     )
+    data_regulariser: str = _field(
+        "full",
+        "what the chi2 regulariser's r^2 trains on data transitions: full (the objective's "
+        "gradient: policy and value) or value (log pi read detached there: the value alone, "
+        "so the value's misfit does not reweight the likelihood; docs/method.md, Gradient)",
+    )
     # model samples (replay buffer)
     refresh_every: int = _field(25, "steps between refills of the replay buffer")
     samples_per_refresh: int = _field(64, "sequences sampled from the model per refill")
@@ -328,6 +335,10 @@ class TrainConfig:
         need(
             self.terminal_value in TERMINAL_VALUES,
             f"terminal_value must be one of {TERMINAL_VALUES}",
+        )
+        need(
+            self.data_regulariser in DATA_REGULARISERS,
+            f"data_regulariser must be one of {DATA_REGULARISERS}",
         )
         need(
             self.bkspc_probe_rows >= 1 and self.bkspc_probe_steps >= 0,

@@ -622,6 +622,7 @@ class Trainer:
             alpha=config.alpha, beta=config.beta, totals=totals, offsets=offsets,
             normalise=self.q_reading == "normalised",
             learned_terminal=config.terminal_value == "learned", balance_noise=config.balance_noise,
+            data_regulariser=config.data_regulariser,
         )  # fmt: skip
         logged = step % config.log_every == 0 or step == config.steps
         if not logged or not isinstance(logits, torch.Tensor) or weight == 0.0:
