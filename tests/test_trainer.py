@@ -1,5 +1,5 @@
 """The trainer: resume exactness, data parallel equivalence, failures that keep data safe,
-model rows in the loss, model-sample noise, padded vocabularies."""
+model rows in the loss, model-sample noise, padded vocabularies in training and evaluation."""
 
 from __future__ import annotations
 
@@ -12,14 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_model
 from transformers import AutoModelForCausalLM
 
 from sequencematch.apps.setup import prepare_run
-from sequencematch.core.examples import Example
+from sequencematch.core.backspace import valid_vocabulary
+from sequencematch.core.examples import Example, encode_example, encode_prompt
 from sequencematch.core.sampling import generate
 from sequencematch.core.traces import trace_statistics
+from sequencematch.evaluation.generation import generate_batched
+from sequencematch.evaluation.perplexity import perplexity
+from sequencematch.evaluation.text_evaluation import evaluate_text
 from sequencematch.models.backspace import add_backspace
 from sequencematch.models.presets import char_tokenizer, tiny_model
+from sequencematch.tasks.exact_match import evaluate_exact_match
 from sequencematch.training.checkpoints import CheckpointError, latest_checkpoint
 from sequencematch.training.config import TrainConfig
 from sequencematch.training.model_noise import model_noise_sources
@@ -418,6 +424,75 @@ def test_padded_vocabulary_rows_are_never_actions(tmp_path, noise_source):
     for name in ("loss", "mle", "value", "regulariser", "v_mean"):
         assert float(lifted[name].detach()) == pytest.approx(float(plain[name].detach()),
                                                              abs=1e-6), name  # fmt: skip
+
+
+def evaluate_everything(model, tokenizer, bk: int) -> dict:
+    """Exact-match eval (sampled, with forced noise), text eval (completions, perplexity,
+    actions per prompt), batched generation and perplexity of a few prompts, as plain values
+    (text statistics left out: NaN on such short texts)."""
+    pairs = [("1+2=", "3"), ("a-b=", "9"), ("f+f=", "1e"), ("7-9=", "-2")]
+    exact = evaluate_exact_match(
+        model,
+        tokenizer,
+        pairs,
+        bkspc_id=bk,
+        noise_prob=0.3,
+        batch_size=3,
+        max_new_tokens=5,
+        do_sample=True,
+        seed=1,
+    )
+    text = evaluate_text(
+        model,
+        tokenizer,
+        pairs,
+        bkspc_id=bk,
+        max_new_tokens=5,
+        batch_size=3,
+        with_mauve=False,
+        final=[True] * len(pairs),
+    )
+    output = generate_batched(
+        model,
+        tokenizer,
+        [encode_prompt(tokenizer, p) for p, _ in pairs],
+        batch_size=3,
+        seed=2,
+        bkspc_id=bk,
+        max_new_tokens=5,
+        noise_prob=0.3,
+    )
+    examples = [encode_example(tokenizer, p, c, final=True) for p, c in pairs]
+    vocab = valid_vocabulary(model, tokenizer)
+    prompts, completions = [e.prompt for e in examples], [e.completion for e in examples]
+    return {"exact": exact.as_dict(include_examples=True), "outcomes": exact.outcomes,
+            "text": (text.completions, text.perplexity, text.mean_actions),
+            "actions": output.actions,
+            "perplexity": perplexity(model, prompts, completions, vocab_size=vocab)}  # fmt: skip
+
+
+def test_padded_vocabulary_rows_are_never_generated_or_scored():
+    """Evaluation on an embedding matrix padded beyond the tokenizer, the padding rows given
+    huge logits: generation never picks or forces a padding id, and every evaluation
+    (exact match, text, generation, perplexity) gives what the unpadded model gives."""
+    model, tokenizer, bk = make_model("tiny_gpt2")
+    valid = len(tokenizer)
+    plain = evaluate_everything(model, tokenizer, bk)
+    model.resize_token_embeddings(valid + 1, pad_to_multiple_of=64)
+    assert model.get_input_embeddings().weight.shape[0] == 64 > valid
+    head = model.get_output_embeddings()
+
+    def lift_padding(module, inputs, output):
+        output = output.clone()
+        output[..., valid:] += 40.0
+        return output
+
+    head.register_forward_hook(lift_padding)
+    padded = evaluate_everything(model, tokenizer, bk)
+    assert all(a < valid for trace in padded["actions"] for a in trace)
+    assert padded["text"][2] > 0 and padded["exact"]["forced_rate"] > 0
+    assert padded == plain
+    assert padded["perplexity"] == pytest.approx(plain["perplexity"], rel=1e-12)
 
 
 def test_regularised_warmup_adds_the_data_regulariser_and_samples_nothing(tmp_path):
