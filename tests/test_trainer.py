@@ -28,7 +28,7 @@ from sequencematch.models.presets import char_tokenizer, tiny_model
 from sequencematch.tasks.exact_match import evaluate_exact_match
 from sequencematch.training.checkpoints import CheckpointError, latest_checkpoint
 from sequencematch.training.config import TrainConfig
-from sequencematch.training.model_noise import model_noise_sources
+from sequencematch.training.model_noise import model_noise_sources, run_state_logits
 from sequencematch.training.run_folder import RunFolderError
 from sequencematch.training.trainer import Trainer, TrainingError
 
@@ -307,7 +307,7 @@ def test_model_sample_noise_samples_the_model_in_eval_mode(tmp_path):
     trainer.model.get_output_embeddings().register_forward_hook(prefer)
     trainer.model.train()
     rows = trainer._data_rows(1)
-    assert modes == [False] and trainer.model.training
+    assert modes == [False] * 3 and trainer.model.training  # clean pass + 2 run passes
     tokens = [a for a, _ in inserted_tokens(rows)]
     assert len(tokens) > 20
     assert sum(t == favourite for t in tokens) >= 0.8 * len(tokens)
@@ -349,6 +349,57 @@ def test_model_noise_never_draws_the_correct_or_an_excluded_token(tmp_path):
     everything_but = [i for i in range(trainer.vocab_size) if i != favourite]
     with pytest.raises(ValueError, match="no allowed wrong token"):
         model_noise_sources(trainer.model, examples, exclude=everything_but, **kwargs)
+
+
+@pytest.mark.parametrize("preset", ["tiny_gpt2", "tiny_llama"])
+def test_run_state_logits_equal_plain_forwards_over_the_run(preset):
+    """The states after each clean element followed by its run, computed in one pass over
+    the clean rows and the run blocks, are those of plain forwards (float64)."""
+    model, tokenizer, _ = make_model(preset)
+    rows = [[1, 8, 9, 10, 11, 12], [1, 13, 14, 0, 0, 0]]  # the second row padded
+    sequences, lengths = torch.tensor(rows), torch.tensor([6, 3])
+    runs = torch.randint(4, 20, (2, 6, 2), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = run_state_logits(model, sequences, lengths, runs)  # [B, T, V]
+        for row, length in enumerate(lengths.tolist()):
+            for state in range(length):
+                tokens = [*rows[row][: state + 1], *runs[row, state].tolist()]
+                plain = model(input_ids=torch.tensor([tokens])).logits[0, -1]  # [V]
+                torch.testing.assert_close(got[row, state], plain, rtol=0, atol=1e-9)
+
+
+def test_model_noise_runs_continue_from_the_state_the_run_reached():
+    """A model that strongly prefers the successor of the token it reads last: the first
+    wrong token of a run follows the clean token, each later one the wrong token before it
+    (drawing later tokens from the clean state would repeat the first one's successor)."""
+    model, tokenizer, bk = make_model("tiny_gpt2")
+    first_char, chars = 4, bk - 4  # ids 0-3 are special, <bkspc> is last
+
+    def successor(ids: torch.Tensor) -> torch.Tensor:
+        return first_char + (ids - first_char + 1).remainder(chars)
+
+    def prefer_successor(module, args, kwargs, output):
+        bonus = torch.zeros_like(output.logits)  # [B, L, V]: L kept positions, the last ones
+        read = kwargs["input_ids"][:, -bonus.shape[1] :]  # [B, L]
+        bonus.scatter_(-1, successor(read)[..., None], 60.0)
+        output.logits = output.logits + bonus
+        return output
+
+    model.register_forward_hook(prefer_successor, with_kwargs=True)
+    examples = [Example([1, *ids], [*ids[::-1], 2]) for ids in ([8, 5, 12], [20, 21])]
+    sources = model_noise_sources(model, examples, pad_id=0, vocab_size=bk + 1,
+                                  exclude=[0, 1, 2, 3, bk], max_run=3)  # fmt: skip
+    checked = 0
+    for example, source in zip(examples, sources, strict=True):
+        row = torch.tensor([*example.prompt, *example.completion])
+        samples = source.samples  # [T, 3]
+        for state in range(len(row) - 1):
+            if successor(row[state]) != row[state + 1]:  # else the first is a random other
+                assert samples[state, 0] == successor(row[state])
+                checked += 1
+            assert samples[state, 1] == successor(samples[state, 0])
+            assert samples[state, 2] == successor(samples[state, 1])
+    assert checked >= 8
 
 
 def test_model_rows_reach_the_loss_and_receive_gradient(tmp_path):
