@@ -175,35 +175,41 @@ def deletions_under_forced_noise(trainer: Trainer, examples: list[Example]) -> t
 def test_sequencematch_deletes_forced_tokens_more_than_mle_bkspc_on_the_same_noisy_data(
     tmp_path,
 ):
-    """Same model, same noise-augmented data batches (uniform noise, p 0.2), same 80 steps:
-    SequenceMatch with its defaults (regularised warm-up, then its own samples) deletes more
-    of the wrong digits forced into its answers than MLE+<bkspc>, without deleting right
-    digits wholesale. Margins (SM - MLE+<bkspc>, forced digits deleted) for seeds 0-7:
-    +0.28, +0.10, +0.14, +0.13, -0.01, +0.23, +0.12, +0.13. At this size SequenceMatch also
-    deletes more right digits (0.01-0.07 of them, against 0.00-0.03) and is less accurate
-    without noise on most seeds: this shows more recovery, not better answers."""
-    common = dict(steps=80, p_noise=0.2, lr=1e-2, seed=0, batch_size=16, model_batch_size=8,
+    """Same model, same noise-augmented data batches (uniform noise, p 0.2), same 40 steps,
+    over seeds 0-2: SequenceMatch with its defaults (regularised warm-up, then its own
+    samples) deletes more of the wrong digits forced into its answers than MLE+<bkspc> (mean
+    margin over the seeds above 0.1), without deleting right digits wholesale. Margins (SM -
+    MLE+<bkspc>, forced digits deleted) for seeds 0-5: +0.51, +0.41, +0.47, +0.36, +0.12,
+    +0.03 (mean +0.46 over seeds 0-2, +0.17 over seeds 3-5): single seeds vary too much for
+    a per-seed statement. At this size MLE+<bkspc> has barely started deleting after 40
+    steps; this shows faster recovery, not better answers."""
+    common = dict(steps=40, p_noise=0.2, lr=1e-2, batch_size=16, model_batch_size=8,
                   samples_per_refresh=16, replay_size=32, refresh_every=5, max_new_tokens=8,
                   warmup_steps=5, log_every=10, save_every=0, progress=False)  # fmt: skip
 
-    def train(method: str) -> tuple[Trainer, list[Example]]:
-        tokenizer, examples = counting_task(0)
-        torch.manual_seed(0)
+    def train(method: str, seed: int) -> tuple[Trainer, list[Example]]:
+        tokenizer, examples = counting_task(seed)
+        torch.manual_seed(seed)
         model = tiny_model("tiny_llama", tokenizer, hidden_size=32, num_hidden_layers=2,
                            num_attention_heads=2, num_key_value_heads=2,
                            intermediate_size=128)  # fmt: skip
-        config = TrainConfig(output_dir=str(tmp_path / method), method=method, **common)
+        config = TrainConfig(output_dir=str(tmp_path / f"{method}-{seed}"), method=method,
+                             seed=seed, **common)  # fmt: skip
         trainer = Trainer(config, model, tokenizer, examples)
         trainer.train()
         return trainer, examples
 
-    mle, examples = train("mle")
-    sm, _ = train("sequencematch")
-    assert mle._data_rows(7) == sm._data_rows(7)  # the same noisy data
-    mle_forced, _ = deletions_under_forced_noise(mle, examples)
-    sm_forced, sm_right = deletions_under_forced_noise(sm, examples)
-    assert sm_forced > mle_forced + 0.1
-    assert sm_right < 0.15
+    margins, right_deleted = [], []
+    for seed in range(3):
+        mle, examples = train("mle", seed)
+        sm, _ = train("sequencematch", seed)
+        assert mle._data_rows(7) == sm._data_rows(7)  # the same noisy data
+        mle_forced, _ = deletions_under_forced_noise(mle, examples)
+        sm_forced, sm_right = deletions_under_forced_noise(sm, examples)
+        margins.append(sm_forced - mle_forced)
+        right_deleted.append(sm_right)
+    assert sum(margins) / 3 > 0.1, margins
+    assert sum(right_deleted) / 3 < 0.15, right_deleted
 
 
 def train_in_one_and_two_processes(flags: list[str], tmp_path: Path) -> None:
