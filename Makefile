@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP threads that spin while a vCPU is descheduled slow small ops 10-50x; sleep instead.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-pretrained lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench experiments)
 	$(BIN)/ruff format --check src tests $(wildcard bench experiments)
 	$(BIN)/python -m pytest -q
+
+test-pretrained: $(STAMP)
+	SEQUENCEMATCH_TEST_PRETRAINED=1 $(BIN)/python -m pytest -q -rs -m pretrained
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.layout_overhead

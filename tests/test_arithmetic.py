@@ -10,6 +10,8 @@ import statistics
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from sequencematch.tasks.arithmetic import (
     ALPHABET,
@@ -24,6 +26,7 @@ from sequencematch.tasks.arithmetic import (
     plausible_mistake,
     read_jsonl,
     score,
+    solve,
     to_base,
     write_jsonl,
 )
@@ -393,3 +396,39 @@ def test_task_noise_handles_subword_tokens_of_several_characters():
                 tokenizer.decode([wrong])
             )
     assert multi > 0  # the tokenizer did merge characters of answers
+
+
+def merging_tokenizer() -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE with one merge, ``1 2 -> 12``: ``" 12"`` is the two
+    tokens ``" "`` and ``"12"`` (a lone space token before the answer's digits)."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(alphabet)}}
+    vocab["12"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[("1", "2")]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                   clean_up_tokenization_spaces=False)  # fmt: skip
+
+
+def test_task_noise_after_a_lone_space_token_is_no_prefix_of_the_answer():
+    """The correct token is a lone space before the answer "12": the mistake is checked
+    against the text still to come ("12"), so it is never "1" (a prefix, not a mistake)."""
+    tokenizer = merging_tokenizer()
+    prompt = tokenizer("In base 10, what is 5 + 7? =", add_special_tokens=False).input_ids
+    answer = tokenizer(" 12", add_special_tokens=False).input_ids
+    assert [tokenizer.decode([t]) for t in answer] == [" ", "12"]
+    assert solve("In base 10, what is 5 + 7?") == "12"
+    mistakes = ArithmeticMistakes(tokenizer)
+    for prefix, correct in ((prompt, answer[0]), (prompt + answer[:1], answer[1])):
+        wrong = [mistakes(prefix, correct, random.Random(seed)) for seed in range(60)]
+        texts = {tokenizer.decode([token]) for token in wrong}
+        assert len(texts) > 5 and correct not in wrong
+        assert not any("12".startswith(text.strip()) for text in texts), texts
+
+
+def test_solve_answers_generated_questions_and_refuses_other_text():
+    questions = make_splits(50, 5, 5, difficulty=[2.0, 12.0], seed=1)["train"]
+    assert all(solve(q.question) == q.answer for q in questions)
+    assert solve("In base 7, what is 1 + 9?") is None  # 9 is no base-7 digit
+    assert solve("What is 1 + 1?") is None

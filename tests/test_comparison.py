@@ -127,6 +127,22 @@ def test_one_seed_claims_nothing_beyond_its_items():
     assert math.isnan(over["low"])
 
 
+def table_rows(body: str, heading: str) -> dict[str, list[str]]:
+    """The rows of the first markdown table after ``heading``: its label (the cells before
+    the first ``p=`` column, joined by ``" | "``) -> the cells of the ``p=`` columns."""
+    lines = body[body.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    first = next(i for i, name in enumerate(header) if name.startswith("p="))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        rows[" | ".join(cells[:first])] = cells[first:]
+    return rows
+
+
 def test_the_report_body_shows_every_table_and_the_timing():
     results = fake_results(CONSISTENT)
     body = render(results, ArithmeticComparison())
@@ -137,7 +153,15 @@ def test_the_report_body_shows_every_table_and_the_timing():
         "### What the intervals support",
     ):
         assert heading in body  # fmt: skip
-    assert "| mle-bkspc vs mle | +0.012 [" in body  # p=0 cell of the over-seed table
+    over_seeds = table_rows(body, "### Paired differences over seeds")
+    per_seed = table_rows(body, "### Per seed, paired on the same items")
+    cell = over_seeds["mle-bkspc vs mle"][0]  # p=0
+    assert label(MLE, MLE_BKSPC) == "mle-bkspc vs mle"
+    over = results["paired"]["over_seeds"][label(MLE, MLE_BKSPC)]["accuracy@0"]
+    assert cell == f"{over['difference']:+.3f} [{over['low']:+.3f}, {over['high']:+.3f}] n.s."
+    seeds = [float(per_seed[f"{seed} | mle-bkspc vs mle"][0].split()[0]) for seed in range(3)]
+    assert seeds == [0.012, -0.005, 0.005]  # the per-seed rows, which differ from the mean
+    assert float(cell.split()[0]) == pytest.approx(sum(seeds) / 3, abs=0.001)
     assert "**better** |" in body and "n.s." in body
     assert "| 2 | sequencematch-chi2-bkspc vs offline-chi2-bkspc | -0.027 [" in body
     assert "the whole comparison took 10.0 min" in body

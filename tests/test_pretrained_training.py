@@ -15,11 +15,33 @@ from sequencematch.training.trainer import Trainer
 BF16_SM = dict(method="sequencematch", steps=4, mle_warmup_steps=0, p_noise=0.2)
 
 
-def sequencematch_step_loss(trainer) -> dict[str, torch.Tensor]:
-    """The loss terms of step 1 (SequenceMatch phase, after the first refill)."""
+def sequencematch_step_loss(trainer, after_refill=None) -> dict[str, torch.Tensor]:
+    """The loss terms of step 1 (SequenceMatch phase, after the first refill; then
+    ``after_refill()`` when given)."""
     trainer._refresh(1)
+    if after_refill is not None:
+        after_refill()
     micro = trainer._micro_batches(1, "sequencematch")[0]
     return trainer._loss(*micro, "sequencematch", 1)[0].as_dict()
+
+
+def watch_dtypes(model) -> dict[str, set[torch.dtype]]:
+    """The dtypes seen from now on: output of the body's first linear layer (``body``),
+    input and output of the LM head (``head_in``, ``head_out``; calls on no position, which
+    only fetch the body's output, left out); hooks stay registered."""
+    seen: dict[str, set[torch.dtype]] = {"body": set(), "head_in": set(), "head_out": set()}
+    linear = next(m for m in model.base_model.modules()
+                  if type(m).__name__ in ("Linear", "Conv1D"))  # fmt: skip
+    linear.register_forward_hook(lambda module, inputs, output: seen["body"].add(output.dtype))
+
+    def head_hook(module, inputs, output) -> None:
+        if output.numel() == 0:
+            return
+        seen["head_in"].add(inputs[0].dtype)
+        seen["head_out"].add(output.dtype)
+
+    model.get_output_embeddings().register_forward_hook(head_hook)
+    return seen
 
 
 def test_sequencematch_trains_in_bf16_with_float32_losses(tmp_path: Path):
@@ -30,13 +52,15 @@ def test_sequencematch_trains_in_bf16_with_float32_losses(tmp_path: Path):
     torch.manual_seed(0)
     exact = sequencematch_step_loss(fp32)
     torch.manual_seed(0)
-    mixed = sequencematch_step_loss(bf16)
-    assert mixed["loss"].dtype == torch.float32
+    seen: dict[str, set[torch.dtype]] = {}
+    # the model samples (plain float32 forwards) before the watch starts
+    mixed = sequencematch_step_loss(bf16, lambda: seen.update(watch_dtypes(bf16.model)))
+    assert seen == {"body": {torch.bfloat16}, "head_in": {torch.float32},
+                    "head_out": {torch.float32}}  # fmt: skip
+    assert all(mixed[name].dtype == torch.float32 for name in ("loss", "mle", "regulariser"))
     for name in ("loss", "mle", "regulariser"):
         want, got = float(exact[name].detach()), float(mixed[name].detach())
         assert got == pytest.approx(want, rel=2e-2, abs=2e-3), name
-    # the body did run in bfloat16
-    assert float(mixed["loss"].detach()) != float(exact["loss"].detach())
     bf16.optimizer.zero_grad(set_to_none=True)
     metrics = bf16._train_step(1)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0

@@ -8,11 +8,16 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import boost_logit
 
 from sequencematch.apps.cli import main
 from sequencematch.apps.comparison import METHODS
 from sequencematch.apps.setup import load_trained, prepare_run
-from sequencematch.evaluation.text_evaluation import evaluate_text
+from sequencematch.core.examples import encode_example
+from sequencematch.evaluation.perplexity import perplexity
+from sequencematch.evaluation.text_evaluation import evaluate_text, sample_completions
+from sequencematch.evaluation.text_metrics import text_statistics
+from sequencematch.models.backspace import add_backspace
 from sequencematch.tasks.text_task import text_splits
 from sequencematch.training.config import TrainConfig
 
@@ -116,28 +121,60 @@ def test_prepare_run_trains_a_bpe_and_cuts_windows(tmp_path):
     assert inputs.task_info["task"] == "text" and inputs.task_info["completion_tokens"] == 12
 
 
+def visible_tokens(actions: list[int], bkspc_id: int) -> list[int]:
+    """The tokens a trace leaves visible: each ``<bkspc>`` removes the token before it."""
+    visible: list[int] = []
+    for action in actions:
+        if action == bkspc_id:
+            visible.pop()
+        else:
+            visible.append(action)
+    return visible
+
+
+def same_numbers(got: dict[str, float], expected: dict[str, float]) -> bool:
+    """Equal keys and values, NaN equal to NaN."""
+    return got.keys() == expected.keys() and all(
+        (math.isnan(v) and math.isnan(got[k])) or got[k] == pytest.approx(v)
+        for k, v in expected.items()
+    )
+
+
 def test_evaluate_text_reports_quality_and_usage(tmp_path):
+    """Every number of the text evaluation equals the same number computed from its parts:
+    the sampled traces (replayed by hand), the texts, and perplexity of the human
+    completions (no <eos> scored: test windows are cut from longer texts)."""
     corpus = write_corpus(tmp_path / "corpus")
     inputs = prepare_run(small_config(corpus, tmp_path / "run"))
-    from sequencematch.models.backspace import add_backspace
-
-    bkspc_id = add_backspace(inputs.model, inputs.tokenizer)
+    tokenizer, model, pairs = inputs.tokenizer, inputs.model, inputs.test_pairs
+    bkspc_id = add_backspace(model, tokenizer)
+    boost_logit(model, bkspc_id, 8.0)  # <bkspc> often enough for its numbers to matter
     result = evaluate_text(
-        inputs.model, inputs.tokenizer, inputs.test_pairs, bkspc_id=bkspc_id,
-        max_new_tokens=12, with_mauve=False, seed=3,
+        model, tokenizer, pairs, bkspc_id=bkspc_id, max_new_tokens=12, with_mauve=False, seed=3,
     )  # fmt: skip
-    assert result.n == 8 and len(result.completions) == 8
-    assert result.mauve is None
-    assert result.perplexity > 1.0
-    assert 0.0 <= result.bkspc_rate < 1.0  # an untrained model does press <bkspc> at random
-    assert set(result.statistics) >= {"rep_2", "rep_4", "diversity", "entropy_4"}
-    diversity = result.statistics["diversity"]  # NaN when no completion has four words
-    assert math.isnan(diversity) or 0.0 <= diversity <= 1.0
-    again = evaluate_text(
-        inputs.model, inputs.tokenizer, inputs.test_pairs, bkspc_id=bkspc_id,
-        max_new_tokens=12, with_mauve=False, seed=3,
+    assert result.n == 8 and result.mauve is None
+    texts, output = sample_completions(
+        model, tokenizer, [p for p, _ in pairs], bkspc_id=bkspc_id, max_new_tokens=12, seed=3,
     )  # fmt: skip
-    assert again.completions == result.completions  # seeded
+    assert texts == result.completions  # seeded
+    eos = tokenizer.eos_token_id
+    for actions, text in zip(output.actions, result.completions, strict=True):
+        visible = [t for t in visible_tokens(actions, bkspc_id) if t != eos]
+        assert tokenizer.decode(visible, skip_special_tokens=True) == text
+    actions = [a for trace in output.actions for a in trace]
+    assert result.bkspc_rate == pytest.approx(actions.count(bkspc_id) / len(actions))
+    assert 0.1 < result.bkspc_rate < 0.9
+    assert result.mean_actions == pytest.approx(len(actions) / 8)
+    ended = [trace[-1] == eos for trace in output.actions]
+    assert result.finished_rate == pytest.approx(sum(ended) / 8)
+    examples = [encode_example(tokenizer, p, c, final=False) for p, c in pairs]
+    expected = perplexity(model, [e.prompt for e in examples], [e.completion for e in examples],
+                          vocab_size=len(tokenizer))  # fmt: skip
+    assert result.perplexity == pytest.approx(expected, rel=1e-9) and expected > 1.0
+    assert same_numbers(result.statistics, text_statistics(result.completions))
+    assert same_numbers(result.reference_statistics, text_statistics([c for _, c in pairs]))
+    assert result.examples[0] == {"prompt": pairs[0][0], "reference": pairs[0][1],
+                                  "completion": result.completions[0]}  # fmt: skip
 
 
 def test_text_demo_quick_then_generate_and_eval(tmp_path, capsys):

@@ -24,7 +24,10 @@ def test_the_value_head_trains_and_the_saved_model_holds_only_the_policy(tmp_pat
                                value_head=reading))  # fmt: skip
     assert head_parameters(trainer).abs().max() > 1e-4  # it left its zero initialisation
     saved = load_file(Path(trainer.config.output_dir) / "model" / "model.safetensors")
-    assert set(saved) <= set(trainer.model.state_dict())  # the policy's weights, nothing more
+    policy = trainer.model.state_dict()
+    tied = {"lm_head.weight"} if trainer.model.config.tie_word_embeddings else set()
+    assert set(saved) == set(policy) - tied  # the policy's weights, nothing more or less
+    assert all(torch.equal(saved[name], policy[name]) for name in saved)
 
 
 def test_mle_runs_build_no_value_head(tmp_path):

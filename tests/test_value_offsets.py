@@ -80,14 +80,28 @@ def test_offsets_absorb_the_value_terms_that_would_move_the_logits():
     assert all(g is None or g.abs().max() < 1e-12 for g in value_logit_grad)
 
 
-def test_zero_offsets_change_nothing():
+@pytest.mark.parametrize("normalise", [False, True])
+def test_a_constant_offset_cancels_along_every_row_at_gamma_one(normalise):
+    """``b(s) = c`` everywhere shifts Q and V alike: at ``gamma = 1`` the level cancels in
+    every reward and value difference, at ``<eos>`` too through the learned terminal value
+    ``V(s_T) = b(s_T)`` (docs/method.md); without that terminal value, or at ``gamma < 1``,
+    it does not."""
     data, model = make_batch(DATA_ROWS), make_batch(MODEL_ROWS)
     logits, model_logits = random_logits(data, seed=21), random_logits(model, seed=22)
-    zeros = (torch.zeros(data.sequences.shape, dtype=torch.float64),
-             torch.zeros(model.sequences.shape, dtype=torch.float64))  # fmt: skip
-    a = sequencematch_loss(logits, data, model_logits, model, BK, EOS)
-    b = sequencematch_loss(logits, data, model_logits, model, BK, EOS, offsets=zeros)
-    assert num(a.loss) == pytest.approx(num(b.loss), rel=1e-14)
+    constant = (torch.full(data.sequences.shape, 3.0, dtype=torch.float64),
+                torch.full(model.sequences.shape, 3.0, dtype=torch.float64))  # fmt: skip
+
+    def terms(offsets, **changes) -> list[float]:
+        result = sequencematch_loss(logits, data, model_logits, model, BK, EOS,
+                                    offsets=offsets, normalise=normalise, **changes)  # fmt: skip
+        return [num(result.loss), num(result.value), num(result.regulariser)]
+
+    assert terms(constant, gamma=1.0) == pytest.approx(terms(None, gamma=1.0), rel=1e-12)
+    assert terms(constant, gamma=0.9)[0] != pytest.approx(terms(None, gamma=0.9)[0], rel=1e-3)
+    plain_terminal = dict(gamma=1.0, learned_terminal=False)
+    assert terms(constant, **plain_terminal)[0] != pytest.approx(
+        terms(None, **plain_terminal)[0], rel=1e-3
+    )
 
 
 def test_offsets_of_the_wrong_shape_are_refused():

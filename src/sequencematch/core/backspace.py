@@ -10,6 +10,7 @@ the others with a message that says what to change.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -38,6 +39,18 @@ def backspace_id(model: torch.nn.Module) -> int | None:
     """The ``<bkspc>`` id recorded by :func:`add_backspace`, or ``None``."""
     value = getattr(causal_lm(model).config, "bkspc_token_id", None)
     return None if value is None else int(value)
+
+
+def valid_vocabulary(model: torch.nn.Module, tokenizer: Any) -> int:
+    """Number of ids that are real actions: the tokenizer's entries (``<bkspc>`` included,
+    since adding it adds a tokenizer entry and, where needed, an embedding row).
+
+    Embedding matrices are often padded beyond the tokenizer (to a multiple of 64 or 128);
+    the logits of those rows are no action, so sampling, forced noise and perplexity's
+    normaliser must ignore them.
+    """
+    rows = causal_lm(model).get_input_embeddings().weight.shape[0]
+    return min(len(tokenizer), rows)
 
 
 def check_backspace_support(model: torch.nn.Module) -> None:

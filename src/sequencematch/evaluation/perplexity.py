@@ -21,6 +21,20 @@ def rows_within_budget(batch_size: int, length: int, vocab: int) -> int:
     return max(1, min(batch_size, LOGITS_BUDGET // max(1, length * vocab)))
 
 
+def _check_vocabulary(
+    model: PreTrainedModel, completions: list[list[int]], vocab_size: int | None
+) -> int:
+    """The number of actions (``vocab_size``, default every embedding row), after checking
+    that it fits the embedding matrix and that every completion token lies below it."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    vocab = rows if vocab_size is None else vocab_size
+    if not 0 < vocab <= rows:
+        raise ValueError(f"vocab_size {vocab} must lie in [1, {rows}] (the embedding rows)")
+    if any(not 0 <= token < vocab for row in completions for token in row):
+        raise ValueError(f"a completion holds a token id outside the vocabulary of size {vocab}")
+    return vocab
+
+
 @torch.no_grad()
 def perplexity(
     model: PreTrainedModel,
@@ -28,6 +42,7 @@ def perplexity(
     completions: list[list[int]],
     *,
     batch_size: int = 64,
+    vocab_size: int | None = None,
 ) -> float:
     """Perplexity of completions given prompts: ``exp`` of the mean NLL per completion token.
 
@@ -36,6 +51,10 @@ def perplexity(
     plus ``<bkspc>``: probability mass on ``<bkspc>`` counts against the data, except in
     the state right after the prompt, where ``<bkspc>`` is not a valid action and is masked
     as in sampling. The mean is over all completion tokens of all rows (token-weighted).
+
+    ``vocab_size``: the actions are the ids below it (default: every row of the embedding
+    matrix). Pass the tokenizer's length (``valid_vocabulary``) for a model whose embedding
+    matrix is padded beyond it: the padding rows' logits then stay out of the softmax.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
@@ -47,11 +66,11 @@ def perplexity(
     if any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("every prompt needs at least one token (prepend a BOS token)")
     device = model.get_input_embeddings().weight.device
+    vocab = _check_vocabulary(model, completions, vocab_size)
     total_nll, total_tokens = 0.0, 0
     was_training = model.training
     model.eval()
     try:
-        vocab = model.get_input_embeddings().weight.shape[0]
         longest = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
         rows = rows_within_budget(batch_size, longest, vocab)
         for start in range(0, len(prompts), rows):
@@ -60,7 +79,7 @@ def perplexity(
             )
             logits = state_logits(
                 model, batch.sequences, batch.prompt_lengths, batch.lengths, bkspc_id=None
-            )  # [B, T, V]: logits[b, t] score element t + 1
+            )[..., :vocab]  # [B, T, V]: logits[b, t] score element t + 1
             if logits.dtype in (torch.float16, torch.bfloat16):
                 logits = logits.float()
             row_index = torch.arange(logits.shape[0], device=device)

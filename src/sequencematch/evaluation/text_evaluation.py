@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..core.backspace import valid_vocabulary
 from ..core.examples import encode_example, encode_prompt
-from ..core.sampling import GenerationOutput, generate
-from ..core.traces import concatenate_outputs, strip_eos, trace_statistics
+from ..core.sampling import GenerationOutput
+from ..core.traces import strip_eos, trace_statistics
+from .generation import generate_batched
 from .perplexity import perplexity
 
 
@@ -53,31 +54,16 @@ def sample_completions(
     seed: int = 0,
     noise_prob: float = 0.0,
 ) -> tuple[list[str], GenerationOutput]:
-    """Sample one completion per prompt (ancestral sampling by default); the texts are the
-    visible tokens after backspaces, without ``<eos>``."""
+    """Sample one completion per prompt (ancestral sampling by default; only the tokenizer's
+    ids are actions); the texts are the visible tokens after backspaces, without ``<eos>``."""
     if not prompts:
         raise ValueError("prompts is empty: nothing to generate")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-    device = model.get_input_embeddings().weight.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    parts = [
-        generate(
-            model,
-            encoded[start : start + batch_size],
-            bkspc_id=bkspc_id,
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else 1.0,
-            top_p=top_p,
-            eos_token_id=tokenizer.eos_token_id,
-            noise_prob=noise_prob,
-            generator=generator,
-        )  # fmt: skip
-        for start in range(0, len(encoded), batch_size)
-    ]
-    output = concatenate_outputs(parts)
+    output = generate_batched(
+        model, tokenizer, encoded, batch_size=batch_size, seed=seed, bkspc_id=bkspc_id,
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else 1.0, top_p=top_p, noise_prob=noise_prob,
+    )  # fmt: skip
     texts = [
         tokenizer.decode(strip_eos(row, tokenizer.eos_token_id), skip_special_tokens=True)
         for row in output.sequences
@@ -129,7 +115,7 @@ def evaluate_text(
     ]
     ppl = perplexity(
         model, [e.prompt for e in examples], [e.completion for e in examples],
-        batch_size=batch_size,
+        batch_size=batch_size, vocab_size=valid_vocabulary(model, tokenizer),
     )  # fmt: skip
     mauve = None
     if with_mauve:

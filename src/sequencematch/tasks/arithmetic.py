@@ -48,6 +48,9 @@ ALPHABET = "".join(sorted(set(_TEMPLATE_TEXT + DIGITS + "+-" + PROMPT_SEPARATOR)
 """Every character that can appear in a generated prompt or answer (for character tokenizers)."""
 
 _BASE_PATTERN = re.compile(r"\s*In base (\d+),")
+_QUESTION_PATTERN = re.compile(
+    r"\s*In base (\d+), what is (-?[0-9a-f]+) ([+-]) (-?[0-9a-f]+)\?\s*$"
+)
 
 # Give up on make_splits after this many duplicate draws in a row (question space exhausted).
 _MAX_CONSECUTIVE_DUPLICATES = 10_000
@@ -124,6 +127,22 @@ def parse_base(question: str) -> int:
     if not MIN_BASE <= base <= MAX_BASE:
         raise ValueError(f"base {base} out of range [{MIN_BASE}, {MAX_BASE}] in {question!r}")
     return base
+
+
+def solve(question: str) -> str | None:
+    """The answer to a question written by :data:`QUESTION_TEMPLATE` (``to_base`` of the
+    result), or ``None`` when ``question`` is not one (another wording, a bad digit)."""
+    match = _QUESTION_PATTERN.match(question)
+    if match is None:
+        return None
+    base = int(match.group(1))
+    if not MIN_BASE <= base <= MAX_BASE:
+        return None
+    try:
+        a, b = from_base(match.group(2), base), from_base(match.group(4), base)
+    except ValueError:
+        return None
+    return to_base(a + b if match.group(3) == "+" else a - b, base)
 
 
 def check_stated_base(question: str, where: str = "") -> None:

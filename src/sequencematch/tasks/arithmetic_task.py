@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 class ArithmeticMistakes:
     """Task noise for arithmetic: a plausible wrong character (digit of the base, sign).
 
-    With a subword tokenizer the correct next token may hold several characters (``"ad"``);
-    the mistake is then a wrong first character, which is never the correct token nor a
-    prefix of the right text."""
+    A mistake must differ from the text the correct tokens still write, not only from the
+    correct token: under a merging BPE (GPT-2's) the correct token may be a lone space
+    before the answer's digits, or hold several characters (``"ad"``). The mistake is a
+    character other than the next character of that text (read from the solved question,
+    else from the correct token), so its text is never a prefix of the right answer."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
@@ -42,13 +44,29 @@ class ArithmeticMistakes:
     def __call__(self, prefix: list[int], correct: int, rng: random.Random) -> int:
         text = self.tokenizer.decode(prefix, skip_special_tokens=True)
         text = text[max(0, text.find("In base")) :]  # after a chat template's own text
-        question, _, answer_prefix = text.partition(arithmetic.PROMPT_SEPARATOR)
-        question = question.strip()
-        at_end = correct in (-1, self.eos_id)  # the answer should end here
-        correct_text = "" if at_end else self.tokenizer.decode([correct]).strip()
-        mistake = arithmetic.plausible_mistake(question, answer_prefix, correct_text[:1], rng)
+        # " =": the separator's space may be the answer's first token (" 12" after "? =")
+        question, _, answer_prefix = text.partition(arithmetic.PROMPT_SEPARATOR.rstrip())
+        question, shown = question.strip(), answer_prefix.strip()
+        expected = self.correct_continuation(question, shown, correct)
+        mistake = arithmetic.plausible_mistake(question, shown, expected[:1], rng)
         tokens = self.tokenizer(mistake, add_special_tokens=False).input_ids
         return int(tokens[0])  # one character: one token for any tokenizer with its bytes
+
+    def correct_continuation(self, question: str, shown: str, correct: int) -> str:
+        """The answer text the correct tokens write after ``shown`` (the answer so far),
+        leading whitespace dropped: ``""`` where the answer should end (``correct`` is
+        ``<eos>``, or ``-1`` inside a run of wrong tokens); the solved question's rest where
+        the correct token agrees with it (a lone space token writes none of the answer
+        itself); else the correct token's own text."""
+        if correct in (-1, self.eos_id):
+            return ""
+        token_text = self.tokenizer.decode([correct]).strip()
+        answer = arithmetic.solve(question)
+        if answer is not None and answer.startswith(shown):
+            rest = answer[len(shown) :]
+            if rest.startswith(token_text):
+                return rest
+        return token_text
 
 
 class ArithmeticTask(Task):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.actions import NoiseSource
-from ..core.backspace import backspace_id
+from ..core.backspace import backspace_id, valid_vocabulary
 from ..core.examples import Example, encode_prompt, longest_completion
 from ..evaluation.policy import PolicyDiagnostics, ReferenceRow, policy_diagnostics
 
@@ -285,7 +285,7 @@ class Task(ABC):
             for pair in pairs
         ]
         bkspc_id = backspace_id(model)
-        vocab = vocab_size or min(len(tokenizer), model.get_input_embeddings().weight.shape[0])
+        vocab = vocab_size or valid_vocabulary(model, tokenizer)
         pad = tokenizer.pad_token_id
         return policy_diagnostics(
             model, rows, bkspc_id=bkspc_id, eos_id=tokenizer.eos_token_id, vocab_size=vocab,

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.examples import encode_prompt
-from ..core.sampling import GenerationOutput, generate
-from ..core.traces import concatenate_outputs, format_trace, strip_eos, trace_statistics
+from ..core.sampling import GenerationOutput
+from ..core.traces import format_trace, strip_eos, trace_statistics
+from ..evaluation.generation import generate_batched
 from ..evaluation.statistics import wilson_interval
 
 
@@ -163,9 +163,9 @@ def evaluate_exact_match(
 
     Prompts are encoded with :func:`encode_prompt`. With ``noise_prob > 0`` each step forces,
     with that probability, a token drawn uniformly from ``noise_token_ids`` (default: every
-    ordinary token; never ``<eos>`` or ``<bkspc>``). One generator seeded with ``seed`` drives
-    sampling and noise over all batches, so results are reproducible for a given
-    ``(seed, batch_size)``.
+    ordinary token; never ``<eos>`` or ``<bkspc>``). Generation is
+    :func:`~sequencematch.evaluation.generation.generate_batched`: only the tokenizer's ids
+    are actions, and results are reproducible for a given ``(seed, batch_size)``.
     """
     if not pairs:
         raise ValueError("no prompts to evaluate")
@@ -174,24 +174,12 @@ def evaluate_exact_match(
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     prompts = [encode_prompt(tokenizer, prompt) for prompt, _ in pairs]
-    device = model.get_input_embeddings().weight.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    outputs = [
-        generate(
-            model,
-            prompts[start : start + batch_size],
-            bkspc_id=bkspc_id,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            eos_token_id=tokenizer.eos_token_id,
-            noise_prob=noise_prob,
-            noise_token_ids=noise_token_ids if noise_prob > 0 else None,
-            generator=generator,
-        )
-        for start in range(0, len(prompts), batch_size)
-    ]
+    output = generate_batched(
+        model, tokenizer, prompts, batch_size=batch_size, seed=seed, bkspc_id=bkspc_id,
+        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+        noise_prob=noise_prob, noise_token_ids=noise_token_ids if noise_prob > 0 else None,
+    )  # fmt: skip
     return score_exact_match(
-        tokenizer, pairs, concatenate_outputs(outputs), bkspc_id, noise_prob=noise_prob,
+        tokenizer, pairs, output, bkspc_id, noise_prob=noise_prob,
         num_examples=num_examples, temperature=temperature if do_sample else None,
     )  # fmt: skip
