@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
 from sequencematch.apps.setup import prepare_run
 from sequencematch.training.config import TrainConfig
+from sequencematch.training.sharding import gradient_sync
 from sequencematch.training.trainer import Trainer
 
 FLAGS = [
@@ -49,15 +53,23 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path):
         _two_processes_match_one(tmp_path / "again")
 
 
-def _two_processes_match_one(tmp_path) -> None:
+def test_fsdp_gradient_accumulation_matches_one_process(tmp_path):
+    """Two micro-batches per step, gradients reduced once per step (on the last micro-batch):
+    the sharded run still ends with the single-process run's weights, through a resume."""
+    _two_processes_match_one(tmp_path, "--grad-accum", "2")
+
+
+def _two_processes_match_one(tmp_path, *options: str, tolerance: float = 1e-5) -> None:
+    """Train the same run in one process and, sharded, in two (stopped at step 2 and resumed
+    from its checkpoint); the final weights must agree within ``tolerance``."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "sequencematch.apps.cli", "train"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "2", "-m", "sequencematch.apps.cli", "train"]  # fmt: skip
 
     def train(command: list[str], *extra: str) -> None:
-        done = subprocess.run(command + FLAGS + list(extra), env=env, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        done = subprocess.run(command + FLAGS + list(options) + list(extra), env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
         if done.returncode != 0 and GLOO_EXIT_ABORT in done.stderr:
             raise GlooExitAbort(done.stderr[-3000:])
         assert done.returncode == 0, done.stderr[-3000:]
@@ -68,9 +80,34 @@ def _two_processes_match_one(tmp_path) -> None:
     assert (tmp_path / "two" / "checkpoints" / "step-00000002").is_dir()
     train(launcher, *sharded, "--resume", "true")
     one, two = weights(tmp_path / "one" / "model"), weights(tmp_path / "two" / "model")
-    assert (one - two).abs().max().item() <= 1e-5
+    assert (one - two).abs().max().item() <= tolerance
     start = weights(tmp_path / "two" / "checkpoints" / "step-00000002")
     assert (one - start).abs().max().item() > 1e-4  # the resumed steps changed the weights
+
+
+def test_gradient_sync_off_defers_the_reduction_to_the_synchronised_backward(tmp_path):
+    """Without sync, a sharded module's backward leaves no (sharded) gradient behind; the next
+    synchronised backward reduces both micro-batches' sum at once."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        torch.manual_seed(0)
+        plain = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        model = copy.deepcopy(plain)
+        for layer in (model[0], model[2]):
+            fully_shard(layer)
+        fully_shard(model)
+        first, second = torch.randn(3, 4), torch.randn(5, 4)  # [B, 4] micro-batches
+        with gradient_sync(model, sync=False):
+            model(first).sum().backward()
+        assert all(p.grad is None for p in model.parameters())
+        with gradient_sync(model, sync=True):
+            model(second).sum().backward()
+        (plain(first).sum() + plain(second).sum()).backward()
+        for sharded, reference in zip(model.parameters(), plain.parameters(), strict=True):
+            assert torch.allclose(sharded.grad.full_tensor(), reference.grad, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_fsdp_in_one_process_is_refused(tmp_path):

@@ -10,6 +10,8 @@ run's files load with ``from_pretrained`` like any other.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
 from ..core.backspace import causal_lm
 
@@ -54,6 +57,28 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def gradient_sync(network: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """Run a micro-batch's backward with (``sync``) or without the gradient reduction over
+    processes. Without it, DDP (``no_sync``) keeps the local sum in ``.grad`` and FSDP2
+    (``set_requires_gradient_sync(False)``) keeps the unsharded local sum, and the backward of
+    the next synchronised micro-batch reduces the whole sum once: gradient accumulation with
+    one reduction per optimiser step instead of one per micro-batch."""
+    if sync:
+        yield
+    elif isinstance(network, DistributedDataParallel):
+        with network.no_sync():
+            yield
+    elif isinstance(network, FSDPModule):
+        network.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            network.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -14,7 +14,6 @@ replay buffer: refills are sampled per process (seeded by rank), so only greedy 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -68,6 +67,7 @@ from .schedule import lr_at, phase_at, sm_weight
 from .sharding import (
     full_model_state,
     full_optimizer_state,
+    gradient_sync,
     load_full_optimizer_state,
     shard_model,
     total_gradient_norm,
@@ -637,12 +637,7 @@ class Trainer:
         micro = list(self._micro_batches(step, phase))
         for index, (batch, data_count, totals) in enumerate(micro):
             last = index == len(micro) - 1
-            sync = (
-                self.network.no_sync()
-                if isinstance(self.network, DistributedDataParallel) and not last
-                else contextlib.nullcontext()
-            )
-            with sync:
+            with gradient_sync(self.network, sync=last):  # one reduction per step
                 result, shares = self._loss(batch, data_count, totals, phase, step)
                 terms = result.as_dict()
                 for name, value in (result.by_kind | shares).items():  # means over micro-batches
