@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -44,13 +44,30 @@ def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Shard ``model`` in place over the default process group: each block, then the root.
+def block_policy(body_dtype: torch.dtype | None) -> MixedPrecisionPolicy:
+    """The blocks' mixed precision: parameters gathered and computed in ``body_dtype``
+    (``None``: as stored, float32), gradients reduced in float32 and outputs handed on in
+    float32 (the residual stream between blocks, the final norm and the LM head stay float32;
+    a bfloat16 head would round logits of 16 to steps of 0.125, as large as the rewards
+    SequenceMatch reads off them)."""
+    if body_dtype is None:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(
+        param_dtype=body_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32
+    )
 
-    The module keeps its class (FSDP2 adds a mix-in), so callers use it as before; build the
-    optimiser after this call (the parameters become sharded ``DTensor`` s)."""
+
+def shard_model(model: torch.nn.Module, body_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Shard ``model`` in place over the default process group: each block (in ``body_dtype``,
+    :func:`block_policy`), then the root (embeddings, final norm, LM head) in float32.
+
+    The master weights stay float32 (the optimiser steps them); only the gathered copies a
+    block computes with are ``body_dtype``. The module keeps its class (FSDP2 adds a mix-in),
+    so callers use it as before; build the optimiser after this call (the parameters become
+    sharded ``DTensor`` s)."""
+    policy = block_policy(body_dtype)
     for block in block_modules(model):
-        fully_shard(block)
+        fully_shard(block, mp_policy=policy)
     fully_shard(model)
     return model
 
