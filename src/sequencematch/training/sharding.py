@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.distributed import ProcessGroup
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -74,6 +75,33 @@ def shard_model(model: torch.nn.Module, body_dtype: torch.dtype | None = None) -
 
 def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
+
+
+def release_process_groups(model: torch.nn.Module) -> None:
+    """Drop the sharded ``model``'s references to its process groups (call when it is done
+    with, before ``destroy_process_group``; the model cannot run collectives afterwards).
+
+    FSDP2 keeps the group in its mesh (and the mesh in hooks held by autograd's C++ side, a
+    cycle the garbage collector never frees), so ``destroy_process_group`` leaves the gloo
+    group, and its worker and socket threads, alive until the interpreter shuts down; their
+    teardown then races the interpreter's and a rank sometimes aborts at exit ("terminate
+    called without an active exception"). Without these references, destroying the group
+    joins its threads while the interpreter is still whole."""
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        group = module._get_fsdp_state()._fsdp_param_group
+        if group is None:
+            continue
+        for info in (group.mesh_info, group.post_forward_mesh_info):
+            if info is None:
+                continue
+            for name, value in list(vars(info).items()):
+                if isinstance(value, ProcessGroup):
+                    setattr(info, name, None)
+            registry = getattr(info.mesh, "_pg_registry", None)
+            if isinstance(registry, dict):
+                registry.clear()
 
 
 @contextlib.contextmanager
