@@ -14,10 +14,15 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import make_model
+from test_memory import data_and_model_rows
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 from sequencematch.apps.setup import prepare_run
+from sequencematch.core.forward import chunked_state_logits
+from sequencematch.core.objectives import mle_loss
+from sequencematch.models.memory import set_gradient_checkpointing
 from sequencematch.training.config import TrainConfig
 from sequencematch.training.sharding import gradient_sync, release_process_groups, shard_model
 from sequencematch.training.trainer import Trainer
@@ -59,6 +64,11 @@ def test_fsdp_bf16_two_processes_match_one_within_rounding(tmp_path):
     3.4e-4; bf16's relative rounding is 2**-9 ~ 2e-3 per operation, while a wrong
     reduction, a missed micro-batch or a bf16 LM head moves weights by the size of a step)."""
     _two_processes_match_one(tmp_path, "--precision", "bf16", tolerance=1e-3, relative=0.05)
+
+
+def test_fsdp_chunked_logits_and_gradient_checkpointing_match_one_process(tmp_path):
+    """The chunked LM head and recomputed blocks under sharding, through a resume."""
+    _two_processes_match_one(tmp_path, "--gradient-checkpointing", "true", "--logits-chunk-mb", "1")
 
 
 def _two_processes_match_one(
@@ -149,6 +159,32 @@ def test_bf16_sharding_computes_blocks_in_bf16_and_the_head_in_float32(sharded):
     assert logits.dtype == torch.float32
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_chunked_logits_and_gradient_checkpointing_run_through_the_sharded_modules(sharded):
+    """The chunked head (several chunks, recomputed in the backward pass) and checkpointed
+    blocks on a sharded model give the unsharded model's loss and gradients: the head reads
+    the root's gathered weights after the forward and the recomputed blocks gather theirs."""
+    model, tokenizer, bk = make_model("tiny_llama", torch.float32)
+    reference = copy.deepcopy(model).train()
+    data, _ = data_and_model_rows(bk, tokenizer.eos_token_id)
+    rows = (data.sequences, data.prompt_lengths, data.lengths, bk)
+    losses, gradients = [], []
+    for network, shard in ((reference, False), (model.train(), True)):
+        set_gradient_checkpointing(network)
+        if shard:
+            sharded.append(shard_model(network))
+        logits = chunked_state_logits(network, *rows, chunk_tokens=3)  # [B, T, V] in chunks
+        loss = mle_loss(logits, data, bk)
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append([
+            p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+            for p in network.parameters()
+        ])  # fmt: skip
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for plain, mine in zip(*gradients, strict=True):
+        assert torch.allclose(plain, mine, atol=1e-6)
 
 
 def gloo_threads() -> int:

@@ -6,6 +6,12 @@ tied input/output embeddings stay one parameter). Gradients are reduce-scattered
 over the processes, as DDP averages them, so a sharded step computes the same update as an
 unsharded one. Checkpoints hold full (unsharded) tensors, gathered to the CPU, so a sharded
 run's files load with ``from_pretrained`` like any other.
+
+With bf16 the blocks compute in bf16 under FSDP's mixed-precision policy while the root unit
+(embeddings, final norm, LM head) and the master weights stay float32 (:func:`block_policy`).
+The root's weights stay gathered from the forward pass to the end of the backward pass, so
+the chunked LM head (:class:`~sequencematch.core.chunked_logits.ChunkedLogits`), which runs
+after the forward and again in the backward pass, reads them gathered.
 """
 
 from __future__ import annotations

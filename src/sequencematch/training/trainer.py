@@ -179,10 +179,6 @@ class Trainer:
             raise ValueError("fsdp shards full fine-tuning only: with lora_r > 0 use fsdp false")
         if config.fsdp and config.precision == "fp16":
             raise ValueError("fsdp trains in precision fp32 or bf16, not fp16")
-        if config.fsdp and config.logits_chunk_mb:
-            raise ValueError(
-                "fsdp runs the whole model in one forward: use logits_chunk_mb 0 with it"
-            )
         shares = self.world.size * config.grad_accum
         if config.batch_size < shares or (
             config.method == "sequencematch" and config.model_batch_size < shares
