@@ -87,25 +87,28 @@ def release_process_groups(model: torch.nn.Module) -> None:
     """Drop the sharded ``model``'s references to its process groups (call when it is done
     with, before ``destroy_process_group``; the model cannot run collectives afterwards).
 
-    FSDP2 keeps the group in its mesh (and the mesh in hooks held by autograd's C++ side, a
-    cycle the garbage collector never frees), so ``destroy_process_group`` leaves the gloo
-    group, and its worker and socket threads, alive until the interpreter shuts down; their
-    teardown then races the interpreter's and a rank sometimes aborts at exit ("terminate
-    called without an active exception"). Without these references, destroying the group
-    joins its threads while the interpreter is still whole."""
+    FSDP2 keeps the group in its mesh information and its device mesh, and that state
+    outlives the model (the garbage collector does not free it even after the model is
+    deleted), so ``destroy_process_group`` leaves the gloo group, and its worker and socket
+    threads, alive until the interpreter shuts down; their teardown then races the
+    interpreter's, and a process sometimes aborts at exit ("terminate called without an
+    active exception", or a segmentation fault). Without these references, destroying the
+    group joins its threads while the interpreter is still whole."""
     for module in model.modules():
         if not isinstance(module, FSDPModule):
             continue
-        group = module._get_fsdp_state()._fsdp_param_group
+        # FSDP2's internals (torch 2.4 on); anything missing has nothing to let go of
+        group = getattr(module._get_fsdp_state(), "_fsdp_param_group", None)
         if group is None:
             continue
-        for info in (group.mesh_info, group.post_forward_mesh_info):
+        for info in (getattr(group, "mesh_info", None),
+                     getattr(group, "post_forward_mesh_info", None)):  # fmt: skip
             if info is None:
                 continue
             for name, value in list(vars(info).items()):
                 if isinstance(value, ProcessGroup):
                     setattr(info, name, None)
-            registry = getattr(info.mesh, "_pg_registry", None)
+            registry = getattr(getattr(info, "mesh", None), "_pg_registry", None)
             if isinstance(registry, dict):
                 registry.clear()
 
