@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # OpenMP threads that spin while a vCPU is descheduled slow small ops 10-50x; sleep instead.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-pretrained lint bench clean
+.PHONY: install demo test test-pretrained lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.pretrained_train
 	$(BIN)/python -m bench.pretrained_generate
 	$(BIN)/python -m bench.pretrained_memory
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

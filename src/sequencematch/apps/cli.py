@@ -294,6 +294,7 @@ def run_train(args: argparse.Namespace) -> int:
         if problem is not None:
             raise ValueError(f"model {config.model!r}: {problem}")
     world = init_world(str(resolve_device(config.device)))
+    trainer = None
     try:
         inputs = prepare_run(config)
         trainer = Trainer(
@@ -305,9 +306,9 @@ def run_train(args: argparse.Namespace) -> int:
         if world.is_main:
             print({k: v for k, v in last.items() if not isinstance(v, list)})
             print(f"run folder: {config.output_dir}")
-        close_world(world, synchronise=True)
+        close_world(world, synchronise=True, models=[trainer.model])
     finally:
-        close_world(world)
+        close_world(world, models=[trainer.model] if trainer is not None else [])
     return 0
 
 

@@ -7,11 +7,14 @@ A single process (no ``torchrun``) is world size 1 and never touches
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .sharding import is_sharded, release_process_groups
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,20 @@ def init_world(device: str) -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def close_world(world: World, synchronise: bool = False) -> None:
+def close_world(
+    world: World, synchronise: bool = False, models: Sequence[torch.nn.Module] = ()
+) -> None:
     """Tear the process group down. With ``synchronise`` (after a run that ended normally on
     every rank), first wait for all ranks, so that none destroys the group while another
-    still has traffic on it (gloo then aborts the process: "terminate called without an
-    active exception"); after an error the other ranks may never arrive, so no waiting."""
+    still has traffic on it; after an error the other ranks may never arrive, so no waiting.
+    Sharded ``models`` first let go of the group (:func:`.sharding.release_process_groups`),
+    so that destroying it stops its threads now rather than at interpreter exit."""
     if world.size > 1 and dist.is_initialized():
         if synchronise:
             dist.barrier()
+        for model in models:
+            if is_sharded(model):
+                release_process_groups(model)
         dist.destroy_process_group()
 
 

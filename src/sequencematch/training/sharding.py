@@ -6,21 +6,31 @@ tied input/output embeddings stay one parameter). Gradients are reduce-scattered
 over the processes, as DDP averages them, so a sharded step computes the same update as an
 unsharded one. Checkpoints hold full (unsharded) tensors, gathered to the CPU, so a sharded
 run's files load with ``from_pretrained`` like any other.
+
+With bf16 the blocks compute in bf16 under FSDP's mixed-precision policy while the root unit
+(embeddings, final norm, LM head) and the master weights stay float32 (:func:`block_policy`).
+The root's weights stay gathered from the forward pass to the end of the backward pass, so
+the chunked LM head (:class:`~sequencematch.core.chunked_logits.ChunkedLogits`), which runs
+after the forward and again in the backward pass, reads them gathered.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.distributed import ProcessGroup
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
 from ..core.backspace import causal_lm
 
@@ -41,19 +51,88 @@ def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def shard_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Shard ``model`` in place over the default process group: each block, then the root.
+def block_policy(body_dtype: torch.dtype | None) -> MixedPrecisionPolicy:
+    """The blocks' mixed precision: parameters gathered and computed in ``body_dtype``
+    (``None``: as stored, float32), gradients reduced in float32 and outputs handed on in
+    float32 (the residual stream between blocks, the final norm and the LM head stay float32;
+    a bfloat16 head would round logits of 16 to steps of 0.125, as large as the rewards
+    SequenceMatch reads off them)."""
+    if body_dtype is None:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(
+        param_dtype=body_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32
+    )
 
-    The module keeps its class (FSDP2 adds a mix-in), so callers use it as before; build the
-    optimiser after this call (the parameters become sharded ``DTensor`` s)."""
+
+def shard_model(model: torch.nn.Module, body_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Shard ``model`` in place over the default process group: each block (in ``body_dtype``,
+    :func:`block_policy`), then the root (embeddings, final norm, LM head) in float32.
+
+    The master weights stay float32 (the optimiser steps them); only the gathered copies a
+    block computes with are ``body_dtype``. The module keeps its class (FSDP2 adds a mix-in),
+    so callers use it as before; build the optimiser after this call (the parameters become
+    sharded ``DTensor`` s)."""
+    policy = block_policy(body_dtype)
     for block in block_modules(model):
-        fully_shard(block)
+        fully_shard(block, mp_policy=policy)
     fully_shard(model)
     return model
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
+
+
+def release_process_groups(model: torch.nn.Module) -> None:
+    """Drop the sharded ``model``'s references to its process groups (call when it is done
+    with, before ``destroy_process_group``; the model cannot run collectives afterwards).
+
+    FSDP2 keeps the group in its mesh information and its device mesh, and that state
+    outlives the model (the garbage collector does not free it even after the model is
+    deleted), so ``destroy_process_group`` leaves the gloo group, and its worker and socket
+    threads, alive until the interpreter shuts down; their teardown then races the
+    interpreter's, and a process sometimes aborts at exit ("terminate called without an
+    active exception", or a segmentation fault). Without these references, destroying the
+    group joins its threads while the interpreter is still whole."""
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        # FSDP2's internals (torch 2.4 on); anything missing has nothing to let go of
+        group = getattr(module._get_fsdp_state(), "_fsdp_param_group", None)
+        if group is None:
+            continue
+        for info in (getattr(group, "mesh_info", None),
+                     getattr(group, "post_forward_mesh_info", None)):  # fmt: skip
+            if info is None:
+                continue
+            for name, value in list(vars(info).items()):
+                if isinstance(value, ProcessGroup):
+                    setattr(info, name, None)
+            registry = getattr(getattr(info, "mesh", None), "_pg_registry", None)
+            if isinstance(registry, dict):
+                registry.clear()
+
+
+@contextlib.contextmanager
+def gradient_sync(network: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """Run a micro-batch's backward with (``sync``) or without the gradient reduction over
+    processes. Without it, DDP (``no_sync``) keeps the local sum in ``.grad`` and FSDP2
+    (``set_requires_gradient_sync(False)``) keeps the unsharded local sum, and the backward of
+    the next synchronised micro-batch reduces the whole sum once: gradient accumulation with
+    one reduction per optimiser step instead of one per micro-batch."""
+    if sync:
+        yield
+    elif isinstance(network, DistributedDataParallel):
+        with network.no_sync():
+            yield
+    elif isinstance(network, FSDPModule):
+        network.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            network.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

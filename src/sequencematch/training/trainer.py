@@ -14,7 +14,6 @@ replay buffer: refills are sampled per process (seeded by rank), so only greedy 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -68,6 +67,7 @@ from .schedule import lr_at, phase_at, sm_weight
 from .sharding import (
     full_model_state,
     full_optimizer_state,
+    gradient_sync,
     load_full_optimizer_state,
     shard_model,
     total_gradient_norm,
@@ -177,10 +177,8 @@ class Trainer:
             raise ValueError("fsdp needs more than one process: use torchrun, or fsdp false")
         if config.fsdp and config.lora_r > 0:
             raise ValueError("fsdp shards full fine-tuning only: with lora_r > 0 use fsdp false")
-        if config.fsdp and (config.precision != "fp32" or config.logits_chunk_mb):
-            raise ValueError(
-                "fsdp runs the whole model in one forward: use precision fp32 and logits_chunk_mb 0"
-            )
+        if config.fsdp and config.precision == "fp16":
+            raise ValueError("fsdp trains in precision fp32 or bf16, not fp16")
         shares = self.world.size * config.grad_accum
         if config.batch_size < shares or (
             config.method == "sequencematch" and config.model_batch_size < shares
@@ -242,7 +240,7 @@ class Trainer:
             verify_head_once(self.model)  # the logits must be head(last hidden state)
         self.sharded = config.fsdp
         if self.sharded:  # before the optimiser: sharding replaces the parameters
-            self.model = shard_model(self.model)
+            self.model = shard_model(self.model, precision_body_dtype(config.precision))
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda index: lr_at(self.config, index)
@@ -568,7 +566,9 @@ class Trainer:
         one plain forward; bf16/fp16: the body under autocast and the LM head in float32
         (autocast over the whole model would round the logits, and the rewards
         ``r = Q - gamma V'`` read off them, to bf16's 0.125 steps at logit 16)."""
-        body_dtype = precision_body_dtype(self.config.precision)
+        # sharded: the blocks' own mixed-precision policy casts (no autocast); the root
+        # (final norm, LM head) is float32, so a plain forward's logits are float32 already
+        body_dtype = None if self.sharded else precision_body_dtype(self.config.precision)
         rows = (batch.sequences, batch.prompt_lengths, batch.lengths, self.bkspc_id)
         rows_of_head = self.model.get_input_embeddings().weight.shape[0]
         if self.config.logits_chunk_mb and rows_of_head == self.vocab_size:
@@ -638,12 +638,7 @@ class Trainer:
         micro = list(self._micro_batches(step, phase))
         for index, (batch, data_count, totals) in enumerate(micro):
             last = index == len(micro) - 1
-            sync = (
-                self.network.no_sync()
-                if isinstance(self.network, DistributedDataParallel) and not last
-                else contextlib.nullcontext()
-            )
-            with sync:
+            with gradient_sync(self.network, sync=last):  # one reduction per step
                 result, shares = self._loss(batch, data_count, totals, phase, step)
                 terms = result.as_dict()
                 for name, value in (result.by_kind | shares).items():  # means over micro-batches
