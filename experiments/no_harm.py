@@ -66,18 +66,19 @@ ARMS: dict[str, dict[str, Any]] = {
     "offline-fixed-data-value": dict(**OFFLINE, **FIXED, data_regulariser="value"),
 }
 # Arms on the from-scratch demo's settings: each is one of the demo's continuations (its
-# method) with options changed.
+# method) with options changed; alpha is set explicitly (the measured arms ran at 1).
 PINNED = dict(terminal_value="zero")
+ONE = dict(alpha=1.0)
 TINY_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "mle": ("mle", {}),
     "mle-bkspc": ("mle-bkspc", {}),
-    "sm": ("sequencematch-chi2-bkspc", {}),
-    "sm-pinned": ("sequencematch-chi2-bkspc", PINNED),
-    "offline": ("offline-chi2-bkspc", {}),
-    "offline-pinned": ("offline-chi2-bkspc", PINNED),
-    "sm-normalised": ("sequencematch-chi2-bkspc", dict(value_head="normalised")),
-    "sm-value": ("sequencematch-chi2-bkspc", dict(data_regulariser="value")),
-    "offline-value": ("offline-chi2-bkspc", dict(data_regulariser="value")),
+    "sm": ("sequencematch-chi2-bkspc", ONE),
+    "sm-pinned": ("sequencematch-chi2-bkspc", {**ONE, **PINNED}),
+    "offline": ("offline-chi2-bkspc", ONE),
+    "offline-pinned": ("offline-chi2-bkspc", {**ONE, **PINNED}),
+    "sm-normalised": ("sequencematch-chi2-bkspc", dict(**ONE, value_head="normalised")),
+    "sm-value": ("sequencematch-chi2-bkspc", dict(**ONE, data_regulariser="value")),
+    "offline-value": ("offline-chi2-bkspc", dict(**ONE, data_regulariser="value")),
     "sm-alpha3": ("sequencematch-chi2-bkspc", dict(alpha=3.0)),
     "sm-alpha10": ("sequencematch-chi2-bkspc", dict(alpha=10.0)),
     "offline-alpha10": ("offline-chi2-bkspc", dict(alpha=10.0)),

@@ -902,7 +902,9 @@ def test_training_loss_mixes_mle_and_sequencematch_linearly(weight):
 
 def test_training_loss_without_model_rows_is_the_data_only_objective():
     data_logits, data, _, _ = _loss_inputs()
-    terms = training_loss(data_logits, data, None, None, BK, EOS, sm_weight=0.5, beta=0.2)
+    terms = training_loss(
+        data_logits, data, None, None, BK, EOS, sm_weight=0.5, beta=0.2, alpha=1.0
+    )
     data_only = sequencematch_loss(data_logits, data, None, None, BK, EOS, beta=1.0, alpha=1.0)
     mle = mle_loss(data_logits, data, BK, 1.0)
     assert num(terms.loss) == pytest.approx(0.5 * num(mle) + 0.5 * num(data_only.loss))

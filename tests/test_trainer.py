@@ -174,7 +174,7 @@ def deletions_under_forced_noise(trainer: Trainer, examples: list[Example]) -> t
 
 def test_sequencematch_deletes_like_mle_bkspc_once_the_terminal_value_is_learned(tmp_path):
     """Same model, same noise-augmented data batches (uniform noise, p 0.2), same 40 steps,
-    seeds 0-2. With ``V = 0`` after <eos> (``terminal_value zero``), SequenceMatch deleted
+    seeds 0-2, alpha 1. With ``V = 0`` after <eos> (``terminal_value zero``), SequenceMatch deleted
     0.57-0.63 of the wrong digits forced into its answers against MLE+<bkspc>'s 0.12-0.16, and
     more right digits (0.01-0.12 against 0-0.04): the pinned terminal value lowers P(<eos>)
     and the mass goes to <bkspc> (docs/method.md, "Why a learned terminal value"). With the
@@ -183,7 +183,8 @@ def test_sequencematch_deletes_like_mle_bkspc_once_the_terminal_value_is_learned
     vary too much for a per-seed statement."""
     common = dict(steps=40, p_noise=0.2, lr=1e-2, batch_size=16, model_batch_size=8,
                   samples_per_refresh=16, replay_size=32, refresh_every=5, max_new_tokens=8,
-                  warmup_steps=5, log_every=10, save_every=0, progress=False)  # fmt: skip
+                  warmup_steps=5, log_every=10, save_every=0, progress=False,
+                  alpha=1.0)  # fmt: skip
 
     def train(name: str, seed: int, **options) -> tuple[Trainer, list[Example]]:
         tokenizer, examples = counting_task(seed)

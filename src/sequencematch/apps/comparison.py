@@ -92,7 +92,7 @@ class ComparisonSettings:
     lr: float = 1e-3
     p_noise: float = 0.05
     noise_source: str = "uniform"
-    alpha: float = 1.0
+    alpha: float = 10.0
     gamma: float = 0.998
     beta: float = 0.5
     lambda_mle: float = 0.5

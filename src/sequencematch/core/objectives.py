@@ -634,7 +634,7 @@ def training_loss(
     sm_weight: float,
     divergence: str = "chi2",
     gamma: float = 0.998,
-    alpha: float = 1.0,
+    alpha: float = 10.0,
     beta: float = 0.5,
     totals: tuple[float | None, float | None, float | None] | None = None,
     offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
