@@ -260,9 +260,11 @@ def choose_fault(
     saves = [s for s in range(save_every, STEPS, save_every) if s > resumed] + [STEPS]
     # rotation deletes a checkpoint once two older ones of the run are there
     rotations = [s for s in saves if s > FIRST_STEPS or (not extended and s >= 3 * save_every)]
-    final = [p for p in FINAL_SAVE_POINTS if p != "model-swap" or (folder / "model").is_dir()]
     if rng.random() < (0.5 if extended else 0.25):
-        point = rng.choice(final)
+        # only a folder holding a model reaches the swap: there it is drawn twice as often
+        point = "model-staging"
+        if (folder / "model").is_dir():
+            point = rng.choices(FINAL_SAVE_POINTS, weights=(1, 2))[0]
     else:
         point = rng.choice(["step", "state", "latest"] + (["rotation"] if rotations else []))
     if point == "step":
@@ -393,7 +395,7 @@ def bad_inputs(work: Path, model: Path) -> list[tuple[str, list[str]]]:
             "null.jsonl": b'{"prompt": null, "completion": "1"}\n',
             "empty.jsonl": b'{"prompt": "", "completion": ""}\n',
             "base99.jsonl": b'{"question": "In base 99, what is 1 + 1?", "answer": "2"}\n',
-            "long.jsonl": json.dumps({"prompt": "1", "completion": "9" * 2_000_000}).encode(),
+            "long.jsonl": json.dumps({"prompt": "9" * 2_000_000, "completion": "1"}).encode(),
             "torn.jsonl": b'{"prompt": "1", "compl'}  # fmt: skip
     for name, content in data.items():
         (work / name).write_bytes(content)
@@ -426,7 +428,6 @@ def bad_inputs(work: Path, model: Path) -> list[tuple[str, list[str]]]:
                               "--noise", "2"]),
         ("eval base 99", ["eval", "--model", str(model), "--data", str(work / "base99.jsonl")]),
         ("eval latin1", ["eval", "--model", str(model), "--data", str(work / "latin1.jsonl")]),
-        ("eval no data", ["eval", "--model", str(model)]),
         ("unknown command", ["trian"]),
     ]  # fmt: skip
     return cases
