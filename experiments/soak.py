@@ -259,7 +259,7 @@ def choose_fault(
     save_every = cadence[0]
     saves = [s for s in range(save_every, STEPS, save_every) if s > resumed] + [STEPS]
     # rotation deletes a checkpoint once two older ones of the run are there
-    rotations = [s for s in saves if s > FIRST_STEPS or (not extended and s >= 3 * save_every)]
+    rotations = [s for s in saves if (s > FIRST_STEPS if extended else s >= 3 * save_every)]
     if rng.random() < (0.5 if extended else 0.25):
         # only a folder holding a model reaches the swap: there it is drawn twice as often
         point = "model-staging"
