@@ -8,6 +8,7 @@ moved folder, crash leftovers) and checks what the run folder holds afterwards.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -398,6 +399,36 @@ def test_stale_staging_folders_of_the_run_are_cleaned_and_others_kept(tmp_path, 
     train(config_for(folder, resume=True))
     assert not ours.exists() and not temporary.exists() and theirs.exists()
     assert "removed checkpoints/.step-00000003" in capsys.readouterr().out
+
+
+class Crash(BaseException):
+    """A crash at a chosen point of a write (in place of ``kill -9``)."""
+
+
+def test_a_crash_while_the_final_save_replaces_a_model_leaves_the_new_model(
+    tmp_path, monkeypatch, capsys
+):
+    """A finished run resumed with more steps replaces its model; a crash between renaming
+    the old model aside and the new one into place puts the old one back, and the resume
+    (at the last step already) must write the new one, not keep the old as final."""
+    folder = tmp_path / "run"
+    train(config_for(folder, steps=4))
+    rename = os.replace
+
+    def crash_after_retiring_the_model(source, target):
+        rename(source, target)
+        if Path(target).name.startswith(".model.old-"):
+            raise Crash
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", crash_after_retiring_the_model)
+        with pytest.raises(Crash):
+            train(config_for(folder, steps=6, resume=True))
+    assert list(folder.glob(".model.old-*")) and not (folder / "model").exists()
+    train(config_for(folder, steps=6, resume=True))
+    assert "restored .model.old-" in capsys.readouterr().out
+    assert same_weights(folder / "model", folder / "checkpoints" / "step-00000006")
+    assert not list(folder.glob(".model.*"))
 
 
 def test_removing_a_finished_runs_checkpoints_keeps_its_model_and_strangers_files(tmp_path):

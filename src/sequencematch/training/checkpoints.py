@@ -152,10 +152,13 @@ def save_model_folder(
     extra: dict[str, str],
     run: RunFolder | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    step: int | None = None,
 ) -> None:
     """``save_pretrained`` of model and tokenizer (plus text files and a manifest) into
     ``target``, atomically; with ``run``, recorded as that run's output. A LoRA model is
-    saved merged (loadable by ``from_pretrained``), its adapter in ``adapter/``."""
+    saved merged (loadable by ``from_pretrained``), its adapter in ``adapter/``. ``step``,
+    the training step of the weights, goes into the manifest (a resumed run reads it to
+    tell its final model from an earlier one that a crash put back)."""
     if run is not None and target.parent.resolve() != run.path.resolve():
         run = None  # a folder outside the run folder is no output of the run
     if run is not None:
@@ -170,7 +173,8 @@ def save_model_folder(
             _save_pretrained(model, tokenizer, folder, weights)
         for name, text in extra.items():
             (folder / name).write_text(text)
-        write_manifest(folder, run.run_id if run is not None else None)
+        trained = {} if step is None else {"step": step}
+        write_manifest(folder, run.run_id if run is not None else None, **trained)
 
     _write_folder(target, write, run)
 

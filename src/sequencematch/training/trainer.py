@@ -62,7 +62,7 @@ from .model_noise import ModelSampleNoise, model_noise_sources
 from .noise import build_noise_source
 from .optimizer import build_adamw, keep_implementation
 from .replay import ReplayBuffer, Trace
-from .run_folder import RunFolder
+from .run_folder import RunFolder, read_manifest
 from .schedule import lr_at, phase_at, sm_weight
 from .sharding import (
     full_model_state,
@@ -812,13 +812,24 @@ class Trainer:
         if self.world.is_main:
             if part == "model":
                 done = self.run is not None and self.run.owns("model")
-                done = done and (self.run_dir / "model").is_dir()
+                done = done and self._model_is_of_this_step()
             else:
                 done = self.evaluate is None or any(
                     record.get("step") == self.step and any(k.startswith("eval/") for k in record)
                     for record in self._metrics_records()
                 )
         return bool(all_gather_objects(self.world, done)[0])
+
+    def _model_is_of_this_step(self) -> bool:
+        """Whether ``model/`` holds the weights of the current step. A crash while the final
+        save replaced an earlier model (of a run resumed with more steps) puts that earlier
+        model back; its manifest's step tells it apart. A model whose manifest records no
+        step (written before it did) is taken as this step's."""
+        manifest = read_manifest(self.run_dir / "model")
+        if manifest is None:
+            return False
+        step = manifest.get("step", self.step)
+        return isinstance(step, int) and step == self.step
 
     def _metrics_records(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl`` (rank 0; checked when the run was resumed)."""
@@ -918,6 +929,6 @@ class Trainer:
             files = {"training_config.json": json.dumps(self.config.to_dict(), indent=2)}
             save_model_folder(
                 self.model, self.tokenizer, target, files | self.model_files, run=self.run,
-                weights=weights,
+                weights=weights, step=self.step,
             )  # fmt: skip
         barrier(self.world)
