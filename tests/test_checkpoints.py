@@ -292,7 +292,7 @@ def test_a_checkpoint_with_non_finite_parameters_is_refused(tmp_path):
 def test_resume_may_change_the_learning_rate_but_not_the_objective(tmp_path, capsys):
     folder = tmp_path / "run"
     train(config_for(folder, stop_at=2, warmup_steps=0, min_lr_ratio=1.0))
-    with pytest.raises(CheckpointError, match=r"alpha: 1.0 -> 0.5\), which cannot change") as e:
+    with pytest.raises(CheckpointError, match=r"alpha: 10.0 -> 0.5\), which cannot change") as e:
         train(config_for(folder, resume=True, alpha=0.5))
     assert "these can: " in str(e.value) and " lr, " in str(e.value)
     train(config_for(folder, resume=True, lr=3e-4, warmup_steps=0, min_lr_ratio=1.0))

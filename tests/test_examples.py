@@ -63,7 +63,8 @@ def test_a_row_without_eos_bootstraps_from_the_value_of_its_last_state():
     batch = collate([cut.prompt, ended.prompt], [cut.completion, ended.completion], pad_id=0)
     vocab = len(TOKENIZER)
     logits = torch.randn(2, batch.sequences.shape[1], vocab, dtype=torch.float64)
-    trans = transitions(logits, batch, bkspc_id=None, eos_id=EOS)
+    # V = 0 after <eos> (a learned terminal reads it at the <eos> element instead)
+    trans = transitions(logits, batch, bkspc_id=None, eos_id=EOS, learned_terminal=False)
 
     last_cut = int(batch.lengths[0]) - 1
     assert not trans.done[0].any()
@@ -82,8 +83,9 @@ def test_a_row_without_eos_bootstraps_from_the_value_of_its_last_state():
     # and the loss sees the difference: the same row, once cut and once ended
     only_cut = collate([cut.prompt], [cut.completion], pad_id=0)
     loss_cut = sequencematch_loss(logits[:1, : only_cut.sequences.shape[1]], only_cut, None,
-                                  None, None, EOS, gamma=gamma, alpha=1.0).loss  # fmt: skip
+                                  None, None, EOS, gamma=gamma, alpha=1.0,
+                                  learned_terminal=False).loss  # fmt: skip
     as_if_ended = sequencematch_loss(logits[:1, : only_cut.sequences.shape[1]], only_cut, None,
                                      None, None, cut.completion[-1], gamma=gamma,
-                                     alpha=1.0).loss  # fmt: skip
+                                     alpha=1.0, learned_terminal=False).loss  # fmt: skip
     assert loss_cut.item() != pytest.approx(as_if_ended.item())

@@ -12,7 +12,7 @@ from sequencematch.training.schedule import lr_at, lr_factor, phase_at, sm_weigh
 def test_defaults_run_sequencematch_as_measured_to_work():
     config = TrainConfig().validate()
     assert config.method == "sequencematch"
-    assert (config.alpha, config.lambda_mle, config.regularise_warmup) == (1.0, 0.5, True)
+    assert (config.alpha, config.lambda_mle, config.regularise_warmup) == (10.0, 0.5, True)
     assert config.refresh_every == 25 and config.sm_ramp_steps == 0
     assert config.mle_warmup() == 660  # about two thirds of the 1000 steps
     assert config.replace(steps=300).mle_warmup() == 198  # the warm-up scales with steps

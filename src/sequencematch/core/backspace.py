@@ -47,10 +47,13 @@ def valid_vocabulary(model: torch.nn.Module, tokenizer: Any) -> int:
 
     Embedding matrices are often padded beyond the tokenizer (to a multiple of 64 or 128);
     the logits of those rows are no action, so sampling, forced noise and perplexity's
-    normaliser must ignore them.
+    normaliser must ignore them. The model's recorded ``<bkspc>`` id counts even when
+    ``tokenizer`` is a copy made before the token was added to it.
     """
     rows = causal_lm(model).get_input_embeddings().weight.shape[0]
-    return min(len(tokenizer), rows)
+    bkspc_id = backspace_id(model)
+    entries = len(tokenizer) if bkspc_id is None else max(len(tokenizer), bkspc_id + 1)
+    return min(entries, rows)
 
 
 def check_backspace_support(model: torch.nn.Module) -> None:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..core.actions import Batch, NoiseSource, collate
-from ..core.backspace import BKSPC_TOKEN, causal_lm, check_backspace_support
+from ..core.backspace import BKSPC_TOKEN, causal_lm, check_backspace_support, valid_vocabulary
 from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
 from ..core.files import atomic_write_text, content_digest, disk_full_error, is_disk_full
@@ -93,16 +93,6 @@ Evaluator = Callable[[PreTrainedModel], dict[str, float]]
 
 class TrainingError(RuntimeError):
     """Training stopped: a non-finite loss or an unusable set-up."""
-
-
-def valid_vocabulary(model: PreTrainedModel, tokenizer: Any) -> int:
-    """Number of ids that are real actions: the tokenizer's entries (``<bkspc>`` included).
-
-    Embedding matrices are often padded beyond the tokenizer (to a multiple of 64 or 128);
-    the logits of those rows are never an action, so noise, sampling and the objectives'
-    ``V`` (a logsumexp over actions) must ignore them.
-    """
-    return min(len(tokenizer), model.get_input_embeddings().weight.shape[0])
 
 
 def run_identity(config: TrainConfig) -> dict[str, Any]:
