@@ -64,6 +64,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "sm-fixed-value-lr": dict(**ONLINE, **FIXED, value_head_lr=1e-2),
     "sm-fixed-data-value": dict(**ONLINE, **FIXED, data_regulariser="value"),
     "offline-fixed-data-value": dict(**OFFLINE, **FIXED, data_regulariser="value"),
+    "sm-fixed-alpha10-data-value": dict(**ONLINE, **FIXED, alpha=10.0, data_regulariser="value"),
 }
 # Arms on the from-scratch demo's settings: each is one of the demo's continuations (its
 # method) with options changed; alpha is set explicitly (the measured arms ran at 1).
