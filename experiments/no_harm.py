@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
                         "steps": 1, "lr": 1e-12, "warmup_steps": 0}  # fmt: skip
             config = start_config(args, out)
         else:
-            config = TrainConfig(**COMMON, **ARMS[arm], model=args.warmup, seed=args.seed,
+            config = TrainConfig(**{**COMMON, **ARMS[arm]}, model=args.warmup, seed=args.seed,
                                  output_dir=str(out / arm))  # fmt: skip
         trainer, inputs, seconds = train(config)
         policy = inputs.task.policy(trainer.model, trainer.tokenizer, inputs.valid,
