@@ -385,3 +385,16 @@ def test_the_report_shows_each_methods_policy_when_it_was_measured():
     row = next(line for line in section.splitlines() if line.startswith("| mle |"))
     # P(eos) over the three seeds 0.90, 0.91, 0.92; no row measured deletion
     assert row.startswith("| mle | 0.910 [0.900, 0.920] | 0.090 [0.080, 0.100] | - |")
+
+
+def test_the_demo_precision_option_overrides_the_pretrained_default():
+    """``demo --precision fp32`` fine-tunes a pretrained model in float32 (faster on a CPU
+    without bf16 units); without it the pretrained comparison keeps bf16."""
+    from sequencematch.apps.cli import build_parser, demo_settings
+
+    parser = build_parser()
+    given = demo_settings(parser.parse_args(
+        ["demo", "--model", "smollm2-135m", "--precision", "fp32", "--seeds", "3"]))
+    default = demo_settings(parser.parse_args(["demo", "--model", "smollm2-135m"]))
+    assert (given.precision, given.seeds, default.precision) == ("fp32", 3, "bf16")
+    assert warmup_config(given, 0, Path("w")).precision == "fp32"

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lora-r", type=int, default=None,
                       help="methods continue through LoRA adapters of this rank (default 0: "
                       "every weight)")  # fmt: skip
+    demo.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                      help="compute precision (default: fp32 from scratch, bf16 for a "
+                      "pretrained model; fp32 is faster on a CPU without bf16 units)")
     demo.add_argument("--alpha", type=float, default=None, help="chi2 regulariser scale")
     demo.add_argument("--lambda-mle", type=float, default=None, help="MLE weight (chi2 methods)")
     demo.add_argument("--p-noise", type=float, default=None, help="training noise level")
@@ -159,16 +162,17 @@ DEMOS = {"arithmetic": "arithmetic_demo:DemoSettings", "text": "text_demo:TextDe
 """Each demo's settings: ``module:class`` in this package."""
 DEMO_OPTIONS = ("seed", "seeds", "warmup_steps", "steps", "alpha", "lambda_mle", "p_noise",
                 "noise_source", "difficulty", "hidden_size", "num_layers", "n_train", "n_test",
-                "corpus", "lr", "lora_r")  # fmt: skip
+                "corpus", "lr", "lora_r", "precision")  # fmt: skip
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
+def demo_settings(args: argparse.Namespace):
+    """The demo's settings from its command line: the task's defaults (the reduced ones for a
+    pretrained model), then every option given."""
     import importlib
     from dataclasses import replace
-    from pathlib import Path
 
     from ..models.loading import PRESETS
-    from .comparison import run_comparison, with_overrides
+    from .comparison import with_overrides
 
     module, _, name = DEMOS[args.task].partition(":")
     settings_class = getattr(importlib.import_module(f"{__package__}.{module}"), name)
@@ -185,7 +189,15 @@ def run_demo_command(args: argparse.Namespace) -> int:
                     else settings_class.pretrained(args.model))  # fmt: skip
     elif args.model is not None:
         settings = replace(settings, model=args.model)
-    settings = with_overrides(settings, **{n: getattr(args, n) for n in DEMO_OPTIONS})
+    return with_overrides(settings, **{n: getattr(args, n) for n in DEMO_OPTIONS})
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .comparison import run_comparison
+
+    settings = demo_settings(args)
     run_comparison(
         Path(args.out or settings.default_out), settings, progress=args.progress,
         workers=args.workers, resume=args.resume, overwrite=args.overwrite,
