@@ -393,8 +393,11 @@ def test_the_demo_precision_option_overrides_the_pretrained_default():
     from sequencematch.apps.cli import build_parser, demo_settings
 
     parser = build_parser()
-    given = demo_settings(parser.parse_args(
-        ["demo", "--model", "smollm2-135m", "--precision", "fp32", "--seeds", "3"]))
+    given = demo_settings(
+        parser.parse_args(
+            ["demo", "--model", "smollm2-135m", "--precision", "fp32", "--seeds", "3"]
+        )
+    )
     default = demo_settings(parser.parse_args(["demo", "--model", "smollm2-135m"]))
     assert (given.precision, given.seeds, default.precision) == ("fp32", 3, "bf16")
     assert warmup_config(given, 0, Path("w")).precision == "fp32"

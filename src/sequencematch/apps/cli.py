@@ -64,9 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lora-r", type=int, default=None,
                       help="methods continue through LoRA adapters of this rank (default 0: "
                       "every weight)")  # fmt: skip
-    demo.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                      help="compute precision (default: fp32 from scratch, bf16 for a "
-                      "pretrained model; fp32 is faster on a CPU without bf16 units)")
+    demo.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="compute precision (default: fp32 from scratch, bf16 for a "
+        "pretrained model; fp32 is faster on a CPU without bf16 units)",
+    )
     demo.add_argument("--alpha", type=float, default=None, help="chi2 regulariser scale")
     demo.add_argument("--lambda-mle", type=float, default=None, help="MLE weight (chi2 methods)")
     demo.add_argument("--p-noise", type=float, default=None, help="training noise level")
