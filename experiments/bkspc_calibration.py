@@ -37,17 +37,12 @@ from experiments.no_harm import COMMON  # noqa: E402
 from sequencematch.apps.setup import prepare_run  # noqa: E402
 from sequencematch.core.backspace import backspace_id, valid_vocabulary  # noqa: E402
 from sequencematch.core.examples import encode_prompt  # noqa: E402
+from sequencematch.evaluation.policy import calibrated_bkspc_rate  # noqa: E402
 from sequencematch.tasks import arithmetic  # noqa: E402
 from sequencematch.training.config import TrainConfig  # noqa: E402
 
 BINS = (0.0, 0.5, 0.9, 0.99, 1.0001)
 NOISE_LEVELS = (0.15, 0.1, 0.05, 0.02)  # the Bayes rate at the answer's end at each
-
-
-def bayes_rate(p: float, q: float, k: int) -> float:
-    """The data's rate of ``<bkspc>`` after a token believed right with probability ``q``."""
-    noise = p * (1.0 - q) / k
-    return noise / (noise + (1.0 - p) * q)
 
 
 @torch.no_grad()
@@ -75,7 +70,7 @@ def measure(model_dir: str, seed: int, p: float) -> dict[str, Any]:
             q = float(before[token] / before.sum())
             after = probs[len(prompt) + j]  # [V]: the state after the token
             points.append({
-                "q": q, "k": k, "bayes": bayes_rate(p, q, k),
+                "q": q, "k": k, "bayes": calibrated_bkspc_rate(p, q, k),
                 "p_bk": float(after[bk]) if bk is not None else 0.0,
                 "p_eos": float(after[eos]), "end": float(j == len(answer) - 1),
             })  # fmt: skip
@@ -105,7 +100,9 @@ def noise_price(points: list[dict[str, float]]) -> dict[str, float]:
     ends = [x for x in points if x["end"] == 1.0]
     price = {"measured": sum(x["p_bk"] for x in ends) / len(ends)}
     for p in NOISE_LEVELS:
-        price[f"bayes_p{p}"] = sum(bayes_rate(p, x["q"], int(x["k"])) for x in ends) / len(ends)
+        price[f"bayes_p{p}"] = sum(
+            calibrated_bkspc_rate(p, x["q"], int(x["k"])) for x in ends
+        ) / len(ends)
     return price
 
 

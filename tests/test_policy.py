@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import boost_logit, make_model
 
-from sequencematch.evaluation.policy import ReferenceRow, policy_diagnostics
+from sequencematch.evaluation.policy import ReferenceRow, calibrated_bkspc_rate, policy_diagnostics
 
 ROWS = [ReferenceRow([1, 2, 3], [4, 5]), ReferenceRow([2, 2], [7, 8, 9]),
         ReferenceRow([5], [6], final=False)]  # fmt: skip
@@ -52,3 +52,21 @@ def test_only_final_rows_count_towards_ending():
     found = measure(model, tokenizer, bkspc_id, rows=[ROWS[2]])
     assert math.isnan(found.p_eos) and math.isnan(found.tail_at_end)
     assert not math.isnan(found.p_bkspc_after_wrong)
+
+
+@pytest.mark.parametrize("p_noise", [0.02, 0.15, 0.5])
+def test_the_calibrated_bkspc_rate_is_the_noise_posterior_of_the_data_process(p_noise: float):
+    """Enumerate the data process over a belief about the right token (uneven over the wrong
+    ones): the share of rows showing token 0 in which it was a mistake is the closed form."""
+    belief = [0.3, 0.45, 0.15, 0.1]  # token 0 is the one shown; 3 others, each a mistake choice
+    choices = len(belief) - 1
+    shown_as_mistake = sum(
+        b * p_noise / choices for right, b in enumerate(belief) if right != 0
+    )  # the right token was another one and the mistake drawn was token 0
+    shown_as_right = belief[0] * (1.0 - p_noise)
+    posterior = shown_as_mistake / (shown_as_mistake + shown_as_right)
+    assert calibrated_bkspc_rate(p_noise, belief[0], choices) == pytest.approx(posterior)
+    assert calibrated_bkspc_rate(p_noise, 1.0, choices) == 0.0  # sure: never delete
+    assert calibrated_bkspc_rate(p_noise, 0.0, choices) == 1.0  # sure it is wrong: always
+    with pytest.raises(ValueError, match="belief"):
+        calibrated_bkspc_rate(p_noise, 1.5, choices)

@@ -66,6 +66,19 @@ class PolicyDiagnostics:
         return asdict(self)
 
 
+def calibrated_bkspc_rate(p_noise: float, belief: float, choices: int) -> float:
+    """How often noise-augmented rows delete a token that a model believes right with
+    probability ``belief``, when a mistake (drawn from ``choices`` wrong tokens) is inserted
+    before each token with probability ``p_noise``: the rate maximum likelihood converges to
+    (docs/method.md, "What a calibrated ``<bkspc>`` policy deletes")."""
+    if not (0.0 <= p_noise <= 1.0 and 0.0 <= belief <= 1.0 and choices >= 1):
+        raise ValueError(f"need p_noise, belief in [0, 1] and choices >= 1, got "
+                         f"{p_noise}, {belief}, {choices}")  # fmt: skip
+    wrong = p_noise * (1.0 - belief) / choices  # the data wrote a mistake that reads as d
+    right = (1.0 - p_noise) * belief  # the data wrote d itself
+    return wrong / (wrong + right) if wrong + right > 0 else 0.0
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
