@@ -28,7 +28,7 @@ from sequencematch.apps import comparison
 from sequencematch.apps.arithmetic_demo import DemoSettings
 from sequencematch.apps.cli import main
 from sequencematch.apps.comparison import prepare_output, run_comparison, with_overrides
-from sequencematch.core.files import OutsideFolderError, sha256_of
+from sequencematch.storage.files import OutsideFolderError, sha256_of
 from sequencematch.training import checkpoints
 from sequencematch.training.checkpoints import CheckpointError
 from sequencematch.training.run_folder import LOCK_FILE, MARKER_FILE, RunFolder, RunFolderError

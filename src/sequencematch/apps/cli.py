@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Spinning OpenMP threads stall small ops 10-50x when a vCPU is descheduled; sleep instead.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ..core.files import is_disk_full, model_folder_problem  # noqa: E402
+from ..storage.files import is_disk_full, model_folder_problem  # noqa: E402
 from ..training.config import MAX_SEED, add_config_arguments, config_from_arguments  # noqa: E402
 from .signals import interrupted_line, stop_on_sigterm  # noqa: E402
 

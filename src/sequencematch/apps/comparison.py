@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..core.files import atomic_write_text
 from ..models.loading import model_source
+from ..storage.files import atomic_write_text
 from ..tasks.base import EvalOptions
 from ..tasks.comparison import Comparison
 from ..training.config import MAX_SEED, TrainConfig

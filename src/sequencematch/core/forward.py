@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .backspace import causal_lm, check_backspace_support
+from .causal_lm import causal_lm, check_backspace_support
 from .chunked_logits import ChunkedLogits
 from .layout import Layout, build_layout, validate_rows
 from .probe import MASK_IGNORED, layout_probe_verdict

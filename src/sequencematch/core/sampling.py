@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .actions import Batch, collate
-from .backspace import check_backspace_support
+from .causal_lm import check_backspace_support
 from .forward import (
     as_lengths,
     cache_keyword,

@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..core.actions import collate
-from ..core.backspace import backspace_id
+from ..core.causal_lm import backspace_id
 from ..core.forward import state_logits
 
 LOGITS_BUDGET = 2**26  # floats of logits held at once (256 MB in float32)

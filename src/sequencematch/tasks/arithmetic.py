@@ -25,7 +25,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..core.files import atomic_write_text, parse_json, utf8_lines
+from ..storage.files import atomic_write_text, parse_json, utf8_lines
 
 DIGITS = "0123456789abcdef"
 """Digit characters; base ``b`` uses the first ``b`` of them."""

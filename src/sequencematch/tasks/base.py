@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.actions import NoiseSource
-from ..core.backspace import backspace_id, valid_vocabulary
+from ..core.causal_lm import backspace_id, valid_vocabulary
 from ..core.examples import Example, encode_prompt, longest_completion
 from ..evaluation.policy import PolicyDiagnostics, ReferenceRow, policy_diagnostics
 

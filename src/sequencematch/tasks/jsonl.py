@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.files import parse_json, utf8_lines
+from ..storage.files import parse_json, utf8_lines
 from . import arithmetic
 
 

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from ..core.downloads import (  # noqa: F401  (CACHE_ENV re-exported)
+from ..storage.downloads import (  # noqa: F401  (CACHE_ENV re-exported)
     CACHE_ENV,
     cache_dir,
     install_folder,

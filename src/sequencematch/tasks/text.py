@@ -21,7 +21,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from ..core.files import parse_json, read_utf8
+from ..storage.files import parse_json, read_utf8
 from .shakespeare import (  # noqa: F401  (re-exported: the text task's corpora)
     SDIST_ENV,
     SHAKESPEARE_SHA256,

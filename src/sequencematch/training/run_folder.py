@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.files import atomic_write_text, disk_full_error, inside, is_disk_full
+from ..storage.files import atomic_write_text, disk_full_error, inside, is_disk_full
 
 MARKER_FILE = ".sequencematch-run.json"
 LOCK_FILE = ".sequencematch-run.lock"

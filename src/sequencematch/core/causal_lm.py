@@ -1,5 +1,6 @@
-"""The ``<bkspc>`` action as the representation knows it: its token, its id on a model, and
-which models can run the one-pass layout (a per-row 4-D mask with explicit position ids).
+"""The causal LM the representation runs on: the model inside its wrappers, the ``<bkspc>``
+token and the id a model records for it, the ids that are real actions, and which models
+can run the one-pass layout (a per-row 4-D mask with explicit position ids).
 
 Any Hugging Face causal LM whose attention takes an arbitrary 4-D mask and explicit
 ``position_ids`` (eager or SDPA attention) can be used, also inside a
