@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sequencematch.core.actions import Batch, collate
-from sequencematch.core.backspace import BKSPC_TOKEN, causal_lm
+from sequencematch.core.causal_lm import BKSPC_TOKEN, causal_lm
 from sequencematch.core.forward import chunked_state_logits, state_logits
 from sequencematch.core.objectives import mle_loss, sequencematch_loss
 from sequencematch.models.backspace import add_backspace

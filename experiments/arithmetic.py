@@ -124,7 +124,7 @@ def table(out: Path) -> str:
 def plot(out: Path) -> Path | None:
     """Mean accuracy over seeds against forced noise, one line per method (95% t-intervals),
     one panel per difficulty range: ``OUT/accuracy_vs_noise_seeds.png``."""
-    from sequencematch.apps.plotting import pyplot
+    from sequencematch.apps.demos.plotting import pyplot
 
     plt = pyplot()
     if plt is None:

@@ -24,13 +24,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from sequencematch.apps.comparison import METHODS  # noqa: E402
-from sequencematch.apps.paired_summary import render, summarise  # noqa: E402
-from sequencematch.apps.setup import load_trained  # noqa: E402
-from sequencematch.tasks.arithmetic_report import (  # noqa: E402
+from sequencematch.apps.demos.arithmetic_report import (  # noqa: E402
     ArithmeticComparison,
     encode_outcomes,
 )
+from sequencematch.apps.demos.methods import COMPARED_METHODS  # noqa: E402
+from sequencematch.apps.demos.paired_summary import render, summarise  # noqa: E402
+from sequencematch.apps.setup import load_trained  # noqa: E402
 from sequencematch.tasks.base import EvalOptions  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def main() -> None:
             record = json.loads(line)
             done[(record["seed"], record["method"])] = record
     for seed, record in results["seeds"].items():
-        for method in METHODS:
+        for method in COMPARED_METHODS:
             if (seed, method) in done:
                 continue
             found = evaluate(args.demo / f"seed-{seed}" / method / "model", int(seed), args.levels)
@@ -79,7 +79,7 @@ def main() -> None:
             print(f"seed {seed} {method}: greedy reproduced {found['greedy_reproduced']}, "
                   f"sampled {[e['accuracy'] for e in found['sampled']]}", flush=True)  # fmt: skip
     for seed, record in results["seeds"].items():
-        for method in METHODS:
+        for method in COMPARED_METHODS:
             record["methods"][method]["sweep"] += done[(seed, method)]["sampled"]
     results["settings"]["sampled_levels"] = list(args.levels)
     comparison = ArithmeticComparison()

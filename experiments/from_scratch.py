@@ -3,7 +3,7 @@
 Every method trains its own model from scratch (no shared warm-up) for the same number of
 steps; SequenceMatch spends its first ``steps - sm_steps`` steps on the data-only objective
 and its last ``sm_steps`` with model samples. ``sequencematch demo`` now runs the paired
-protocol (:mod:`sequencematch.apps.comparison`); these settings keep the experiment scripts
+protocol (:mod:`sequencematch.apps.demos.harness`); these settings keep the experiment scripts
 reproducing the numbers recorded with them.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sequencematch.apps import comparison
+from sequencematch.apps.demos import harness
 from sequencematch.evaluation.text_evaluation import TextEval
 from sequencematch.tasks.base import EvalOptions
 from sequencematch.tasks.exact_match import ExactMatchEval
@@ -128,7 +128,7 @@ def train_and_evaluate(
     config: TrainConfig, levels: tuple[float, ...], progress: bool = True, split: str = "test"
 ) -> tuple[list[ExactMatchEval], float]:
     """Train one arithmetic run and evaluate it at every forced-noise level."""
-    return comparison.train_and_evaluate(config, EvalOptions(levels=tuple(levels)), progress,
+    return harness.train_and_evaluate(config, EvalOptions(levels=tuple(levels)), progress,
                                          split)  # fmt: skip
 
 
@@ -140,7 +140,7 @@ def train_and_evaluate_text(
     encoder: Any = None,
 ) -> tuple[TextEval, float]:
     """Train one text run and evaluate its samples on the held-out ``split``."""
-    result, seconds = comparison.train_and_evaluate(
+    result, seconds = harness.train_and_evaluate(
         config, settings.evaluation_options(encoder), progress, split
     )
     return result.eval, seconds

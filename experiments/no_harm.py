@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from experiments.pretrained_continuation import evaluate, metric_trace, train  # noqa: E402
-from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs  # noqa: E402
+from sequencematch.apps.demos.arithmetic_demo import DemoSettings, method_configs  # noqa: E402
 from sequencematch.training.config import TrainConfig  # noqa: E402
 
 COMMON = dict(

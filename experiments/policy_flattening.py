@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 import sequencematch.models.backspace as backspace  # noqa: E402
-from sequencematch.apps.comparison import METHODS  # noqa: E402
+from sequencematch.apps.demos.methods import COMPARED_METHODS  # noqa: E402
 from sequencematch.apps.setup import load_trained, prepare_run, task_file  # noqa: E402
 from sequencematch.core.examples import encode_prompt  # noqa: E402
 from sequencematch.tasks.base import Pair  # noqa: E402
@@ -79,7 +79,7 @@ def after_answer(model: Any, tokenizer: Any, pairs: Sequence[Pair]) -> dict[str,
 
 
 def measure(demo: str, seed: int, n: int) -> None:
-    for method in METHODS:
+    for method in COMPARED_METHODS:
         trained = load_trained(f"{demo}/seed-{seed}/{method}/model")
         pairs = trained.prompts_as_trained(trained.task.held_out(trained.tokenizer, None))[:n]
         found = after_answer(trained.model, trained.tokenizer, pairs)

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from sequencematch.apps.setup import prepare_run, task_file  # noqa: E402
-from sequencematch.tasks.arithmetic_eval import answer_token_ids  # noqa: E402
+from sequencematch.tasks.arithmetic_task import answer_token_ids  # noqa: E402
 from sequencematch.tasks.exact_match import evaluate_exact_match  # noqa: E402
 from sequencematch.training.config import TrainConfig  # noqa: E402
 from sequencematch.training.trainer import Trainer  # noqa: E402

@@ -124,7 +124,7 @@ def table(out: Path) -> str:
 def plot(out: Path) -> Path | None:
     """MAUVE and diversity per method: mean over seeds with 95% t-intervals, and each seed's
     value as a dot: ``OUT/mauve_and_diversity_seeds.png``."""
-    from sequencematch.apps.plotting import pyplot
+    from sequencematch.apps.demos.plotting import pyplot
 
     plt = pyplot()
     if plt is None:

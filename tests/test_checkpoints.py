@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sequencematch.apps.plotting import clear_previous_runs
+from sequencematch.apps.demos.demo_folder import clear_previous_runs
 from sequencematch.apps.setup import prepare_run
 from sequencematch.training import checkpoints
 from sequencematch.training.checkpoints import CheckpointError, latest_checkpoint

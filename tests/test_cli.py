@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from sequencematch.apps.arithmetic_demo import METHODS
 from sequencematch.apps.cli import main
+from sequencematch.apps.demos.arithmetic_demo import COMPARED_METHODS
 from sequencematch.tasks.arithmetic import make_splits, write_jsonl
 
 
@@ -22,20 +22,20 @@ def demo_folder(tmp_path_factory):
 def test_demo_writes_report_plot_results_and_every_model(demo_folder):
     for seed in ("0", "1"):
         assert (demo_folder / f"seed-{seed}" / "warmup" / "model" / "config.json").exists()
-        for name in METHODS:
+        for name in COMPARED_METHODS:
             assert (demo_folder / f"seed-{seed}" / name / "model" / "config.json").exists(), name
             assert (demo_folder / f"seed-{seed}" / name / "model" / "task.json").exists(), name
             # a finished job keeps its model; its checkpoints (optimiser state) are deleted
             assert not (demo_folder / f"seed-{seed}" / name / "checkpoints").exists(), name
         assert not (demo_folder / f"seed-{seed}" / "warmup" / "checkpoints").exists()
     report = (demo_folder / "report.md").read_text()
-    assert all(name in report for name in METHODS) and "p=0.1" in report
+    assert all(name in report for name in COMPARED_METHODS) and "p=0.1" in report
     assert "### What the intervals support" in report and "Over 2 seeds" in report
     assert (demo_folder / "accuracy_vs_noise.png").stat().st_size > 1000
     results = json.loads((demo_folder / "results.json").read_text())
     assert list(results["seeds"]) == ["0", "1"] and results["workers"] >= 1
     for record in results["seeds"].values():
-        assert list(record["methods"]) == list(METHODS)
+        assert list(record["methods"]) == list(COMPARED_METHODS)
         for entry in record["methods"].values():
             levels = [(e["noise_prob"], e["temperature"]) for e in entry["sweep"]]
             greedy = [(p, None) for p in (0.0, 0.05, 0.1, 0.2)]
@@ -170,7 +170,7 @@ def test_demo_fine_tunes_a_pretrained_model_folder(demo_folder, tmp_path):
     assert metric_at(out / "seed-0" / "warmup", 25) < metric_at(
         demo_folder / "seed-0" / "warmup", 25
     )
-    for name in METHODS:
+    for name in COMPARED_METHODS:
         assert (out / "seed-0" / name / "model" / "config.json").exists(), name
 
 

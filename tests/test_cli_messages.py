@@ -152,7 +152,7 @@ def test_saved_files_are_readable_by_others(model_folder):
 
 def test_the_demo_s_disk_full_advice_is_its_own_resume_flag():
     from sequencematch.apps.cli import describe_error
-    from sequencematch.core.files import disk_full_error
+    from sequencematch.storage.files import disk_full_error
 
     line = describe_error(disk_full_error("out/report.md"), "demo")
     assert "a demo continues with --resume)" in line and "--resume true" not in line

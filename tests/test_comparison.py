@@ -10,24 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from sequencematch.apps.arithmetic_demo import DemoSettings
-from sequencematch.apps.comparison import (
-    COMPARISONS,
-    METHODS,
-    MLE,
-    MLE_BKSPC,
-    OFFLINE,
-    ONLINE,
+from sequencematch.apps.demos.arithmetic_demo import DemoSettings
+from sequencematch.apps.demos.arithmetic_report import ArithmeticComparison, decode_outcomes
+from sequencematch.apps.demos.harness import (
     _train,
     method_configs,
     prepare_output,
     warmup_config,
     with_overrides,
 )
-from sequencematch.apps.paired_summary import conclusion, label, render, summarise
+from sequencematch.apps.demos.methods import (
+    COMPARED_METHODS,
+    COMPARISONS,
+    MLE,
+    MLE_BKSPC,
+    OFFLINE,
+    ONLINE,
+)
+from sequencematch.apps.demos.paired_summary import conclusion, label, render, summarise
+from sequencematch.apps.demos.text_report import TextComparison
 from sequencematch.evaluation.paired import mcnemar
-from sequencematch.tasks.arithmetic_report import ArithmeticComparison, decode_outcomes
-from sequencematch.tasks.text_report import TextComparison
 from sequencematch.training.run_folder import RunFolderError
 
 N = 400
@@ -51,7 +53,7 @@ def fake_results(per_seed: list[dict[str, dict[float, int]]]) -> dict:
     costs = {MLE: 10.0, MLE_BKSPC: 10.0, OFFLINE: 11.0, ONLINE: 22.0}
     seeds = {
         str(index): {"warmup": {"train_seconds": 30.0, "train_cpu_seconds": 30.0},
-                     "methods": {m: _entry(correct[m], costs[m]) for m in METHODS}}
+                     "methods": {m: _entry(correct[m], costs[m]) for m in COMPARED_METHODS}}
         for index, correct in enumerate(per_seed)
     }  # fmt: skip
     settings = {"levels": list(LEVELS), "n_test": N}
@@ -212,7 +214,7 @@ def _level_of(entry: dict, p: float, sampled: bool = False) -> int:
 def test_the_four_methods_differ_only_in_what_defines_them(tmp_path):
     settings = DemoSettings.quick()
     configs = method_configs(settings, 5, tmp_path / "warmup" / "model", tmp_path)
-    assert tuple(configs) == METHODS
+    assert tuple(configs) == COMPARED_METHODS
     dicts = {name: config.to_dict() for name, config in configs.items()}
 
     def differing(a: str, b: str) -> set[str]:
@@ -332,7 +334,7 @@ def test_text_methods_are_compared_by_a_bootstrap_over_the_same_prompts():
 def test_the_pretrained_text_demo_leaves_room_for_compounding_errors():
     """Fine-tuning a pretrained model on text: continuations of at least 128 of its tokens,
     three seeds (the fewest a claim over seeds needs), bf16 and the normalised value reading."""
-    from sequencematch.apps.text_demo import TextDemoSettings
+    from sequencematch.apps.demos.text_demo import TextDemoSettings
     from sequencematch.evaluation.paired import MIN_SEEDS_FOR_A_CLAIM
 
     settings = TextDemoSettings.pretrained("smollm2-135m").validate()

@@ -17,11 +17,11 @@ from test_layout import TOLERANCE, check_contract
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from sequencematch.core.downloads import sha256_file
 from sequencematch.models import pretrained
 from sequencematch.models.backspace import add_backspace
 from sequencematch.models.loading import load_model
 from sequencematch.models.pretrained import WheelModel, pretrained_folder
+from sequencematch.storage.downloads import sha256_file
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (

@@ -14,7 +14,7 @@ from test_layout import TOLERANCE, check_contract
 from test_sampling import recomputed_logprobs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sequencematch.core.backspace import (
+from sequencematch.core.causal_lm import (
     BKSPC_TOKEN,
     backspace_id,
     causal_lm,

@@ -10,7 +10,7 @@ from test_lora import lora_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sequencematch.core.actions import Batch, collate
-from sequencematch.core.backspace import causal_lm
+from sequencematch.core.causal_lm import causal_lm
 from sequencematch.core.chunked_logits import ChunkedLogits
 from sequencematch.core.forward import chunked_state_logits, state_logits, verify_layout_once
 from sequencematch.core.objectives import mle_loss, sequencematch_loss

@@ -21,12 +21,9 @@ from sequencematch.evaluation.statistics import (
     wilson_interval,
 )
 from sequencematch.tasks.arithmetic import ArithmeticQuestion, format_prompt, make_splits
-from sequencematch.tasks.arithmetic_eval import (
-    answer_token_ids,
-    evaluate_arithmetic,
-    noise_sweep,
-    score_outputs,
-)
+from sequencematch.tasks.arithmetic_task import ArithmeticTask, answer_token_ids
+from sequencematch.tasks.base import EvalOptions, Pair
+from sequencematch.tasks.exact_match import score_exact_match
 
 BK = 99  # a <bkspc> id for hand-made traces
 
@@ -38,6 +35,15 @@ def gpt2():
 
 def ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def evaluate_questions(model, tokenizer, questions, *, bkspc_id, max_new_tokens=16, **options):
+    """The arithmetic task's evaluation of ``questions`` (prompt: question + separator)."""
+    pairs = [Pair(format_prompt(q.question), q.answer) for q in questions]
+    return ArithmeticTask().evaluate(
+        model, tokenizer, pairs, bkspc_id=bkspc_id, max_new_tokens=max_new_tokens,
+        options=EvalOptions(**options),
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ intervals
@@ -188,7 +194,8 @@ def test_score_outputs_on_hand_made_generation(gpt2):
         finished=[True, False, True, True],
         prompts=[[tokenizer.bos_token_id]] * 4,
     )
-    result = score_outputs(tokenizer, questions, output, bk, noise_prob=0.5, num_examples=3)
+    pairs = [(question.question, question.answer) for question in questions]
+    result = score_exact_match(tokenizer, pairs, output, bk, noise_prob=0.5, num_examples=3)
     assert (result.n, result.correct, result.accuracy) == (4, 2, 0.5)
     assert (result.ci_low, result.ci_high) == wilson_interval(2, 4)
     assert result.bkspc_rate == pytest.approx(2 / 13)
@@ -211,7 +218,7 @@ def test_model_that_stops_at_once_scores_zero(gpt2):
     model, tokenizer, bk = gpt2
     handle = boost_logit(model, tokenizer.eos_token_id, 1e4)  # always <eos> first
     try:
-        result = evaluate_arithmetic(
+        result = evaluate_questions(
             model, tokenizer, sample_questions(6), bkspc_id=bk, batch_size=4
         )
     finally:
@@ -239,7 +246,7 @@ def test_model_steered_to_the_answer_scores_one(gpt2):
 
     handle = model.get_output_embeddings().register_forward_hook(steer)
     try:
-        result = evaluate_arithmetic(model, tokenizer, [question], bkspc_id=bk)
+        result = evaluate_questions(model, tokenizer, [question], bkspc_id=bk)
     finally:
         handle.remove()
     assert (result.n, result.correct, result.accuracy) == (1, 1, 1.0)
@@ -248,16 +255,16 @@ def test_model_steered_to_the_answer_scores_one(gpt2):
     assert result.examples[0]["trace"] == "-143<eos>"
 
 
-def test_evaluate_arithmetic_matches_generate_and_batching(gpt2):
+def test_the_task_evaluation_matches_generate_and_batching(gpt2):
     model, tokenizer, bk = gpt2
     items = sample_questions(5)
     handle = boost_logit(model, bk, 2.0)  # frequent backspaces
     try:
-        kwargs = dict(bkspc_id=bk, noise_prob=0.3, max_new_tokens=6, seed=7, num_examples=5)
-        result = evaluate_arithmetic(model, tokenizer, items, batch_size=64, **kwargs)
-        again = evaluate_arithmetic(model, tokenizer, items, batch_size=64, **kwargs)
+        kwargs = dict(bkspc_id=bk, noise_prob=0.3, max_new_tokens=6, seed=7)
+        result = evaluate_questions(model, tokenizer, items, batch_size=64, **kwargs)
+        again = evaluate_questions(model, tokenizer, items, batch_size=64, **kwargs)
         greedy = [
-            evaluate_arithmetic(
+            evaluate_questions(
                 model, tokenizer, items, bkspc_id=bk, batch_size=size, max_new_tokens=6
             )
             for size in (2, 64)
@@ -288,9 +295,12 @@ def test_evaluate_arithmetic_matches_generate_and_batching(gpt2):
 
 def test_noise_sweep_extremes(gpt2):
     model, tokenizer, bk = gpt2
-    low, high = noise_sweep(
-        model, tokenizer, sample_questions(4), bkspc_id=bk, levels=(0.0, 1.0), max_new_tokens=5
-    )
+    low, high = [
+        evaluate_questions(
+            model, tokenizer, sample_questions(4), bkspc_id=bk, noise_prob=p, max_new_tokens=5
+        )
+        for p in (0.0, 1.0)
+    ]
     assert (low.noise_prob, high.noise_prob) == (0.0, 1.0)
     assert low.forced_rate == 0.0 and low.forced_deleted_rate is None
     assert high.forced_rate == 1.0 and high.bkspc_rate == 0.0

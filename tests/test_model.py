@@ -7,7 +7,7 @@ import torch
 from conftest import ALPHABET, make_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sequencematch.core.backspace import BKSPC_TOKEN, backspace_id, check_backspace_support
+from sequencematch.core.causal_lm import BKSPC_TOKEN, backspace_id, check_backspace_support
 from sequencematch.models.backspace import add_backspace
 from sequencematch.models.presets import char_tokenizer, tiny_model
 

@@ -10,7 +10,7 @@ from conftest import ALPHABET
 
 from sequencematch.apps.cli import main
 from sequencematch.apps.setup import prepare_run
-from sequencematch.core.backspace import BKSPC_TOKEN
+from sequencematch.core.causal_lm import BKSPC_TOKEN
 from sequencematch.core.examples import Example, special_ids
 from sequencematch.models.presets import char_tokenizer
 from sequencematch.tasks import arithmetic

@@ -12,8 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sequencematch.apps.arithmetic_demo import DemoSettings, method_configs, train_and_evaluate
-from sequencematch.apps.comparison import ONLINE, warmup_config, warmup_job, with_overrides
+from sequencematch.apps.demos.arithmetic_demo import (
+    DemoSettings,
+    method_configs,
+    train_and_evaluate,
+)
+from sequencematch.apps.demos.harness import warmup_config, warmup_job, with_overrides
+from sequencematch.apps.demos.methods import ONLINE
 from sequencematch.apps.parallel import (
     Job,
     describe_schedule,

@@ -24,11 +24,11 @@ import torch
 from conftest import TINY
 from test_checkpoints import config_for, logged_steps, same_weights, snapshot, train
 
-from sequencematch.apps import comparison
-from sequencematch.apps.arithmetic_demo import DemoSettings
 from sequencematch.apps.cli import main
-from sequencematch.apps.comparison import prepare_output, run_comparison, with_overrides
-from sequencematch.core.files import OutsideFolderError, sha256_of
+from sequencematch.apps.demos import harness
+from sequencematch.apps.demos.arithmetic_demo import DemoSettings
+from sequencematch.apps.demos.harness import prepare_output, run_comparison, with_overrides
+from sequencematch.storage.files import OutsideFolderError, sha256_of
 from sequencematch.training import checkpoints
 from sequencematch.training.checkpoints import CheckpointError
 from sequencematch.training.run_folder import LOCK_FILE, MARKER_FILE, RunFolder, RunFolderError
@@ -271,7 +271,7 @@ def test_a_demo_holds_its_folder_for_its_whole_run(tmp_path, monkeypatch):
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(comparison, "run_jobs", jobs_run_while_locked)
+    monkeypatch.setattr(harness, "run_jobs", jobs_run_while_locked)
     with pytest.raises(KeyboardInterrupt):
         run_comparison(out, with_overrides(DemoSettings.quick(), seeds=1), workers=1)
     assert len(seen) == 1 and "in use by another sequencematch process" in seen[0]

@@ -19,7 +19,7 @@ from sequencematch.evaluation.perplexity import perplexity
 from sequencematch.evaluation.text_evaluation import evaluate_text
 from sequencematch.models.backspace import add_backspace
 from sequencematch.models.presets import char_tokenizer
-from sequencematch.tasks import arithmetic, registry
+from sequencematch.tasks import arithmetic, names
 from sequencematch.tasks.arithmetic_task import ArithmeticTask
 from sequencematch.tasks.base import EvalOptions, Pair, Task, TaskData, TaskOptions
 from sequencematch.tasks.exact_match import evaluate_exact_match
@@ -123,7 +123,7 @@ def test_a_users_task_is_a_class_trained_and_validated_like_any_other(tmp_path, 
     trained = load_trained(tmp_path / "run" / "model", trust_task_code=True)
     assert isinstance(trained.task, ReverseTask)  # found again through task.json
 
-    monkeypatch.setattr(registry, "_REGISTERED", {})  # forgotten after this test
+    monkeypatch.setattr(names, "REGISTERED", {})  # forgotten after this test
     register_task(ReverseTask)  # by name, too
     inputs = prepare_run(config.replace(task="reverse", output_dir=str(tmp_path / "again")))
     assert isinstance(inputs.task, ReverseTask)
@@ -301,3 +301,12 @@ def test_task_mistakes_read_the_question_after_a_chat_templates_own_text():
     for _ in range(20):  # a wrong digit of base 3 (or a sign), never a parse error
         mistake = tokenizer.decode([ArithmeticMistakes(tokenizer)(prefix, -1, rng)])
         assert mistake in "012-"
+
+
+def test_a_task_without_a_comparison_report_is_refused_by_the_demo_harness():
+    from sequencematch.apps.demos.arithmetic_report import ArithmeticComparison
+    from sequencematch.apps.demos.harness import task_comparison
+
+    assert isinstance(task_comparison(ArithmeticTask()), ArithmeticComparison)
+    with pytest.raises(ValueError, match="the reverse task has no comparison report"):
+        task_comparison(ReverseTask())

@@ -11,7 +11,7 @@ import pytest
 from conftest import boost_logit
 
 from sequencematch.apps.cli import main
-from sequencematch.apps.comparison import METHODS
+from sequencematch.apps.demos.methods import COMPARED_METHODS
 from sequencematch.apps.setup import load_trained, prepare_run
 from sequencematch.core.examples import encode_example
 from sequencematch.evaluation.perplexity import perplexity
@@ -186,7 +186,7 @@ def test_text_demo_quick_then_generate_and_eval(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert list(results["seeds"]) == ["0", "1"]
     for record in results["seeds"].values():
-        assert list(record["methods"]) == list(METHODS)
+        assert list(record["methods"]) == list(COMPARED_METHODS)
         for entry in record["methods"].values():
             mauve = entry["eval"]["mauve"]
             assert 0.0 <= mauve["mean"] <= 1.0 and len(mauve["scores"]) == 2

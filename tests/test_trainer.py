@@ -16,7 +16,7 @@ from conftest import make_model
 from transformers import AutoModelForCausalLM
 
 from sequencematch.apps.setup import prepare_run
-from sequencematch.core.backspace import valid_vocabulary
+from sequencematch.core.causal_lm import valid_vocabulary
 from sequencematch.core.examples import Example, encode_example, encode_prompt
 from sequencematch.core.sampling import generate
 from sequencematch.core.traces import trace_statistics

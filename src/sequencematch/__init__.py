@@ -8,7 +8,7 @@ from .core.actions import (
     augment_with_noise,
     collate,
 )
-from .core.backspace import BKSPC_TOKEN, backspace_id, check_backspace_support
+from .core.causal_lm import BKSPC_TOKEN, backspace_id, check_backspace_support
 from .core.forward import state_logits
 from .core.layout import build_layout, visible_lengths
 from .core.objectives import PHI, TrainingLoss, mle_loss, sequencematch_loss, training_loss

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Spinning OpenMP threads stall small ops 10-50x when a vCPU is descheduled; sleep instead.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ..core.files import is_disk_full, model_folder_problem  # noqa: E402
+from ..storage.files import is_disk_full, model_folder_problem  # noqa: E402
 from ..training.config import MAX_SEED, add_config_arguments, config_from_arguments  # noqa: E402
 from .signals import interrupted_line, stop_on_sigterm  # noqa: E402
 
@@ -162,7 +162,10 @@ def _flag(text: str) -> bool:
     return text.lower() in ("1", "true", "yes", "on")
 
 
-DEMOS = {"arithmetic": "arithmetic_demo:DemoSettings", "text": "text_demo:TextDemoSettings"}
+DEMOS = {
+    "arithmetic": "demos.arithmetic_demo:DemoSettings",
+    "text": "demos.text_demo:TextDemoSettings",
+}
 """Each demo's settings: ``module:class`` in this package."""
 DEMO_OPTIONS = ("seed", "seeds", "warmup_steps", "steps", "alpha", "lambda_mle", "p_noise",
                 "noise_source", "difficulty", "hidden_size", "num_layers", "n_train", "n_test",
@@ -176,7 +179,7 @@ def demo_settings(args: argparse.Namespace):
     from dataclasses import replace
 
     from ..models.loading import PRESETS
-    from .comparison import with_overrides
+    from .demos.harness import with_overrides
 
     module, _, name = DEMOS[args.task].partition(":")
     settings_class = getattr(importlib.import_module(f"{__package__}.{module}"), name)
@@ -199,7 +202,7 @@ def demo_settings(args: argparse.Namespace):
 def run_demo_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .comparison import run_comparison
+    from .demos.harness import run_comparison
 
     settings = demo_settings(args)
     run_comparison(

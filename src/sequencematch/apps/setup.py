@@ -19,9 +19,9 @@ from ..core.examples import (
     longest_completion,
     position_limit,
 )
-from ..core.files import parse_json
 from ..models.loading import PRESETS, load_model
 from ..models.prompts import format_prompt
+from ..storage.files import parse_json
 from ..tasks.base import Evaluator, Pair, Task, TaskData, TaskOptions
 from ..tasks.registry import build_task, task_from_info
 from ..training.config import TrainConfig, noise_source_parts
@@ -227,7 +227,7 @@ def load_trained(
     such as a checkpoint, needs: the task is never guessed). A ``task.json`` naming a task
     class by import path is refused unless ``trust_task_code`` (importing it runs its code).
     """
-    from ..core.backspace import backspace_id
+    from ..core.causal_lm import backspace_id
 
     path = Path(folder)
     if not (path / "config.json").exists():

@@ -1,4 +1,5 @@
 """The representation: sequences with ``<bkspc>``, the one-pass layout, sampling, objectives.
 
-Imports torch and transformers only; every other layer builds on it.
+Imports torch and transformers only; every other layer but :mod:`sequencematch.storage`
+builds on it.
 """

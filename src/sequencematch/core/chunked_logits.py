@@ -164,17 +164,6 @@ class ChunkedLogits:
         key = (bkspc_id, torch.is_grad_enabled(), states, next_ids, bkspc_masked)
         if self._cache is not None and _same_key(self._cache[0], key):
             return self._cache[1]
-        result = self._state_values(states, next_ids, bkspc_masked, bkspc_id)
-        self._cache = (key, result)
-        return result
-
-    def _state_values(
-        self,
-        states: torch.Tensor,
-        next_ids: torch.Tensor,
-        bkspc_masked: torch.Tensor | None,
-        bkspc_id: int | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.device
         states = states.to(device)
         where = states.nonzero(as_tuple=True)  # N states, row-major
@@ -198,10 +187,13 @@ class ChunkedLogits:
             q_parts.append(q)
         zeros = torch.zeros(states.shape, dtype=self.dtype, device=device)  # [B, T]
         if not value_parts:
-            return zeros, zeros.clone()
-        values = zeros.index_put(where, torch.cat(value_parts))  # [B, T]
-        next_q = zeros.index_put(where, torch.cat(q_parts))  # [B, T]
-        return values, next_q
+            result = zeros, zeros.clone()
+        else:
+            values = zeros.index_put(where, torch.cat(value_parts))  # [B, T]
+            next_q = zeros.index_put(where, torch.cat(q_parts))  # [B, T]
+            result = values, next_q
+        self._cache = (key, result)
+        return result
 
     def _chunk(
         self,

@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from .backspace import causal_lm, check_backspace_support
+from .causal_lm import causal_lm, check_backspace_support
 from .chunked_logits import ChunkedLogits
 from .layout import Layout, build_layout, validate_rows
 from .probe import MASK_IGNORED, layout_probe_verdict
@@ -101,20 +102,8 @@ def state_logits(
             model, sequences, prompt_lengths, lengths, bkspc_id, validate=validate,
             body_dtype=body_dtype, recompute=False,
         ).dense()  # fmt: skip
-    device = sequences.device
-    prompt_lengths = as_lengths(prompt_lengths, device)
-    lengths = as_lengths(lengths, device)
-    core = causal_lm(model)  # the causal LM inside a DDP or peft wrapper
-    if validate:
-        _validate(core, sequences, prompt_lengths, lengths, bkspc_id)
-    layout = build_layout(sequences, prompt_lengths, lengths, bkspc_id)
-    output = model(
-        input_ids=layout.input_ids,
-        attention_mask=model_mask(core, layout.attention_mask),
-        position_ids=layout.position_ids,
-        use_cache=False,
-    )
-    return output.logits
+    core, layout = _checked_layout(model, sequences, prompt_lengths, lengths, bkspc_id, validate)
+    return _layout_forward(model, core, layout).logits
 
 
 def chunked_state_logits(
@@ -144,33 +133,49 @@ def chunked_state_logits(
     soft cap, a scale) is refused on the first call.
     """
     _check_body_dtype(body_dtype)
-    device = sequences.device
-    prompt_lengths = as_lengths(prompt_lengths, device)
-    lengths = as_lengths(lengths, device)
-    core = causal_lm(model)
+    core, layout = _checked_layout(model, sequences, prompt_lengths, lengths, bkspc_id, validate)
     if validate:
-        _validate(core, sequences, prompt_lengths, lengths, bkspc_id)
         verify_head_once(core)
-    layout = build_layout(sequences, prompt_lengths, lengths, bkspc_id)
-    with _body_autocast(device, core, body_dtype):
+    with _body_autocast(sequences.device, core, body_dtype):
         hidden = _body_hidden(model, core, layout)  # [B, T, H]
     return ChunkedLogits(
         hidden, core.get_output_embeddings(), chunk_tokens=chunk_tokens, recompute=recompute
     )
 
 
-def _validate(
-    core: torch.nn.Module,
+def _checked_layout(
+    model: torch.nn.Module,
     sequences: torch.Tensor,
-    prompt_lengths: torch.Tensor,
-    lengths: torch.Tensor,
+    prompt_lengths: torch.Tensor | Sequence[int],
+    lengths: torch.Tensor | Sequence[int],
     bkspc_id: int | None,
-) -> None:
-    """Rows and model checks shared by the forward functions."""
-    check_backspace_support(core)
-    vocab_size = core.get_input_embeddings().weight.shape[0]
-    validate_rows(sequences, prompt_lengths, lengths, bkspc_id, vocab_size)
-    verify_layout_once(core)
+    validate: bool,
+) -> tuple[torch.nn.Module, Layout]:
+    """The causal LM inside ``model`` (a DDP or peft wrapper) and the one-pass layout of the
+    rows; with ``validate``, the rows and the model are checked first."""
+    device = sequences.device
+    prompt_lengths = as_lengths(prompt_lengths, device)
+    lengths = as_lengths(lengths, device)
+    core = causal_lm(model)
+    if validate:
+        check_backspace_support(core)
+        vocab_size = core.get_input_embeddings().weight.shape[0]
+        validate_rows(sequences, prompt_lengths, lengths, bkspc_id, vocab_size)
+        verify_layout_once(core)
+    return core, build_layout(sequences, prompt_lengths, lengths, bkspc_id)
+
+
+def _layout_forward(
+    model: torch.nn.Module, core: torch.nn.Module, layout: Layout, **kwargs: object
+) -> Any:
+    """One forward of ``model`` (through its wrapper) over ``layout``, without a KV cache."""
+    return model(
+        input_ids=layout.input_ids,
+        attention_mask=model_mask(core, layout.attention_mask),
+        position_ids=layout.position_ids,
+        use_cache=False,
+        **kwargs,
+    )
 
 
 def _check_body_dtype(body_dtype: torch.dtype | None) -> None:
@@ -225,13 +230,7 @@ def _body_hidden(model: torch.nn.Module, core: torch.nn.Module, layout: Layout) 
         kwargs["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=layout.input_ids.device)
     handle = body.register_forward_hook(keep_hidden)
     try:
-        model(
-            input_ids=layout.input_ids,
-            attention_mask=model_mask(core, layout.attention_mask),
-            position_ids=layout.position_ids,
-            use_cache=False,
-            **kwargs,
-        )
+        _layout_forward(model, core, layout, **kwargs)
     finally:
         handle.remove()
     return captured[-1]
@@ -351,12 +350,7 @@ def verify_head_once(model: torch.nn.Module) -> None:
             hidden = _body_hidden(model, model, layout)  # [1, 3, H]
             head = model.get_output_embeddings()
             ours = head(hidden).float()
-            plain = model(
-                input_ids=layout.input_ids,
-                attention_mask=model_mask(model, layout.attention_mask),
-                position_ids=layout.position_ids,
-                use_cache=False,
-            ).logits.float()
+            plain = _layout_forward(model, model, layout).logits.float()
     finally:
         model.train(was_training)
     error = (ours - plain).abs().max().item()

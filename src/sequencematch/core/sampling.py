@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .actions import Batch, collate
-from .backspace import check_backspace_support
+from .causal_lm import check_backspace_support, checked_vocabulary
 from .forward import (
     as_lengths,
     cache_keyword,
@@ -156,18 +156,10 @@ def generate(
         raise ValueError("prompt_ids is empty: give at least one prompt")
     if any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("every prompt needs at least one token (prepend a BOS token)")
-    embeddings = model.get_input_embeddings().weight
-    device, rows = embeddings.device, embeddings.shape[0]
-    if vocab_size is None:
-        vocab_size = rows
-    if not 0 < vocab_size <= rows:
-        raise ValueError(
-            f"vocab_size {vocab_size} must lie in [1, {rows}] (the embedding matrix's rows)"
-        )
+    device = model.get_input_embeddings().weight.device
+    vocab_size = checked_vocabulary(model, vocab_size, prompts, "a prompt")
     if bkspc_id is not None and not 0 <= bkspc_id < vocab_size:
         raise ValueError(f"bkspc_id {bkspc_id} lies outside the vocabulary of size {vocab_size}")
-    if any(not 0 <= token < vocab_size for prompt in prompts for token in prompt):
-        raise ValueError(f"a prompt holds a token id outside the vocabulary of size {vocab_size}")
     if bkspc_id is not None and any(bkspc_id in prompt for prompt in prompts):
         raise ValueError(f"a prompt contains <bkspc> (id {bkspc_id}); prompts are text")
     eos_ids = _eos_ids(model, eos_token_id)

@@ -1,1 +1,2 @@
-"""Evaluation: statistics, perplexity, text metrics. Imports core and models only."""
+"""Evaluation: statistics, perplexity, text metrics. Imports core, models and storage
+only."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..core.backspace import valid_vocabulary
+from ..core.causal_lm import valid_vocabulary
 from ..core.sampling import GenerationOutput, generate
 from ..core.traces import concatenate_outputs
 

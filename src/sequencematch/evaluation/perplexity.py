@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..core.actions import collate
-from ..core.backspace import backspace_id
+from ..core.causal_lm import backspace_id, checked_vocabulary
 from ..core.forward import state_logits
 
 LOGITS_BUDGET = 2**26  # floats of logits held at once (256 MB in float32)
@@ -19,20 +19,6 @@ def rows_within_budget(batch_size: int, length: int, vocab: int) -> int:
     length, vocab]`` logits stay within :data:`LOGITS_BUDGET` (a 49k vocabulary makes 64
     rows of 160 tokens 2 GB per copy), but at least one."""
     return max(1, min(batch_size, LOGITS_BUDGET // max(1, length * vocab)))
-
-
-def _check_vocabulary(
-    model: PreTrainedModel, completions: list[list[int]], vocab_size: int | None
-) -> int:
-    """The number of actions (``vocab_size``, default every embedding row), after checking
-    that it fits the embedding matrix and that every completion token lies below it."""
-    rows = model.get_input_embeddings().weight.shape[0]
-    vocab = rows if vocab_size is None else vocab_size
-    if not 0 < vocab <= rows:
-        raise ValueError(f"vocab_size {vocab} must lie in [1, {rows}] (the embedding rows)")
-    if any(not 0 <= token < vocab for row in completions for token in row):
-        raise ValueError(f"a completion holds a token id outside the vocabulary of size {vocab}")
-    return vocab
 
 
 @torch.no_grad()
@@ -66,7 +52,7 @@ def perplexity(
     if any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("every prompt needs at least one token (prepend a BOS token)")
     device = model.get_input_embeddings().weight.device
-    vocab = _check_vocabulary(model, completions, vocab_size)
+    vocab = checked_vocabulary(model, vocab_size, completions, "a completion")
     total_nll, total_tokens = 0.0, 0
     was_training = model.training
     model.eval()

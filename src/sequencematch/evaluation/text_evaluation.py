@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..core.backspace import valid_vocabulary
+from ..core.causal_lm import valid_vocabulary
 from ..core.examples import encode_example, encode_prompt
 from ..core.sampling import GenerationOutput
 from ..core.traces import strip_eos, trace_statistics

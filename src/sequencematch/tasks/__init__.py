@@ -1,5 +1,7 @@
-"""Tasks as plug-ins: the Task interface (:mod:`.base`), lookup by name (:mod:`.registry`),
-and three implementations: arithmetic, jsonl (a user's pairs) and text (a corpus).
+"""Tasks as plug-ins: the Task interface (:mod:`.base`), lookup by name (:mod:`.registry`,
+:mod:`.names`), and three implementations: arithmetic and jsonl (a user's pairs), both scored
+by exact match (:mod:`.exact_match_task`), and text (a corpus).
 
-Imports :mod:`sequencematch.core` (and :mod:`sequencematch.evaluation` for generic metrics).
+Imports :mod:`sequencematch.core`, :mod:`sequencematch.storage` (and
+:mod:`sequencematch.evaluation` for generic metrics).
 """

@@ -25,7 +25,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..core.files import atomic_write_text, parse_json, utf8_lines
+from ..storage.files import atomic_write_text, json_object_line, utf8_lines
 
 DIGITS = "0123456789abcdef"
 """Digit characters; base ``b`` uses the first ``b`` of them."""
@@ -265,14 +265,7 @@ def write_jsonl(questions: Iterable[ArithmeticQuestion], path: str | os.PathLike
 
 def _parse_record(line: str, where: str) -> ArithmeticQuestion:
     """Parse one JSONL line into a question; ``where`` ("file:line") prefixes error messages."""
-    try:
-        record = parse_json(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed JSON: {e.msg}") from e
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    record = json_object_line(line, where)
     for key in ("question", "answer"):
         if key not in record:
             raise ValueError(f"{where}: missing key {key!r}")

@@ -10,22 +10,34 @@ its forced noise draws answer characters.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from ..core.examples import encode_example
 from ..core.tokenizers import char_tokenizer
 from . import arithmetic
-from .arithmetic_eval import answer_token_ids
-from .base import EvalOptions, Pair, Task, TaskData, choose_pairs
-from .exact_match import ExactMatchEval, evaluate_exact_match
-from .jsonl_task import read_pair_file
+from .base import Pair
+from .exact_match_task import ExactMatchTask
+from .jsonl import read_pair_file
 
-if TYPE_CHECKING:
-    from .comparison import Comparison
+
+def answer_token_ids(
+    tokenizer: PreTrainedTokenizerBase, characters: str = arithmetic.DIGITS + "-"
+) -> list[int]:
+    """Ids of the single-token characters that can appear in arithmetic answers.
+
+    These are the task's forced-noise candidates: the protocol is "a plausible random answer
+    character is forced", never ``<eos>``, ``<bkspc>``, padding or prompt-only characters.
+    Characters that are not one token (or are unknown) are left out.
+    """
+    ids: list[int] = []
+    for character in characters:
+        encoded = tokenizer(character, add_special_tokens=False).input_ids
+        if len(encoded) == 1 and encoded[0] != tokenizer.unk_token_id and encoded[0] not in ids:
+            ids.append(int(encoded[0]))
+    if not ids:
+        raise ValueError(f"no character of {characters!r} is a single token of this tokenizer")
+    return ids
 
 
 class ArithmeticMistakes:
@@ -69,7 +81,7 @@ class ArithmeticMistakes:
         return token_text
 
 
-class ArithmeticTask(Task):
+class ArithmeticTask(ExactMatchTask):
     """Signed addition and subtraction in bases 2-16 (see :mod:`.arithmetic`)."""
 
     name = "arithmetic"
@@ -101,14 +113,6 @@ class ArithmeticTask(Task):
         seen = {c for pairs in self.splits.values() for p in pairs for c in p.prompt + p.completion}
         return char_tokenizer(alphabet + "".join(sorted(seen - set(alphabet))))
 
-    def data(self, tokenizer: PreTrainedTokenizerBase) -> TaskData:
-        cap = self.options.max_completion_tokens
-        train = [
-            encode_example(tokenizer, p.prompt, p.completion, max_completion_tokens=cap)
-            for p in self.splits["train"]
-        ]
-        return TaskData(train, self.splits["valid"], self.splits["test"])
-
     def noise_source(self, tokenizer: PreTrainedTokenizerBase) -> ArithmeticMistakes:
         return ArithmeticMistakes(tokenizer)
 
@@ -122,52 +126,13 @@ class ArithmeticTask(Task):
         arithmetic.check_stated_base(text)
 
     def forced_noise_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """Answer characters (:func:`answer_token_ids`): digits ``0-9a-f`` and ``-``."""
         return answer_token_ids(tokenizer)
 
-    def evaluate(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        pairs: Sequence[Pair],
-        *,
-        bkspc_id: int | None,
-        max_new_tokens: int,
-        options: EvalOptions,
-    ) -> ExactMatchEval:
-        """Greedy answers (sampled at ``options.temperature`` with ``options.sample``), exact
-        match, at forced noise ``options.noise_prob``."""
-        return evaluate_exact_match(
-            model, tokenizer, [(p.prompt, p.completion) for p in pairs], bkspc_id=bkspc_id,
-            noise_prob=options.noise_prob,
-            noise_token_ids=self.forced_noise_ids(tokenizer) if options.noise_prob else None,
-            batch_size=options.batch_size, max_new_tokens=max_new_tokens, seed=options.seed,
-            do_sample=options.sample, temperature=options.temperature,
-        )  # fmt: skip
-
-    def metrics(self, result: ExactMatchEval) -> dict[str, float]:
-        return {"accuracy": result.accuracy, "bkspc_rate": result.bkspc_rate}
-
-    def summary(self, result: ExactMatchEval) -> str:
-        return result.summary()
-
-    def held_out(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        data: str | None,
-        *,
-        n: int | None = None,
-        seed: int = 0,
-    ) -> list[Pair]:
-        """Questions of ``data`` (JSONL), or the generated test split of this task's options;
-        all of them unless ``n`` says otherwise."""
-        pairs = read_pair_file(data) if data is not None else self.splits["test"]
-        if not pairs:
+    def test_pairs(self) -> list[Pair]:
+        """The generated (or, with ``train_file``, empty) test split of this task's options."""
+        if not self.splits["test"]:
             raise ValueError(
                 'no test questions: pass --data, a JSONL file of {"question", "answer"} lines'
             )
-        return choose_pairs(pairs, n, seed)
-
-    def comparison(self) -> Comparison:
-        from .arithmetic_report import ArithmeticComparison
-
-        return ArithmeticComparison()
+        return self.splits["test"]

@@ -2,10 +2,9 @@
 
 A task gives the application its data (training examples, validation and test pairs),
 the tokenizer a preset model uses with it, its own source of plausible mistakes (if any),
-its prompt format, how long a model sample may be, how a model is evaluated on it, and
-the task-specific parts of a method comparison. Nothing above this layer asks which task
-it is: arithmetic, jsonl and text are three implementations, and a user's own task is one
-more class (see :mod:`sequencematch.tasks.registry`).
+its prompt format, how long a model sample may be, and how a model is evaluated on it.
+Nothing above this layer asks which task it is: arithmetic, jsonl and text are three
+implementations, and a user's own task is one more class (see :mod:`sequencematch.tasks.registry`).
 """
 
 from __future__ import annotations
@@ -16,17 +15,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.actions import NoiseSource
-from ..core.backspace import backspace_id, valid_vocabulary
+from ..core.causal_lm import backspace_id, valid_vocabulary
 from ..core.examples import Example, encode_prompt, longest_completion
 from ..evaluation.policy import PolicyDiagnostics, ReferenceRow, policy_diagnostics
-
-if TYPE_CHECKING:
-    from .comparison import Comparison
+from .names import task_reference
 
 Evaluator = Callable[[PreTrainedModel], dict[str, float]]
 """``evaluate(model) -> metrics``: what the trainer calls on the validation split."""
@@ -298,8 +295,6 @@ class Task(ABC):
     def info(self) -> dict[str, Any]:
         """What ``task.json`` records next to a saved model, so that ``eval`` and
         ``generate`` rebuild this task (:func:`sequencematch.tasks.registry.task_from_info`)."""
-        from .registry import task_reference
-
         record: dict[str, Any] = {"task": task_reference(type(self))}
         for name in self.option_names:
             value = getattr(self.options, name)
@@ -312,7 +307,3 @@ class Task(ABC):
     def from_info(cls, info: Mapping[str, Any]) -> Task:
         """The task a ``task.json`` describes (see :meth:`info`)."""
         return cls(TaskOptions.from_mapping(info))
-
-    def comparison(self) -> Comparison:
-        """The task-specific parts of a method comparison (evaluation, table, plot, report)."""
-        raise ValueError(f"the {self.name} task has no comparison report")

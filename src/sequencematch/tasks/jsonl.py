@@ -1,31 +1,26 @@
-"""The JSONL task: the user's own ``{"prompt", "completion"}`` pairs, scored by exact match."""
+"""A user's own prompt/completion pairs, read from JSONL (the data of the JSONL task)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..core.files import parse_json, utf8_lines
+from ..storage.files import json_line, utf8_lines
 from . import arithmetic
+from .base import Pair
 
 
-def read_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """``(prompt, completion)`` texts from JSONL lines ``{"prompt", "completion"}`` or
+def read_pair_file(path: str | Path) -> list[Pair]:
+    """The prompt/completion pairs of JSONL lines ``{"prompt", "completion"}`` or
     arithmetic ``{"question", "answer"}`` (prompt = question + separator).
 
     Both fields must be strings and the completion must not be empty (an empty prompt is a
     continuation from nothing); every problem is reported with the file and the line."""
-    pairs: list[tuple[str, str]] = []
+    pairs: list[Pair] = []
     for number, line in utf8_lines(path):
         if not line.strip():
             continue
         where = f"{path}:line {number}"
-        try:
-            record = parse_json(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not JSON ({error.msg})") from None
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
+        record = json_line(line, where)
         if isinstance(record, dict) and {"prompt", "completion"} <= record.keys():
             prompt, completion = _text(record, "prompt", where), _text(record, "completion", where)
         elif isinstance(record, dict) and {"question", "answer"} <= record.keys():
@@ -38,7 +33,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
             )
         if not completion:
             raise ValueError(f"{where}: the completion is empty; there is nothing to imitate")
-        pairs.append((prompt, completion))
+        pairs.append(Pair(prompt, completion))
     if not pairs:
         raise ValueError(f"{path}: no examples found")
     return pairs

@@ -8,24 +8,17 @@ Every completion is a finished answer (``<eos>`` follows it), cut at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cached_property
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from ..core.examples import encode_example
 from ..core.tokenizers import char_tokenizer
-from .base import EvalOptions, Pair, Task, TaskData, choose_pairs
-from .exact_match import ExactMatchEval, evaluate_exact_match
-from .jsonl import read_pairs
+from .base import Pair
+from .exact_match_task import ExactMatchTask
+from .jsonl import read_pair_file
 
 
-def read_pair_file(path: str) -> list[Pair]:
-    """The pairs of a JSONL file (see :func:`sequencematch.tasks.jsonl.read_pairs`)."""
-    return [Pair(prompt, completion) for prompt, completion in read_pairs(path)]
-
-
-class JsonlTask(Task):
+class JsonlTask(ExactMatchTask):
     """Prompt/completion pairs from the user's JSONL files."""
 
     name = "jsonl"
@@ -44,48 +37,6 @@ class JsonlTask(Task):
         seen = {c for pairs in self.splits.values() for p in pairs for c in p.prompt + p.completion}
         return char_tokenizer("".join(sorted(seen)))
 
-    def data(self, tokenizer: PreTrainedTokenizerBase) -> TaskData:
-        cap = self.options.max_completion_tokens
-        train = [
-            encode_example(tokenizer, p.prompt, p.completion, max_completion_tokens=cap)
-            for p in self.splits["train"]
-        ]
-        return TaskData(train, self.splits["valid"], [])
-
-    def evaluate(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        pairs: Sequence[Pair],
-        *,
-        bkspc_id: int | None,
-        max_new_tokens: int,
-        options: EvalOptions,
-    ) -> ExactMatchEval:
-        """Greedy completions (sampled at ``options.temperature`` with ``options.sample``),
-        exact match, at forced noise ``options.noise_prob`` (any ordinary token is forced)."""
-        return evaluate_exact_match(
-            model, tokenizer, [(p.prompt, p.completion) for p in pairs], bkspc_id=bkspc_id,
-            noise_prob=options.noise_prob, batch_size=options.batch_size,
-            max_new_tokens=max_new_tokens, seed=options.seed, do_sample=options.sample,
-            temperature=options.temperature,
-        )  # fmt: skip
-
-    def metrics(self, result: ExactMatchEval) -> dict[str, float]:
-        return {"accuracy": result.accuracy, "bkspc_rate": result.bkspc_rate}
-
-    def summary(self, result: ExactMatchEval) -> str:
-        return result.summary()
-
-    def held_out(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        data: str | None,
-        *,
-        n: int | None = None,
-        seed: int = 0,
-    ) -> list[Pair]:
-        """The pairs of ``data`` (required: this task has no test split of its own)."""
-        if data is None:
-            raise ValueError('task jsonl: pass --data, a JSONL of {"prompt", "completion"} lines')
-        return choose_pairs(read_pair_file(data), n, seed)
+    def test_pairs(self) -> list[Pair]:
+        """None: this task has no test split of its own."""
+        raise ValueError('task jsonl: pass --data, a JSONL of {"prompt", "completion"} lines')

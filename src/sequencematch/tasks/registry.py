@@ -12,14 +12,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from . import names
 from .base import Task, TaskOptions
-
-_BUILTIN = {
-    "arithmetic": ("sequencematch.tasks.arithmetic_task", "ArithmeticTask"),
-    "jsonl": ("sequencematch.tasks.jsonl_task", "JsonlTask"),
-    "text": ("sequencematch.tasks.text_task", "TextTask"),
-}
-_REGISTERED: dict[str, type[Task]] = {}
 
 
 def register_task(task_class: type[Task], name: str | None = None) -> type[Task]:
@@ -30,25 +24,25 @@ def register_task(task_class: type[Task], name: str | None = None) -> type[Task]
     key = name or task_class.name
     if not key:
         raise ValueError(f"{task_class.__name__} has no name: set its name attribute or pass one")
-    taken = _REGISTERED.get(key)
-    if key in _BUILTIN or (taken is not None and taken is not task_class):
+    taken = names.REGISTERED.get(key)
+    if key in names.BUILTIN or (taken is not None and taken is not task_class):
         raise ValueError(f"a task named {key!r} exists already; register this one under another")
-    _REGISTERED[key] = task_class
+    names.REGISTERED[key] = task_class
     return task_class
 
 
 def task_names() -> list[str]:
     """Names of the built-in and registered tasks."""
-    return [*_BUILTIN, *_REGISTERED]
+    return [*names.BUILTIN, *names.REGISTERED]
 
 
 def task_class(name: str) -> type[Task]:
     """The task class called ``name``: built-in, registered, or a ``module:Class`` path."""
-    if name in _BUILTIN:
-        module, attribute = _BUILTIN[name]
+    if name in names.BUILTIN:
+        module, attribute = names.BUILTIN[name]
         return getattr(importlib.import_module(module), attribute)
-    if name in _REGISTERED:
-        return _REGISTERED[name]
+    if name in names.REGISTERED:
+        return names.REGISTERED[name]
     if ":" in name:
         module, _, attribute = name.partition(":")
         try:
@@ -64,25 +58,9 @@ def task_class(name: str) -> type[Task]:
     )
 
 
-def task_reference(task: type[Task]) -> str:
-    """How a saved model names its task: the name it is built in or registered under, else
-    its import path ``module:Class`` (so that loading the model finds the class again)."""
-    for name in (task.name, *_REGISTERED):
-        if name and (_BUILTIN.get(name) == (task.__module__, task.__qualname__)
-                     or _REGISTERED.get(name) is task):  # fmt: skip
-            return name
-    return f"{task.__module__}:{task.__qualname__}"
-
-
 def build_task(name: str, options: TaskOptions) -> Task:
     """An instance of the task called ``name`` for these options."""
     return task_class(name)(options)
-
-
-def is_import_path(name: str) -> bool:
-    """Whether ``name`` is a ``module:Class`` path (neither built in nor registered): finding
-    its class imports, and so runs, that module."""
-    return name not in _BUILTIN and name not in _REGISTERED and ":" in name
 
 
 def task_from_info(info: Mapping[str, Any], *, trust_code: bool = False) -> Task:
@@ -96,7 +74,7 @@ def task_from_info(info: Mapping[str, Any], *, trust_code: bool = False) -> Task
     name = info.get("task")
     if not isinstance(name, str) or not name:
         raise ValueError("task.json names no task (expected a 'task' entry)")
-    if is_import_path(name) and not trust_code:
+    if names.is_import_path(name) and not trust_code:
         raise ValueError(
             f"the task {name!r} is a class named by import path, and loading it imports and "
             "runs that module's code: pass --trust-task-code if you trust where this model "

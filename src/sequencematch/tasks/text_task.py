@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -24,10 +24,7 @@ from ..core.examples import make_example
 from ..evaluation.text_evaluation import TextEval, evaluate_text
 from . import text
 from .base import EvalOptions, Pair, Task, TaskData, TaskOptions
-from .jsonl_task import read_pair_file
-
-if TYPE_CHECKING:
-    from .comparison import Comparison
+from .jsonl import read_pair_file
 
 MIN_DOCUMENTS = 3
 """Fewer documents than this are cut into parts so that train/valid/test all get text."""
@@ -209,11 +206,6 @@ class TextTask(Task):
             corpus = values["corpus"]
             values["train_file"] = None if corpus == "shakespeare" else corpus
         return cls(TaskOptions.from_mapping(values))
-
-    def comparison(self) -> Comparison:
-        from .text_report import TextComparison
-
-        return TextComparison()
 
 
 def _holds_pairs(path: str) -> bool:

@@ -1,4 +1,4 @@
 """Training: configuration, the loop, replay buffer, batches, checkpoints, distributed.
 
-Imports :mod:`sequencematch.core` and :mod:`sequencematch.models`.
+Imports :mod:`sequencematch.core`, :mod:`sequencematch.models` and :mod:`sequencematch.storage`.
 """

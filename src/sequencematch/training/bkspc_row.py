@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.actions import Batch
-from ..core.backspace import causal_lm
+from ..core.causal_lm import causal_lm
 from ..core.forward import chunked_state_logits
 from ..core.layout import visible_lengths
 

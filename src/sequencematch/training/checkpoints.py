@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..core.files import atomic_write_text, disk_full_error, is_disk_full, sha256_of, share_files
+from ..storage.files import atomic_write_text, disk_full_error, is_disk_full, sha256_of, share_files
 from .run_folder import (
     MANIFEST_FILE,
     RunFolder,

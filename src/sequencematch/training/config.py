@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from ..core.files import read_utf8
 from ..core.objectives import DATA_REGULARISERS
+from ..storage.files import read_utf8
 
 METHODS = ("mle", "sequencematch")
 VALUE_HEADS = ("auto", "none", "offset", "normalised")

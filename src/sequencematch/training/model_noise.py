@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..core.actions import collate
-from ..core.backspace import causal_lm
+from ..core.causal_lm import causal_lm
 from ..core.examples import Example
 from ..core.forward import model_mask, state_logits, takes_logits_to_keep
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-DRAWS = ("uniform", "fresh")
+from .config import REPLAY_DRAWS
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class ReplayBuffer:
             return [self.traces[rng.randrange(len(self.traces))] for _ in range(count)]
         if how == "fresh":
             return self._fresh(count, step)
-        raise ValueError(f"unknown replay draw {how!r}; choose one of {DRAWS}")
+        raise ValueError(f"unknown replay draw {how!r}; choose one of {REPLAY_DRAWS}")
 
     def _fresh(self, count: int, step: int) -> list[Trace]:
         refills: dict[int, list[Trace]] = {}

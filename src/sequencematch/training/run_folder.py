@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.files import atomic_write_text, disk_full_error, inside, is_disk_full
+from ..storage.files import atomic_write_text, disk_full_error, inside, is_disk_full
 
 MARKER_FILE = ".sequencematch-run.json"
 LOCK_FILE = ".sequencematch-run.lock"
@@ -325,11 +325,11 @@ class RunFolder:
         delete exactly what the earlier run wrote. ``hint`` finishes the refusal message."""
         earlier = self.existing_outputs()
         if earlier and not overwrite:
-            shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+            shown = _first_names(earlier)
             raise RunFolderError(f"{self.path} already holds a run ({shown}); {hint}")
         blocking = self.unproven()
         if blocking:
-            shown = ", ".join(blocking[:4]) + (", ..." if len(blocking) > 4 else "")
+            shown = _first_names(blocking)
             raise RunFolderError(
                 f"{self.path} holds {shown}, which no sequencematch run recorded writing; "
                 "nothing is deleted that this library cannot prove it wrote: move it away or "
@@ -348,7 +348,7 @@ class RunFolder:
         assert self.marker is not None
         inside = self._strangers_inside()
         if inside:
-            shown = ", ".join(inside[:4]) + (", ..." if len(inside) > 4 else "")
+            shown = _first_names(inside)
             raise RunFolderError(
                 f"{self.path} cannot be replaced: {shown} inside it was not written by the "
                 "earlier run; move it away first"
@@ -478,3 +478,8 @@ def remove_run_folder(path: str | os.PathLike[str]) -> list[str]:
     if not left:
         folder.rmdir()
     return left
+
+
+def _first_names(names: list[str]) -> str:
+    """Up to four of ``names``, comma-separated, with ``...`` when there are more."""
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")

@@ -32,7 +32,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from ..core.backspace import causal_lm
+from ..core.causal_lm import causal_lm
 
 FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
 

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..core.files import new_file_mode
+from ..storage.files import new_file_mode
 
 VALUES_FILE = "state.json"
 TENSORS_FILE = "state.safetensors"

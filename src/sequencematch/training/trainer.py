@@ -28,10 +28,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..core.actions import Batch, NoiseSource, collate
-from ..core.backspace import BKSPC_TOKEN, causal_lm, check_backspace_support, valid_vocabulary
+from ..core.causal_lm import BKSPC_TOKEN, causal_lm, check_backspace_support, valid_vocabulary
 from ..core.chunked_logits import ChunkedLogits
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
-from ..core.files import atomic_write_text, content_digest, disk_full_error, is_disk_full
 from ..core.forward import (
     chunked_state_logits,
     precision_body_dtype,
@@ -44,6 +43,7 @@ from ..core.sampling import generate
 from ..models.backspace import add_backspace
 from ..models.loading import PRESETS
 from ..models.pickled_weights import refused_pickles_in_one_line
+from ..storage.files import atomic_write_text, content_digest, disk_full_error, is_disk_full
 from .adapters import adapt_model, load_trainable_state, trainable_state
 from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
 from .bkspc_row import ProbeFeatures, RowLearningRate, probe_bkspc_row, probe_features

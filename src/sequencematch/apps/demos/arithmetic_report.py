@@ -17,13 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from ..evaluation.paired import PairedDifference, mcnemar, seed_difference
-from ..evaluation.statistics import mean_confidence_interval
-from .base import EvalOptions, Pair, Task
-from .comparison import MODELS_LINE, Comparison, Metric, protocol_sentence
-from .exact_match import ExactMatchEval
+from ...evaluation.paired import PairedDifference, mcnemar, seed_difference
+from ...evaluation.statistics import mean_confidence_interval
+from ...tasks.base import EvalOptions, Pair
+from ...tasks.exact_match import ExactMatchEval
+from .plotting import save_figure
+from .task_report import MODELS_LINE, Comparison, Evaluation, Metric, protocol_sentence
 
 
 def encode_outcomes(outcomes: Sequence[bool]) -> str:
@@ -80,30 +79,14 @@ class ArithmeticComparison(Comparison):
     plot_name = "accuracy_vs_noise.png"
 
     def evaluate(
-        self,
-        task: Task,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        pairs: Sequence[Pair],
-        *,
-        bkspc_id: int | None,
-        max_new_tokens: int,
-        options: EvalOptions,
+        self, evaluate: Evaluation, pairs: Sequence[Pair], options: EvalOptions
     ) -> list[ExactMatchEval]:
         """The task's greedy evaluation at every level of ``options.levels``, then sampled
         at every level of ``options.sampled_levels`` (same questions and seed)."""
         runs = [(level, False) for level in options.levels]
         runs += [(level, True) for level in options.sampled_levels]
         return [
-            task.evaluate(
-                model,
-                tokenizer,
-                pairs,
-                bkspc_id=bkspc_id,
-                max_new_tokens=max_new_tokens,
-                options=replace(options, noise_prob=level, sample=sampled),
-            )  # fmt: skip
-            for level, sampled in runs
+            evaluate(replace(options, noise_prob=level, sample=sampled)) for level, sampled in runs
         ]
 
     def entry(self, result: list[ExactMatchEval], seconds: float) -> dict[str, Any]:
@@ -203,10 +186,7 @@ class ArithmeticComparison(Comparison):
         axes.set_ylabel(f"paired accuracy difference (mean of {len(seeds)} seeds)")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return path
+        return save_figure(plt, figure, path)
 
     def report(self, results: dict[str, Any], body: str, plot: Path | None) -> str:
         settings = results["settings"]

@@ -9,12 +9,14 @@ renamed into it, so an interrupted build never leaves a half-written cache behin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV = "SEQUENCEMATCH_CACHE"
 """Environment variable overriding :func:`cache_dir`."""
@@ -99,3 +101,14 @@ def install_folder(staging: Path, root: Path, trash: Path) -> None:
     except OSError:
         if not root.is_dir():
             raise
+
+
+def read_manifest(path: Path, stale: type[Exception]) -> Any:
+    """The JSON of a cached folder's manifest at ``path``; ``stale`` (the caller's exception
+    for a folder to build again) is raised, saying why, when it is missing or unreadable."""
+    if not path.is_file():
+        raise stale(f"{path.name} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise stale(f"{path.name} is unreadable: {e}") from e

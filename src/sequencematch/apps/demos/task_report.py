@@ -1,6 +1,6 @@
 """The task-specific parts of a method comparison: evaluation, paired tests, table, plot, report.
 
-The comparison harness (:mod:`sequencematch.apps.comparison`) trains every method on every
+The comparison harness (:mod:`.harness`) trains every method on every
 seed and writes ``results.json``, ``report.md`` and a plot; what is measured on a trained
 model, how two methods are tested on the same items, and how it is shown comes from the
 task, through one of these objects.
@@ -9,19 +9,17 @@ task, through one of these objects.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from ...evaluation.paired import PairedDifference
+from ...tasks.base import EvalOptions, Pair
 
-from ..evaluation.paired import PairedDifference
-from .base import EvalOptions, Pair
-
-if TYPE_CHECKING:
-    from .base import Task
-
+Evaluation = Callable[[EvalOptions], Any]
+"""``evaluate(options) -> result``: the task's evaluation of one trained model on the
+comparison's items (:meth:`sequencematch.tasks.base.Task.evaluate`), with ``options``."""
 
 MODELS_LINE = "Models: `seed-<seed>/<method>/model` (warm-ups: `seed-<seed>/warmup/model`)."
 """Where a comparison's models are (a line of its report)."""
@@ -98,19 +96,10 @@ class Comparison(ABC):
         return options
 
     @abstractmethod
-    def evaluate(
-        self,
-        task: Task,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        pairs: Sequence[Pair],
-        *,
-        bkspc_id: int | None,
-        max_new_tokens: int,
-        options: EvalOptions,
-    ) -> Any:
-        """What a comparison measures on one trained model (picklable: it may come back
-        from a worker process)."""
+    def evaluate(self, evaluate: Evaluation, pairs: Sequence[Pair], options: EvalOptions) -> Any:
+        """What a comparison measures on one trained model, from the task's evaluations of
+        it on ``pairs`` (``evaluate(options)``, as often as needed); picklable: it may come
+        back from a worker process."""
 
     @abstractmethod
     def entry(self, result: Any, seconds: float) -> dict[str, Any]:

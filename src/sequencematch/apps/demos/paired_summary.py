@@ -1,12 +1,12 @@
 """Paired differences of a comparison's record, the tables that show them, and the words
 their intervals support.
 
-``results`` is the harness's record (:func:`sequencematch.apps.comparison.run_comparison`):
+``results`` is the harness's record (:func:`sequencematch.apps.demos.harness.run_comparison`):
 ``{"settings": {...}, "seeds": {seed: {"warmup": {...}, "methods": {name: entry}}}}``.
 Every method of a seed started from the same warm-up and was evaluated on the same items, so
 
 * within a seed, each comparison ``(a, b)`` is tested on the items' pairs, as the task says
-  (:meth:`sequencematch.tasks.comparison.Comparison.within_seed`: McNemar for right/wrong
+  (:meth:`sequencematch.apps.demos.task_report.Comparison.within_seed`: McNemar for right/wrong
   answers, a bootstrap over prompts for text metrics);
 * across seeds, the per-seed differences ``b - a`` get the Student-t interval of their
   mean, which also covers what the seed (and the machine's floating point) does to a run.
@@ -21,14 +21,15 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from ..evaluation.paired import (
+from ...evaluation.paired import (
     MIN_SEEDS_FOR_A_CLAIM,
     PairedDifference,
     seed_difference,
     verdict,
 )
-from ..tasks.comparison import Comparison, Metric
-from .comparison import COMPARISONS, METHODS, OFFLINE, ONLINE, WARMUP, timing_line
+from ..parallel import schedule_note
+from .methods import COMPARED_METHODS, COMPARISONS, OFFLINE, ONLINE, WARMUP
+from .task_report import Comparison, Metric
 
 NONE = "none"
 """The ``method`` of a per-seed difference that has no within-seed interval."""
@@ -93,7 +94,7 @@ def training_cost(results: dict[str, Any]) -> dict[str, Any]:
         return sum(r.get("train_cpu_seconds", r["train_seconds"]) for r in records) / len(records)
 
     cost = {WARMUP: mean_cpu([s[WARMUP] for s in seeds])}
-    cost |= {m: mean_cpu([s["methods"][m] for s in seeds]) for m in METHODS}
+    cost |= {m: mean_cpu([s["methods"][m] for s in seeds]) for m in COMPARED_METHODS}
     cost["online_over_offline"] = cost[ONLINE] / cost[OFFLINE] if cost[OFFLINE] else math.nan
     jobs = [s[WARMUP] for s in seeds] + [e for s in seeds for e in s["methods"].values()]
     if all("job_cpu_seconds" in job for job in jobs):  # every job, loading and evaluation too
@@ -126,10 +127,7 @@ def over_seed_table(results: dict[str, Any]) -> str:
     it supports."""
     summary = results["paired"]
     metrics = _metrics(summary)
-    lines = [
-        "| comparison | " + " | ".join(m.label for m in metrics) + " |",
-        "|---" * (len(metrics) + 1) + "|",
-    ]
+    lines = _table_head(["comparison", *(m.label for m in metrics)])
     for name, by_metric in summary["over_seeds"].items():
         cells = []
         for metric in metrics:
@@ -149,10 +147,7 @@ def per_seed_table(results: dict[str, Any]) -> str:
     within-seed interval and p-value (the difference alone where the task has no test)."""
     summary = results["paired"]
     metrics = _metrics(summary)
-    lines = [
-        "| seed | comparison | " + " | ".join(m.label for m in metrics) + " |",
-        "|---" * (len(metrics) + 2) + "|",
-    ]
+    lines = _table_head(["seed", "comparison", *(m.label for m in metrics)])
     for seed, comparisons in summary["per_seed"].items():
         for a, b in summary["comparisons"]:
             name = label(a, b)
@@ -165,6 +160,11 @@ def per_seed_table(results: dict[str, Any]) -> str:
                 cells.append(cell)
             lines.append(f"| {seed} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _table_head(columns: list[str]) -> list[str]:
+    """A markdown table's heading and rule lines."""
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
 
 
 def _interval(difference: PairedDifference, metric: Metric) -> str:
@@ -297,8 +297,7 @@ def policy_section(results: dict[str, Any]) -> list[str]:
         f"### The policy around the reference answer (mean over {len(seeds)} seed(s) "
         "[lowest, highest])",
         "",
-        "| method | " + " | ".join(label for _, label in POLICY_COLUMNS) + " |",
-        "|---" * (len(POLICY_COLUMNS) + 1) + "|",
+        *_table_head(["method", *(label for _, label in POLICY_COLUMNS)]),
     ]
     for method in methods:
         cells = []
@@ -309,6 +308,38 @@ def policy_section(results: dict[str, Any]) -> list[str]:
                          f"{max(values):.3f}]" if values else "-")  # fmt: skip
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def timing_line(results: dict[str, Any]) -> str:
+    """Mean training time per seed of the warm-up and of each method, and the wall time."""
+    seeds = list(results["seeds"].values())
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    warmup = mean([s[WARMUP]["train_seconds"] for s in seeds])
+    parts = [f"warm-up {warmup:.0f} s"] + [
+        f"{m} {mean([s['methods'][m]['train_seconds'] for s in seeds]):.0f} s"
+        for m in COMPARED_METHODS
+    ]
+    wall, read_back = results.get("wall_seconds"), results.get("jobs_read_back", 0)
+    total = f"; the whole comparison took {wall / 60:.1f} min" if wall else ""
+    if wall and read_back:
+        jobs = len(seeds) * (1 + len(COMPARED_METHODS))
+        total = (
+            f"; this invocation took {wall / 60:.1f} min ({read_back} of {jobs} runs were read "
+            "back from an earlier one)"
+        )
+    cpu = results.get("paired", {}).get("cost", {}).get("all_jobs_cpu")
+    idle = (
+        f" Every job together (data, models, training, evaluation) used {cpu / 60:.1f} CPU "
+        f"minutes, {cpu / 60 / max(1, results['workers']):.1f} min per worker."
+        if cpu else ""
+    )  # fmt: skip
+    return (
+        f"Training time per seed (wall clock, mean over {len(seeds)} seed(s)): "
+        f"{', '.join(parts)}{schedule_note(results)}{total}.{idle}"
+    )
 
 
 def render(results: dict[str, Any], comparison: Comparison) -> str:

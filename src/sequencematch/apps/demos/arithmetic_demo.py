@@ -1,7 +1,7 @@
 """The main job: MLE, MLE+<bkspc>, offline chi2+<bkspc> and SequenceMatch on arithmetic, paired.
 
 The settings below are the demo's sizes (docs/RESULTS.md says how they were measured to fit
-about 12 minutes on 2 cores); the harness (:mod:`sequencematch.apps.comparison`) trains one
+about 12 minutes on 2 cores); the harness (:mod:`.harness`) trains one
 shared MLE warm-up per seed and the four methods from it, and the arithmetic task evaluates
 them on the held-out test split under the forced-noise protocol (a random answer character
 forced with probability p per generated step).
@@ -14,15 +14,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..tasks.base import EvalOptions
-from ..tasks.exact_match import ExactMatchEval
-from ..training.config import TrainConfig
-from . import comparison
-from .comparison import METHODS, ComparisonSettings
+from ...tasks.base import EvalOptions
+from ...tasks.exact_match import ExactMatchEval
+from ...training.config import TrainConfig
+from . import harness
+from .harness import ComparisonSettings
+from .methods import COMPARED_METHODS
 
 NOISE_LEVELS = (0.0, 0.05, 0.1, 0.2)
 
-__all__ = ["METHODS", "NOISE_LEVELS", "DemoSettings", "method_configs", "train_and_evaluate"]
+__all__ = [
+    "COMPARED_METHODS",
+    "NOISE_LEVELS",
+    "DemoSettings",
+    "method_configs",
+    "train_and_evaluate",
+]
 
 
 @dataclass
@@ -77,8 +84,8 @@ class DemoSettings(ComparisonSettings):
 def method_configs(
     settings: DemoSettings, seed: int, start: Path, out: Path
 ) -> dict[str, TrainConfig]:
-    """The four continuations of one seed (see :func:`comparison.method_configs`)."""
-    return comparison.method_configs(settings, seed, start, out)
+    """The four continuations of one seed (see :func:`.harness.method_configs`)."""
+    return harness.method_configs(settings, seed, start, out)
 
 
 def train_and_evaluate(
@@ -87,4 +94,4 @@ def train_and_evaluate(
     """Train one method, save it, and evaluate it at every forced-noise level on the
     held-out ``split`` (``"valid"`` for tuning, ``"test"`` for reported results)."""
     options = EvalOptions(levels=tuple(levels))
-    return comparison.train_and_evaluate(config, options, progress, split)
+    return harness.train_and_evaluate(config, options, progress, split)

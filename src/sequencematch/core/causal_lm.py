@@ -1,5 +1,6 @@
-"""The ``<bkspc>`` action as the representation knows it: its token, its id on a model, and
-which models can run the one-pass layout (a per-row 4-D mask with explicit position ids).
+"""The causal LM the representation runs on: the model inside its wrappers, the ``<bkspc>``
+token and the id a model records for it, the ids that are real actions, and which models
+can run the one-pass layout (a per-row 4-D mask with explicit position ids).
 
 Any Hugging Face causal LM whose attention takes an arbitrary 4-D mask and explicit
 ``position_ids`` (eager or SDPA attention) can be used, also inside a
@@ -10,6 +11,7 @@ the others with a message that says what to change.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -54,6 +56,23 @@ def valid_vocabulary(model: torch.nn.Module, tokenizer: Any) -> int:
     bkspc_id = backspace_id(model)
     entries = len(tokenizer) if bkspc_id is None else max(len(tokenizer), bkspc_id + 1)
     return min(entries, rows)
+
+
+def checked_vocabulary(
+    model: torch.nn.Module, vocab_size: int | None, rows: Iterable[Sequence[int]], what: str
+) -> int:
+    """The number of actions, ``vocab_size`` (default: every embedding row), after checking
+    that it fits the embedding matrix and that every token id of ``rows`` lies below it;
+    ``what`` names a row in the error (``"a prompt"``, ``"a completion"``)."""
+    embedding_rows = model.get_input_embeddings().weight.shape[0]
+    vocab = embedding_rows if vocab_size is None else vocab_size
+    if not 0 < vocab <= embedding_rows:
+        raise ValueError(
+            f"vocab_size {vocab} must lie in [1, {embedding_rows}] (the embedding matrix's rows)"
+        )
+    if any(not 0 <= token < vocab for row in rows for token in row):
+        raise ValueError(f"{what} holds a token id outside the vocabulary of size {vocab}")
+    return vocab
 
 
 def check_backspace_support(model: torch.nn.Module) -> None:

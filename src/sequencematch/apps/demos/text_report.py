@@ -19,18 +19,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from ..evaluation.paired import (
+from ...evaluation.paired import (
     PairedDifference,
     bootstrap_difference,
     bootstrap_indices,
     seed_difference,
 )
-from ..evaluation.statistics import mean_confidence_interval
-from ..evaluation.text_evaluation import TextEval
-from .base import EvalOptions, Pair, Task
-from .comparison import MODELS_LINE, Comparison, Metric, protocol_sentence, trained_from_scratch
+from ...evaluation.statistics import mean_confidence_interval
+from ...evaluation.text_evaluation import TextEval
+from ...tasks.base import EvalOptions, Pair
+from .plotting import save_figure
+from .task_report import (
+    MODELS_LINE,
+    Comparison,
+    Evaluation,
+    Metric,
+    protocol_sentence,
+    trained_from_scratch,
+)
 
 
 def bootstrap_interval(
@@ -40,7 +46,7 @@ def bootstrap_interval(
 
     Resamples where the statistic is undefined (NaN, e.g. diversity when no drawn text has
     four words) are left out; NaN bounds when none is defined."""
-    from ..evaluation.text_metrics import text_statistics
+    from ...evaluation.text_metrics import text_statistics
 
     rng = random.Random(seed)
     drawn = (
@@ -98,27 +104,15 @@ class TextComparison(Comparison):
     def encoder(self) -> Any:
         """The sentence encoder of MAUVE, loaded once."""
         if self._encoder is None:
-            from ..evaluation.text_metrics import SentenceEncoder
+            from ...evaluation.text_metrics import SentenceEncoder
 
             self._encoder = SentenceEncoder()
         return self._encoder
 
     def evaluate(
-        self,
-        task: Task,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        pairs: Sequence[Pair],
-        *,
-        bkspc_id: int | None,
-        max_new_tokens: int,
-        options: EvalOptions,
+        self, evaluate: Evaluation, pairs: Sequence[Pair], options: EvalOptions
     ) -> TextResult:
-        result = task.evaluate(
-            model, tokenizer, pairs, bkspc_id=bkspc_id, max_new_tokens=max_new_tokens,
-            options=options,
-        )  # fmt: skip
-        return TextResult(result, [pair.completion for pair in pairs])
+        return TextResult(evaluate(options), [pair.completion for pair in pairs])
 
     def entry(self, result: TextResult, seconds: float) -> dict[str, Any]:
         """The evaluation (with every sampled continuation), the human continuations and a
@@ -162,7 +156,7 @@ class TextComparison(Comparison):
         """Paired bootstrap over prompts: the same resampled prompts for every method; MAUVE
         recomputed on each resample (features encoded once), diversity recomputed over the
         resampled continuations. Perplexity is left out (no per-prompt values)."""
-        from ..evaluation.text_metrics import text_statistics
+        from ...evaluation.text_metrics import text_statistics
 
         names = sorted({name for pair in pairs for name in pair})
         completions = {name: entries[name]["eval"]["completions"] for name in names}
@@ -196,7 +190,7 @@ class TextComparison(Comparison):
         self, entries: dict[str, dict[str, Any]], names: list[str], picks: Any
     ) -> dict[str, list[float]]:
         """MAUVE of each method on each resample of prompts (k-means seed = resample)."""
-        from ..evaluation.text_metrics import mauve_score
+        from ...evaluation.text_metrics import mauve_score
 
         references = entries[names[0]]["references"]
         encoder = self.encoder()
@@ -274,10 +268,7 @@ class TextComparison(Comparison):
             axes.axhline(0.0, color="black", linewidth=0.8)
             axes.set_ylabel(f"paired difference in {metric.label} (mean of {len(seeds)} seeds)")
             axes.grid(alpha=0.3, axis="y")
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return path
+        return save_figure(plt, figure, path)
 
     def report(self, results: dict[str, Any], body: str, plot: Path | None) -> str:
         settings = results["settings"]

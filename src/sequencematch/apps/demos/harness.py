@@ -12,7 +12,7 @@ The protocol (docs/method.md, "The objective": its three kinds), for each seed:
 
 Differences are then paired twice over: within a seed on the same items (the task's test,
 e.g. McNemar), and across seeds by the Student-t interval of the per-seed differences
-(:mod:`sequencematch.apps.paired_summary`). Jobs run in parallel processes
+(:mod:`sequencematch.apps.demos.paired_summary`). Jobs run in parallel processes
 (:mod:`sequencematch.apps.parallel`); a seed's four methods start as soon as its warm-up is
 saved. Each finished job leaves a record in its folder, so ``resume`` skips what is done.
 """
@@ -25,33 +25,39 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..core.files import atomic_write_text
-from ..models.loading import model_source
-from ..tasks.base import EvalOptions
-from ..tasks.comparison import Comparison
-from ..training.config import MAX_SEED, TrainConfig
-from ..training.run_folder import RunFolder
-from .parallel import (
-    Job,
-    available_cpus,
-    run_jobs,
-    schedule_note,
-    schedule_record,
-    threads_per_worker,
-)
-from .plotting import DEMO_FILES, claim_demo_folder, pyplot
-from .setup import config_task, prepare_run, task_file
+from ...models.loading import model_source
+from ...storage.files import atomic_write_text
+from ...tasks.arithmetic_task import ArithmeticTask
+from ...tasks.base import EvalOptions, Task
+from ...tasks.text_task import TextTask
+from ...training.config import MAX_SEED, TrainConfig
+from ...training.run_folder import RunFolder
+from ..parallel import Job, available_cpus, run_jobs, schedule_record, threads_per_worker
+from ..setup import config_task, prepare_run, task_file
+from .arithmetic_report import ArithmeticComparison
+from .demo_folder import DEMO_FILES, claim_demo_folder
+from .methods import COMPARED_METHODS, MLE, MLE_BKSPC, OFFLINE, ONLINE, QUEUE_ORDER, WARMUP
+from .plotting import pyplot
+from .task_report import Comparison
+from .text_report import TextComparison
 
-MLE, MLE_BKSPC = "mle", "mle-bkspc"
-OFFLINE, ONLINE = "offline-chi2-bkspc", "sequencematch-chi2-bkspc"
-METHODS = (MLE, MLE_BKSPC, OFFLINE, ONLINE)
-QUEUE_ORDER = (ONLINE, OFFLINE, MLE_BKSPC, MLE)  # the longest first: a shorter tail at the end
-COMPARISONS = ((MLE, MLE_BKSPC), (MLE, OFFLINE), (MLE, ONLINE), (OFFLINE, ONLINE))
-"""``(a, b)``: ``b`` is compared with ``a`` (differences are ``b`` minus ``a``): each method
-against MLE, and what the model's own samples add to the offline objective."""
-WARMUP = "warmup"
 RECORD = "record.json"  # a finished job's record in its run folder
 SETTINGS_FILE = "settings.json"
+REPORTS: dict[type[Task], type[Comparison]] = {
+    ArithmeticTask: ArithmeticComparison,
+    TextTask: TextComparison,
+}
+"""The comparison report of each task that has one (a subclass shares its parent's; a
+user's own task adds its :class:`~.task_report.Comparison` here)."""
+
+
+def task_comparison(task: Task) -> Comparison:
+    """The task-specific parts of a comparison of ``task``: its evaluation, paired tests,
+    table, plot and report."""
+    for kind in type(task).__mro__:
+        if kind in REPORTS:
+            return REPORTS[kind]()
+    raise ValueError(f"the {task.name} task has no comparison report")
 
 
 @dataclass
@@ -112,7 +118,7 @@ class ComparisonSettings:
 
     def from_scratch(self) -> bool:
         """Whether the warm-up trains a preset model from scratch (else: fine-tuning)."""
-        from ..models.loading import PRESETS
+        from ...models.loading import PRESETS
 
         return self.model in PRESETS
 
@@ -233,7 +239,7 @@ def method_configs(
 def _train(config: TrainConfig, progress: bool) -> tuple[Any, Any, float, float]:
     """Train one run to its end (the model is saved in ``output_dir/model``); return the
     trainer, the run's inputs, and the training's wall-clock and CPU seconds."""
-    from ..training.trainer import Trainer
+    from ...training.trainer import Trainer
 
     config = config.replace(progress=progress)
     inputs = prepare_run(config)
@@ -252,9 +258,9 @@ def _drop_checkpoints(run_dir: Path) -> None:
     """Delete a finished job's checkpoints (its model folder and record are what the
     comparison keeps; a 135M model's checkpoint with its optimiser state is ~1.6 GB, and a
     five-seed comparison has 25 of them)."""
-    from ..training.checkpoints import remove_checkpoints
-    from ..training.run_folder import RunFolder
-    from ..training.trainer import TRAIN_OUTPUTS
+    from ...training.checkpoints import remove_checkpoints
+    from ...training.run_folder import RunFolder
+    from ...training.trainer import TRAIN_OUTPUTS
 
     with RunFolder(run_dir, "train", TRAIN_OUTPUTS) as run:
         if run.marker is not None:
@@ -278,10 +284,15 @@ def _train_and_evaluate(
     CPU seconds, and the policy around the reference completions (docs/method.md)."""
     trainer, inputs, seconds, cpu_seconds = _train(config, progress)
     pairs = inputs.test if split == "test" else inputs.valid
-    result = inputs.task.comparison().evaluate(
-        inputs.task, trainer.model, trainer.tokenizer, pairs, bkspc_id=trainer.bkspc_id,
-        max_new_tokens=inputs.sample_length, options=replace(options, seed=config.seed),
-    )  # fmt: skip
+
+    def evaluate(settings: EvalOptions) -> Any:
+        return inputs.task.evaluate(
+            trainer.model, trainer.tokenizer, pairs, bkspc_id=trainer.bkspc_id,
+            max_new_tokens=inputs.sample_length, options=settings,
+        )  # fmt: skip
+
+    comparison = task_comparison(inputs.task)
+    result = comparison.evaluate(evaluate, pairs, replace(options, seed=config.seed))
     policy = inputs.task.policy(trainer.model, trainer.tokenizer, pairs,
                                 vocab_size=trainer.vocab_size, seed=config.seed)  # fmt: skip
     return result, seconds, cpu_seconds, policy.as_dict()
@@ -309,7 +320,7 @@ def method_job(
     :func:`warmup_job`) is written to the run folder and returned."""
     started = time.process_time()
     result, seconds, cpu_seconds, policy = _train_and_evaluate(config, options, progress, split)
-    entry = config_task(config).comparison().entry(result, seconds)
+    entry = task_comparison(config_task(config)).entry(result, seconds)
     entry["policy"] = policy
     entry["train_cpu_seconds"] = round(cpu_seconds, 1)
     entry["job_cpu_seconds"] = round(time.process_time() - started, 1)
@@ -320,7 +331,7 @@ def method_job(
 def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
     """A finished job's record in its run folder: listed as the run's output (so that
     replacing the demo removes it) and written by rename (a link there is replaced)."""
-    from ..training.trainer import TRAIN_OUTPUTS
+    from ...training.trainer import TRAIN_OUTPUTS
 
     with RunFolder(run_dir, "train", TRAIN_OUTPUTS) as run:
         if run.marker is not None:
@@ -366,10 +377,10 @@ def run_comparison(
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1 (1: one run at a time), got {workers}")
     started = time.perf_counter()
-    comparison: Comparison = config_task(warmup_config(settings, settings.seed, out)).comparison()
+    comparison = task_comparison(config_task(warmup_config(settings, settings.seed, out)))
     folder = claim_output(out, settings, resume, overwrite)  # held to the end
     try:
-        total_jobs = settings.seeds * (1 + len(METHODS))
+        total_jobs = settings.seeds * (1 + len(COMPARED_METHODS))
         schedule = schedule_record(_default_workers() if workers is None else workers, total_jobs)
         workers = schedule["workers"]
         options = comparison.share(settings.evaluation_options(), workers)
@@ -422,7 +433,7 @@ def run_comparison(
             "seeds": {
                 str(seed): {
                     WARMUP: record[WARMUP],
-                    "methods": {m: record["methods"][m] for m in METHODS},
+                    "methods": {m: record["methods"][m] for m in COMPARED_METHODS},
                 }
                 for seed, record in records.items()
             },  # fmt: skip
@@ -520,38 +531,8 @@ def describe_protocol(settings: ComparisonSettings, workers: int) -> str:
     start = "" if settings.from_scratch() else f" of {settings.model}"
     return (
         f"== {named}: a {settings.warmup_steps}-step MLE warm-up{start} each, then "
-        f"{len(METHODS)} methods x {settings.steps} steps from it ({', '.join(METHODS)}); {how}"
-    )
-
-
-def timing_line(results: dict[str, Any]) -> str:
-    """Mean training time per seed of the warm-up and of each method, and the wall time."""
-    seeds = list(results["seeds"].values())
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
-    warmup = mean([s[WARMUP]["train_seconds"] for s in seeds])
-    parts = [f"warm-up {warmup:.0f} s"] + [
-        f"{m} {mean([s['methods'][m]['train_seconds'] for s in seeds]):.0f} s" for m in METHODS
-    ]
-    wall, read_back = results.get("wall_seconds"), results.get("jobs_read_back", 0)
-    total = f"; the whole comparison took {wall / 60:.1f} min" if wall else ""
-    if wall and read_back:
-        jobs = len(seeds) * (1 + len(METHODS))
-        total = (
-            f"; this invocation took {wall / 60:.1f} min ({read_back} of {jobs} runs were read "
-            "back from an earlier one)"
-        )
-    cpu = results.get("paired", {}).get("cost", {}).get("all_jobs_cpu")
-    idle = (
-        f" Every job together (data, models, training, evaluation) used {cpu / 60:.1f} CPU "
-        f"minutes, {cpu / 60 / max(1, results['workers']):.1f} min per worker."
-        if cpu else ""
-    )  # fmt: skip
-    return (
-        f"Training time per seed (wall clock, mean over {len(seeds)} seed(s)): "
-        f"{', '.join(parts)}{schedule_note(results)}{total}.{idle}"
+        f"{len(COMPARED_METHODS)} methods x {settings.steps} steps from it "
+        f"({', '.join(COMPARED_METHODS)}); {how}"
     )
 
 

@@ -1,12 +1,11 @@
-"""What the demos share: optional matplotlib plots and an output folder they own."""
+"""A demo's output folder: claimed for one demo, and replaced only as the user allows."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from ..training.run_folder import RunFolder
+from ...training.run_folder import RunFolder
 
 DEMO_FILES = ("results.json", "report.md", "accuracy_vs_noise.png", "mauve_and_diversity.png")
 """Files a demo writes beside its method folders."""
@@ -36,17 +35,3 @@ def claim_demo_folder(folder: RunFolder, overwrite: bool = False) -> None:
     if earlier:
         print(f"replacing the previous demo run in {folder.path}", flush=True)
     folder.record(*folder.outputs)
-
-
-def pyplot() -> Any | None:
-    """``matplotlib.pyplot`` on the file-only Agg backend, or ``None`` (with a hint) when
-    matplotlib is missing, so that a demo still writes its tables without it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
-        return None
-    return plt

@@ -1,7 +1,7 @@
 """The text demo: MLE, MLE+<bkspc>, offline chi2+<bkspc> and SequenceMatch on Shakespeare, paired.
 
 The settings below are the text demo's sizes; the harness
-(:mod:`sequencematch.apps.comparison`) trains one shared MLE warm-up per seed and the four
+(:mod:`.harness`) trains one shared MLE warm-up per seed and the four
 methods from it, and the text task evaluates them on the same prompts cut from held-out
 works: MAUVE against the human continuations (mean and spread over k-means seeds),
 repetition, diversity and n-gram entropy of the sampled continuations, perplexity and
@@ -14,12 +14,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..tasks.base import EvalOptions
-from ..training.config import TrainConfig
-from . import comparison
-from .comparison import METHODS, ComparisonSettings
+from ...tasks.base import EvalOptions
+from ...training.config import TrainConfig
+from . import harness
+from .harness import ComparisonSettings
+from .methods import COMPARED_METHODS
 
-__all__ = ["METHODS", "TextDemoSettings", "method_configs", "train_and_evaluate_text"]
+__all__ = ["COMPARED_METHODS", "TextDemoSettings", "method_configs", "train_and_evaluate_text"]
 
 
 @dataclass
@@ -78,8 +79,8 @@ class TextDemoSettings(ComparisonSettings):
 def method_configs(
     settings: TextDemoSettings, seed: int, start: Path, out: Path
 ) -> dict[str, TrainConfig]:
-    """The four continuations of one seed (see :func:`comparison.method_configs`)."""
-    return comparison.method_configs(settings, seed, start, out)
+    """The four continuations of one seed (see :func:`.harness.method_configs`)."""
+    return harness.method_configs(settings, seed, start, out)
 
 
 def train_and_evaluate_text(
@@ -90,6 +91,4 @@ def train_and_evaluate_text(
     encoder: Any = None,
 ) -> tuple[Any, float]:
     """Train one method, save it, and evaluate its samples on the held-out ``split``."""
-    return comparison.train_and_evaluate(
-        config, settings.evaluation_options(encoder), progress, split
-    )
+    return harness.train_and_evaluate(config, settings.evaluation_options(encoder), progress, split)

@@ -165,6 +165,25 @@ def parse_json(text: str) -> Any:
     return value
 
 
+def json_line(line: str, where: str) -> Any:
+    """One line of a JSONL file as :func:`parse_json` reads it; every error begins with
+    ``where`` (``"file:line N"``)."""
+    try:
+        return parse_json(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: malformed JSON: {error.msg}") from None
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def json_object_line(line: str, where: str) -> dict[str, Any]:
+    """:func:`json_line` that must hold a JSON object (a record with named fields)."""
+    record = json_line(line, where)
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
