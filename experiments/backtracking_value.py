@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from experiments.no_harm import COMMON  # noqa: E402
 from sequencematch.apps.setup import prepare_run  # noqa: E402
-from sequencematch.core.backspace import backspace_id  # noqa: E402
+from sequencematch.core.causal_lm import backspace_id  # noqa: E402
 from sequencematch.evaluation.statistics import mean_confidence_interval  # noqa: E402
 from sequencematch.tasks.exact_match import evaluate_exact_match  # noqa: E402
 from sequencematch.training.config import TrainConfig  # noqa: E402

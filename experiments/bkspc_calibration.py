@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from experiments.no_harm import COMMON  # noqa: E402
 from sequencematch.apps.setup import prepare_run  # noqa: E402
-from sequencematch.core.backspace import backspace_id, valid_vocabulary  # noqa: E402
+from sequencematch.core.causal_lm import backspace_id, valid_vocabulary  # noqa: E402
 from sequencematch.core.examples import encode_prompt  # noqa: E402
 from sequencematch.evaluation.policy import calibrated_bkspc_rate  # noqa: E402
 from sequencematch.tasks import arithmetic  # noqa: E402
