@@ -63,7 +63,7 @@ from .noise import build_noise_source
 from .optimizer import build_adamw, keep_implementation
 from .replay import ReplayBuffer, Trace
 from .run_folder import RunFolder, read_manifest
-from .schedule import lr_at, phase_at, sm_weight
+from .schedule import lr_at, objective_at, phase_at, sm_weight
 from .sharding import (
     full_model_state,
     full_optimizer_state,
@@ -72,7 +72,7 @@ from .sharding import (
     shard_model,
     total_gradient_norm,
 )
-from .value_head import ValueHead, hidden_size, q_reading
+from .value_head import ValueHead, hidden_size
 
 # Options that may differ between a run and its resumption (the learning-rate schedule,
 # length, logging, checkpoint and evaluation cadence, device); every other one must match.
@@ -171,7 +171,7 @@ class Trainer:
             raise ValueError("fsdp trains in precision fp32 or bf16, not fp16")
         shares = self.world.size * config.grad_accum
         if config.batch_size < shares or (
-            config.method == "sequencematch" and config.model_batch_size < shares
+            config.samples_model() and config.model_batch_size < shares
         ):
             raise ValueError(
                 f"batch_size and model_batch_size must be at least processes x grad_accum "
@@ -190,7 +190,7 @@ class Trainer:
         self.replay = ReplayBuffer(config.replay_size, config.seed)
         self._writer: Any = None
         self.run: RunFolder | None = None  # the locked run folder (rank 0)
-        sampled = self.sample_length if config.method == "sequencematch" else 0
+        sampled = self.sample_length if config.samples_model() else 0
         check_lengths(train, position_limit(model), sampled)
 
         resume_from = self._find_resume_point()
@@ -221,9 +221,9 @@ class Trainer:
         verify_layout_once(self.model)
         # b(s), when SequenceMatch reads Q with a learned value offset (docs/method.md,
         # "Reading logits as Q")
-        self.q_reading = q_reading(config.value_head, config.model)
+        self.objective = config.objective()
         self.value_head: ValueHead | None = None
-        if config.method == "sequencematch" and self.q_reading != "none":
+        if config.method != "mle" and self.objective.q_reading != "none":
             self.value_head = ValueHead(hidden_size(causal_lm(self.model))).to(self.device)
         hidden_read = self.value_head is not None or config.logits_chunk_mb
         if precision_body_dtype(config.precision) is not None or hidden_read:
@@ -385,7 +385,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError) as error:
             raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {error}") from error
-        if "mle_warmup" in state and self.config.method != "mle":
+        if "mle_warmup" in state and self.config.method == "sequencematch":
             # a warm-up set as a fraction of steps stays where the run put it when steps change
             self.config = self.config.replace(mle_warmup_steps=int(state["mle_warmup"]))
         self._apply_schedule()
@@ -608,11 +608,8 @@ class Trainer:
         result = training_loss(
             logits[:data_count], data, logits[data_count:] if with_model else None,
             model if with_model else None, self.bkspc_id, self.eos_id,
-            sm_weight=weight, divergence=config.divergence, gamma=config.gamma,
-            alpha=config.alpha, beta=config.beta, totals=totals, offsets=offsets,
-            normalise=self.q_reading == "normalised",
-            learned_terminal=config.terminal_value == "learned", balance_noise=config.balance_noise,
-            data_regulariser=config.data_regulariser,
+            objective_at(self.objective, config, step), sm_weight=weight, totals=totals,
+            offsets=offsets,
         )  # fmt: skip
         logged = step % config.log_every == 0 or step == config.steps
         if not logged or not isinstance(logits, torch.Tensor) or weight == 0.0:
