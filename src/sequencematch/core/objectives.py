@@ -763,3 +763,19 @@ def training_loss(
         r_std=terms.r_std.detach(),
         by_kind=terms.by_kind,
     )
+
+
+def gradient_shares(result: TrainingLoss, weight: float, logits: torch.Tensor) -> dict[str, float]:
+    """Each weighted term's share of the summed gradient norms at the logits: which term
+    moves the policy (a term acting on the value head alone has share 0)."""
+    parts = {"mle": (1.0 - weight) * result.mle, "imitation": weight * result.imitation,
+             "value": weight * result.value,
+             "regulariser": weight * result.regulariser}  # fmt: skip
+    norms = {}
+    for name, term in parts.items():
+        if not term.requires_grad:
+            continue
+        (gradient,) = torch.autograd.grad(term, logits, retain_graph=True, allow_unused=True)
+        norms[name] = 0.0 if gradient is None else float(torch.linalg.vector_norm(gradient))
+    total = sum(norms.values())
+    return {f"grad_share/{name}": norm / total for name, norm in norms.items()} if total else {}

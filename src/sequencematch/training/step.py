@@ -1,6 +1,7 @@
 """One optimiser step, top to bottom: micro-batches -> forward (dense or chunked logits) ->
-the loss of per-state Q, V, V' (:func:`~sequencematch.core.objectives.training_loss`) ->
-backward -> clip -> optimiser update. The loop around it lives in :mod:`.trainer`."""
+the loss (:func:`~sequencematch.core.objectives.training_loss`, which reads each state's Q,
+V and V' off the logits) -> backward -> clip -> optimiser update. The loop around it lives
+in :mod:`.trainer`."""
 
 from __future__ import annotations
 
@@ -14,32 +15,16 @@ import torch
 from ..core.actions import Batch
 from ..core.chunked_logits import ChunkedLogits
 from ..core.forward import chunked_state_logits, precision_body_dtype, state_logits
-from ..core.objectives import ObjectiveConfig, TrainingLoss, training_loss
+from ..core.objectives import ObjectiveConfig, TrainingLoss, gradient_shares, training_loss
 from .batches import MicroBatch, Totals
 from .bkspc_row import RowLearningRate
 from .distributed import World, all_ranks_true, sum_over_ranks
 from .errors import TrainingError
 from .sharding import gradient_sync, total_gradient_norm
-from .value_head import ValueHead
+from .value_head import ValueHead, average_gradients
 
 LOSS_TERMS = ("loss", "mle", "imitation", "value", "regulariser")
 STATISTICS = ("v_mean", "r_mean", "r_std")  # means over micro-batches and processes
-
-
-def gradient_shares(result: TrainingLoss, weight: float, logits: torch.Tensor) -> dict[str, float]:
-    """Each weighted term's share of the summed gradient norms at the logits: which term
-    moves the policy (a term acting on the value head alone has share 0)."""
-    parts = {"mle": (1.0 - weight) * result.mle, "imitation": weight * result.imitation,
-             "value": weight * result.value,
-             "regulariser": weight * result.regulariser}  # fmt: skip
-    norms = {}
-    for name, term in parts.items():
-        if not term.requires_grad:
-            continue
-        (gradient,) = torch.autograd.grad(term, logits, retain_graph=True, allow_unused=True)
-        norms[name] = 0.0 if gradient is None else float(torch.linalg.vector_norm(gradient))
-    total = sum(norms.values())
-    return {f"grad_share/{name}": norm / total for name, norm in norms.items()} if total else {}
 
 
 @dataclass
@@ -101,7 +86,8 @@ class TrainStep:
             if name in sums:
                 sums[name] /= self.world.size
         self.scaler.unscale_(self.optimizer)
-        self.reduce_value_head_gradients(step)
+        if self.value_head is not None and not average_gradients(self.value_head, self.world):
+            self.fail(f"non-finite value-head gradient at step {step}; training stopped.")
         grad_norm = self.gradient_norm()
         # fp16's scaler skips such a step itself (and lowers its scale); elsewhere it is fatal
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
@@ -168,20 +154,6 @@ class TrainStep:
             )
             logits, hidden = chunked.dense(), chunked.hidden  # [B, T, V], [B, T, H]
         return logits[..., : self.vocab_size].float(), hidden
-
-    def reduce_value_head_gradients(self, step: int) -> None:
-        """Average the value head's gradients over processes (it is outside DDP/FSDP) and
-        refuse non-finite ones; the head is not part of the model's clipped norm."""
-        if self.value_head is None:
-            return
-        for parameter in self.value_head.parameters():
-            if parameter.grad is None:
-                continue
-            if self.world.size > 1:
-                torch.distributed.all_reduce(parameter.grad)
-                parameter.grad /= self.world.size
-            if not bool(torch.isfinite(parameter.grad).all()):
-                self.fail(f"non-finite value-head gradient at step {step}; training stopped.")
 
     def gradient_norm(self) -> float:
         """The global gradient norm (clipped to ``clip_grad`` when that is set)."""

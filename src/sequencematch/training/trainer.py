@@ -29,6 +29,7 @@ from ..core.actions import NoiseSource, collate
 from ..core.backspace import BKSPC_TOKEN, causal_lm, check_backspace_support, valid_vocabulary
 from ..core.examples import Example, check_lengths, longest_completion, position_limit, special_ids
 from ..core.forward import precision_body_dtype, verify_head_once, verify_layout_once
+from ..core.objectives import gradient_shares
 from ..core.sampling import generate
 from ..models.backspace import add_backspace
 from ..models.loading import PRESETS
@@ -48,7 +49,7 @@ from .run_folder import RunFolder
 from .run_state import RESUMABLE_CHANGES, TRAIN_OUTPUTS, RunState, run_identity
 from .schedule import lr_at, objective_at, phase_at, sm_weight
 from .sharding import shard_model
-from .step import LOSS_TERMS, TrainStep, gradient_shares
+from .step import LOSS_TERMS, TrainStep
 from .value_head import ValueHead, hidden_size
 
 Evaluator = Callable[[PreTrainedModel], dict[str, float]]
