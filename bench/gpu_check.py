@@ -47,7 +47,11 @@ from sequencematch.core.forward import (  # noqa: E402
     state_logits,
     verify_layout_once,
 )
-from sequencematch.core.objectives import mle_loss, sequencematch_loss  # noqa: E402
+from sequencematch.core.objectives import (  # noqa: E402
+    ObjectiveConfig,
+    mle_loss,
+    sequencematch_loss,
+)
 from sequencematch.core.sampling import generate  # noqa: E402
 from sequencematch.models.backspace import add_backspace  # noqa: E402
 from sequencematch.models.presets import char_tokenizer, tiny_model  # noqa: E402
@@ -249,7 +253,7 @@ def train_steps(model, bkspc_id: int, eos_id: int, device: torch.device, gpu: bo
         loss = mle_loss(data_logits, data, bkspc_id)
         if method == "sequencematch":
             terms = sequencematch_loss(data_logits, data, read(sampled), sampled, bkspc_id,
-                                       eos_id, alpha=1.0)  # fmt: skip
+                                       eos_id, ObjectiveConfig(alpha=1.0))  # fmt: skip
             loss = 0.5 * loss + 0.5 * terms.loss
         loss.backward()
         optimiser.step()

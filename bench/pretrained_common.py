@@ -20,7 +20,7 @@ import torch
 from sequencematch.core.actions import Batch, collate
 from sequencematch.core.causal_lm import BKSPC_TOKEN, causal_lm
 from sequencematch.core.forward import chunked_state_logits, state_logits
-from sequencematch.core.objectives import mle_loss, sequencematch_loss
+from sequencematch.core.objectives import ObjectiveConfig, mle_loss, sequencematch_loss
 from sequencematch.models.backspace import add_backspace
 from sequencematch.models.loading import load_model
 from sequencematch.models.lora import apply_lora
@@ -191,7 +191,7 @@ class Step:
         model_rows = rows(self.batch, slice(n, None))
         terms = sequencematch_loss(
             data_logits, data, logits[n:], model_rows, self.bkspc_id, self.eos_id,
-            gamma=0.998, alpha=1.0, beta=0.5,
+            ObjectiveConfig(gamma=0.998, alpha=1.0, beta=0.5),
         )  # fmt: skip
         loss = 0.5 * mle + 0.5 * terms.loss
         return loss, float(loss.detach())

@@ -13,6 +13,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sequencematch.apps.cli import main  # noqa: E402
+from sequencematch.core.objectives import (  # noqa: E402
+    ObjectiveConfig,
+    sequencematch_loss,
+    training_loss,
+)
 from sequencematch.models.backspace import add_backspace  # noqa: E402
 from sequencematch.models.presets import char_tokenizer, tiny_model  # noqa: E402
 
@@ -68,3 +73,31 @@ def model_folder(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"
     assert main(["train", "--output-dir", str(run), "--steps", "2", *TINY]) == 0
     return run / "model"
+
+
+def objective(
+    normalise: bool = False, learned_terminal: bool = True, offsets=None, **fields
+) -> ObjectiveConfig:
+    """An :class:`ObjectiveConfig` from the loss's reading flags: ``normalise`` (Q = log pi + b),
+    ``learned_terminal`` and whether ``offsets`` are given (Q = logits + b)."""
+    reading = "normalised" if normalise else "offset" if offsets is not None else "none"
+    terminal = "learned" if learned_terminal else "zero"
+    return ObjectiveConfig(q_reading=reading, terminal_value=terminal, **fields)
+
+
+def sm_loss(*rows, totals=None, offsets=None, normalise=False, learned_terminal=True, **fields):
+    """:func:`sequencematch_loss` with the objective's fields as keywords."""
+    chosen = objective(normalise, learned_terminal, offsets, **fields)
+    return sequencematch_loss(*rows, chosen, totals=totals, offsets=offsets)
+
+
+def train_loss(
+    *rows, sm_weight=None, totals=None, offsets=None, normalise=False, learned_terminal=True,
+    **fields,
+):  # fmt: skip
+    """:func:`training_loss` with the objective's fields as keywords; the kind follows the
+    rows: ``online`` with model rows, ``offline`` without (``mle`` at weight 0)."""
+    kind = "online" if rows[2] is not None else "offline"
+    kind = "mle" if sm_weight == 0.0 else kind
+    chosen = objective(normalise, learned_terminal, offsets, kind=kind, **fields)
+    return training_loss(*rows, chosen, sm_weight=sm_weight, totals=totals, offsets=offsets)

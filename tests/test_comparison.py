@@ -221,9 +221,10 @@ def test_the_four_methods_differ_only_in_what_defines_them(tmp_path):
         return {key for key in dicts[a] if dicts[a][key] != dicts[b][key]} - {"output_dir"}
 
     assert differing(MLE, MLE_BKSPC) == {"backspace", "p_noise"}
-    assert differing(MLE_BKSPC, OFFLINE) == {"method", "mle_warmup_steps"}
-    assert differing(OFFLINE, ONLINE) == {"mle_warmup_steps"}
-    assert dicts[OFFLINE]["mle_warmup_steps"] == settings.steps  # data-only for every step
+    assert differing(MLE_BKSPC, OFFLINE) == {"method"}
+    assert differing(OFFLINE, ONLINE) == {"method"}
+    assert configs[OFFLINE].objective().kind == "offline"  # data-only for every step
+    assert configs[OFFLINE].mle_warmup() == settings.steps
     assert dicts[ONLINE]["mle_warmup_steps"] == 0  # samples from the first step
     for values in dicts.values():
         assert values["model"] == str(tmp_path / "warmup" / "model")

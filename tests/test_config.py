@@ -133,3 +133,55 @@ def test_bad_flags_are_one_line_errors_with_exit_code_2(capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: "), err
+
+
+# An option that does nothing in its configuration: refused when the user wrote it (a flag or
+# a YAML key), a one-line warning when a program set it.
+UNUSED_OPTIONS = [
+    ({"sm_ramp_steps": 5}, "sm_ramp_steps"),  # under the default regularised warm-up
+    ({"method": "offline", "beta": 0.8}, "beta"),
+    ({"method": "offline", "regularise_warmup": False}, "regularise_warmup"),
+    ({"divergence": "kl", "alpha": 1.0}, "alpha"),
+    ({"value_head": "none", "value_head_lr": 0.01}, "value_head_lr"),
+]
+
+
+@pytest.mark.parametrize(("changes", "name"), UNUSED_OPTIONS)
+def test_options_that_do_nothing_warn_in_one_line(changes, name):
+    with pytest.warns(UserWarning, match=f"^{name} .* does nothing") as caught:
+        TrainConfig(**changes).validate()
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+
+
+@pytest.mark.parametrize(("changes", "name"), UNUSED_OPTIONS)
+def test_options_that_do_nothing_are_refused_when_written(tmp_path, changes, name):
+    flags = [f"--{key}={value}" for key, value in changes.items() if key == name]
+    path = tmp_path / "run.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in changes.items() if k != name))
+    args = build_parser().parse_args(["train", "--config", str(path), *flags])
+    with pytest.raises(ValueError, match=f"{name} .* does nothing"):
+        config_from_arguments(args)
+
+
+def test_options_that_do_something_are_silent(recwarn):
+    TrainConfig(sm_ramp_steps=5, regularise_warmup=False).validate()
+    TrainConfig(method="sequencematch", beta=0.8, alpha=1.0, value_head="offset",
+                value_head_lr=0.01).validate()  # fmt: skip
+    TrainConfig(method="mle", beta=0.8, divergence="kl", alpha=1.0).validate()  # reads none
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_the_objective_is_built_from_the_configuration():
+    config = TrainConfig(divergence="kl", gamma=0.9, beta=0.3, lambda_mle=0.25,
+                         value_head="offset", terminal_value="zero",
+                         data_regulariser="value")  # fmt: skip
+    objective = config.objective()
+    assert (objective.kind, objective.divergence, objective.gamma) == ("online", "kl", 0.9)
+    assert (objective.beta, objective.lambda_mle, objective.alpha) == (0.3, 0.25, 10.0)
+    assert (objective.q_reading, objective.terminal_value) == ("offset", "zero")
+    assert objective.data_regulariser == "value" and objective.sm_weight == 0.75
+    assert TrainConfig(method="mle").objective().kind == "mle"
+    assert TrainConfig(method="offline").objective().kind == "offline"
+    # the offline arm as it was first written: a warm-up as long as the run
+    legacy = TrainConfig(method="sequencematch", steps=40, mle_warmup_steps=40)
+    assert legacy.objective().kind == "offline" and not legacy.samples_model()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import sm_loss
 
 from sequencematch.core.actions import collate
 from sequencematch.core.examples import encode_example, longest_completion, make_example
-from sequencematch.core.objectives import sequencematch_loss, transitions
+from sequencematch.core.objectives import transitions
 from sequencematch.models.presets import char_tokenizer
 
 TOKENIZER = char_tokenizer("abcdef")
@@ -82,10 +83,10 @@ def test_a_row_without_eos_bootstraps_from_the_value_of_its_last_state():
     assert reward[0, last_cut].item() == pytest.approx(expected.item())
     # and the loss sees the difference: the same row, once cut and once ended
     only_cut = collate([cut.prompt], [cut.completion], pad_id=0)
-    loss_cut = sequencematch_loss(logits[:1, : only_cut.sequences.shape[1]], only_cut, None,
-                                  None, None, EOS, gamma=gamma, alpha=1.0,
-                                  learned_terminal=False).loss  # fmt: skip
-    as_if_ended = sequencematch_loss(logits[:1, : only_cut.sequences.shape[1]], only_cut, None,
-                                     None, None, cut.completion[-1], gamma=gamma,
-                                     alpha=1.0, learned_terminal=False).loss  # fmt: skip
+    loss_cut = sm_loss(logits[:1, : only_cut.sequences.shape[1]], only_cut, None,
+                       None, None, EOS, gamma=gamma, alpha=1.0,
+                       learned_terminal=False).loss  # fmt: skip
+    as_if_ended = sm_loss(logits[:1, : only_cut.sequences.shape[1]], only_cut, None,
+                          None, None, cut.completion[-1], gamma=gamma,
+                          alpha=1.0, learned_terminal=False).loss  # fmt: skip
     assert loss_cut.item() != pytest.approx(as_if_ended.item())

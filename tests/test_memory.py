@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model, sm_loss
 from test_lora import lora_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -13,7 +13,7 @@ from sequencematch.core.actions import Batch, collate
 from sequencematch.core.causal_lm import causal_lm
 from sequencematch.core.chunked_logits import ChunkedLogits
 from sequencematch.core.forward import chunked_state_logits, state_logits, verify_layout_once
-from sequencematch.core.objectives import mle_loss, sequencematch_loss
+from sequencematch.core.objectives import mle_loss
 from sequencematch.core.sampling import generate
 from sequencematch.models.backspace import add_backspace
 from sequencematch.models.memory import gradient_checkpointing_enabled, set_gradient_checkpointing
@@ -39,8 +39,8 @@ def losses_and_gradients(network, read, data, model_rows, bk, eos, divergence="c
     network.zero_grad()
     data_logits, model_logits = read(data), read(model_rows)
     mle = mle_loss(data_logits, data, bk, 1.0)
-    terms = sequencematch_loss(data_logits, data, model_logits, model_rows, bk, eos,
-                               divergence=divergence, gamma=0.9, alpha=0.5)  # fmt: skip
+    terms = sm_loss(data_logits, data, model_logits, model_rows, bk, eos,
+                    divergence=divergence, gamma=0.9, alpha=0.5)  # fmt: skip
     (0.5 * mle + 0.5 * terms.loss).backward()
     gradients = {
         name: parameter.grad.clone()
@@ -182,8 +182,8 @@ def test_the_head_runs_once_for_the_mle_and_sequencematch_terms():
         calls.clear()  # the vocabulary probe
         head_rows, tail_rows = data_rows(data, slice(0, 2)), data_rows(data, slice(2, None))
         mle = mle_loss(logits[:2], head_rows, bk, 1.0)
-        terms = sequencematch_loss(logits[:2], head_rows, rest, tail_rows, bk,
-                                   tokenizer.eos_token_id)  # fmt: skip
+        terms = sm_loss(logits[:2], head_rows, rest, tail_rows, bk,
+                        tokenizer.eos_token_id)  # fmt: skip
         (mle + terms.loss).backward()
     finally:
         handle.remove()

@@ -14,9 +14,9 @@ import math
 
 import pytest
 import torch
+from conftest import sm_loss, train_loss
 
 from sequencematch.core.actions import Batch, apply_backspaces, collate
-from sequencematch.core.objectives import sequencematch_loss, training_loss
 
 DTYPE = torch.float64
 P, A, X, EOS, BK = 0, 1, 2, 3, 4
@@ -98,7 +98,7 @@ def test_a_finished_answer_ends_whatever_the_level_of_the_learned_value(offset):
 
     def loss(table, learned):
         logits = scatter(table, index)
-        return training_loss(
+        return train_loss(
             logits, batch, None, None, BK, EOS, sm_weight=0.5, gamma=1.0, alpha=1.0,
             offsets=(offsets, None), normalise=True, learned_terminal=learned,
         ).loss  # fmt: skip
@@ -130,7 +130,7 @@ def test_under_the_plain_reading_a_learned_terminal_keeps_a_finished_answer_endi
 
     def change_of_log_p_eos(learned: bool) -> float:
         """d log pi(<eos> | S1) along minus the loss's gradient."""
-        loss = training_loss(
+        loss = train_loss(
             scatter(table, index), batch, None, None, BK, EOS, sm_weight=0.5, gamma=1.0,
             alpha=1.0, learned_terminal=learned,
         ).loss  # fmt: skip
@@ -158,7 +158,7 @@ def level_gradients(data: Batch, model: Batch, beta: float, balance: bool) -> to
     data_logits = torch.randn((*data.sequences.shape, VOCAB), generator=generator, dtype=DTYPE)
     model_logits = torch.randn((*model.sequences.shape, VOCAB), generator=generator, dtype=DTYPE)
     data_logits.requires_grad_()
-    terms = sequencematch_loss(
+    terms = sm_loss(
         data_logits, data, model_logits, model, BK, EOS, gamma=0.9, alpha=1e12, beta=beta,
         balance_noise=balance,
     )  # fmt: skip
@@ -216,7 +216,7 @@ def test_the_online_optimum_with_noise_rows_is_the_expert_policy(reading):
         if reading != "none":
             offsets = (scatter(values[:, None], index)[..., 0],
                        scatter(values[:, None], model_index)[..., 0])  # fmt: skip
-        return sequencematch_loss(
+        return sm_loss(
             scatter(table, index), data, scatter(table, model_index), model, BK, EOS,
             gamma=1.0, alpha=1e9, beta=0.5, offsets=offsets, normalise=reading == "normalised",
         ).loss  # fmt: skip
@@ -248,7 +248,7 @@ def test_a_value_only_data_regulariser_keeps_the_data_policy_when_the_value_cann
 
     def optimum(data_regulariser: str) -> float:
         def loss(table):
-            return training_loss(
+            return train_loss(
                 scatter(table, index), data, None, None, BK, EOS, sm_weight=0.5, gamma=1.0,
                 alpha=alpha, offsets=(zero, None), normalise=True,
                 data_regulariser=data_regulariser,

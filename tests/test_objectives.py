@@ -6,10 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import sm_loss, train_loss
 
 from sequencematch.core.actions import Batch, collate
 from sequencematch.core.objectives import (
+    DEFAULT_ALPHA,
     PHI,
+    ObjectiveConfig,
     SequenceMatchTerms,
     get_phi,
     mle_loss,
@@ -189,7 +192,7 @@ def test_hand_two_step_row_with_eos_chi2():
     assert trans.mask[0].tolist() == [False, True, True]
     assert trans.step[0].tolist() == [0.0, 0.0, 1.0]
 
-    terms = sequencematch_loss(
+    terms = sm_loss(
         logits, batch, None, None, bk, eos, gamma=gamma, alpha=alpha, learned_terminal=False
     )
     assert num(terms.imitation) == pytest.approx(-mean(r1, r2), rel=1e-12)
@@ -220,7 +223,7 @@ def test_hand_cut_row_bootstraps_without_backspace_vocabulary():
     def mean(x):
         return (x[0] + gamma * x[1]) / (1 + gamma)
 
-    terms = sequencematch_loss(logits, batch, None, None, None, 1, gamma=gamma, alpha=alpha)
+    terms = sm_loss(logits, batch, None, None, None, 1, gamma=gamma, alpha=alpha)
     expected = -mean(r) + mean(val) + mean([x * x for x in r]) / (4 * alpha)
     assert num(terms.loss) == pytest.approx(expected, rel=1e-12)
     trans = transitions(logits, batch, None, 1)
@@ -260,7 +263,7 @@ def test_matches_slow_reference_on_random_batches(divergence, with_model):
     model = make_batch(MODEL_ROWS) if with_model else None
     model_logits = random_logits(model, seed=2) if with_model else None
     gamma, alpha, beta = 0.9, 0.7, 0.3
-    terms = sequencematch_loss(
+    terms = sm_loss(
         data_logits,
         data,
         model_logits,
@@ -419,9 +422,7 @@ def test_beta_one_huge_alpha_equals_weighted_mle(gamma, with_model):
     logits = random_logits(data, seed=5)
     model = make_batch(MODEL_ROWS) if with_model else None
     model_logits = random_logits(model, seed=6) if with_model else None
-    terms = sequencematch_loss(
-        logits, data, model_logits, model, BK, EOS, gamma=gamma, alpha=1e12, beta=1.0
-    )
+    terms = sm_loss(logits, data, model_logits, model, BK, EOS, gamma=gamma, alpha=1e12, beta=1.0)
     nll = mle_loss(logits, data, BK, gamma=gamma)
     assert num(terms.loss) == pytest.approx(num(nll), abs=1e-9)
     # and the gradients agree too
@@ -434,7 +435,7 @@ def test_chi2_without_model_is_phi_chi2_on_data():
     data = make_batch(DATA_ROWS)
     logits = random_logits(data, seed=7)
     gamma, alpha = 0.9, 0.4
-    terms = sequencematch_loss(logits, data, None, None, BK, EOS, gamma=gamma, alpha=alpha)
+    terms = sm_loss(logits, data, None, None, BK, EOS, gamma=gamma, alpha=alpha)
     trans = transitions(logits, data, BK, EOS)
     w = torch.where(trans.mask, gamma**trans.step, 0.0)
     phi = PHI["chi2"](trans.reward(gamma), alpha)
@@ -455,7 +456,7 @@ def test_padding_invariance(pad_id, divergence):
     logits = random_logits(base, seed=8)
     model_logits = random_logits(model, seed=9)
     kwargs = dict(divergence=divergence, gamma=0.95, alpha=0.5)
-    ref = sequencematch_loss(logits, base, model_logits, model, BK, EOS, **kwargs)
+    ref = sm_loss(logits, base, model_logits, model, BK, EOS, **kwargs)
     ref_mle = mle_loss(logits, base, BK, gamma=0.95)
 
     extra = 3
@@ -476,7 +477,7 @@ def test_padding_invariance(pad_id, divergence):
     new_logits[1, -1, 1] = math.inf
     new_logits.requires_grad_()
 
-    got = sequencematch_loss(new_logits, padded, model_logits, model, BK, EOS, **kwargs)
+    got = sm_loss(new_logits, padded, model_logits, model, BK, EOS, **kwargs)
     assert_terms_equal(ref, got)
     assert num(mle_loss(new_logits, padded, BK, gamma=0.95)) == pytest.approx(
         num(ref_mle), rel=1e-12
@@ -491,7 +492,7 @@ def test_excluded_noise_action_contributes_nothing():
     rows = [([0, 1], [2, BK, 1, EOS], [False, True, True, True])]
     batch = make_batch(rows)
     logits = random_logits(batch, seed=11)
-    ref = sequencematch_loss(logits, batch, None, None, BK, EOS, divergence="chi2")
+    ref = sm_loss(logits, batch, None, None, BK, EOS, divergence="chi2")
     ref_mle = mle_loss(logits, batch, BK)
 
     changed = logits.detach().clone()
@@ -500,15 +501,15 @@ def test_excluded_noise_action_contributes_nothing():
     sequences[0, 2] = 0  # a different wrong token
     other = Batch(sequences, batch.prompt_lengths, batch.lengths, batch.expert)
     for divergence in DIVERGENCES:
-        a = sequencematch_loss(logits, batch, None, None, BK, EOS, divergence=divergence)
-        b = sequencematch_loss(changed, other, None, None, BK, EOS, divergence=divergence)
+        a = sm_loss(logits, batch, None, None, BK, EOS, divergence=divergence)
+        b = sm_loss(changed, other, None, None, BK, EOS, divergence=divergence)
         assert_terms_equal(a, b)
     assert num(mle_loss(changed, other, BK)) == pytest.approx(num(ref_mle), rel=1e-12)
 
     # The state after the noise (where the expert deletes) does matter.
     matters = logits.detach().clone()
     matters[0, 2, BK] += 1.0
-    assert num(sequencematch_loss(matters, batch, None, None, BK, EOS).loss) != pytest.approx(
+    assert num(sm_loss(matters, batch, None, None, BK, EOS).loss) != pytest.approx(
         num(ref.loss), rel=1e-6
     )
     # And flagging the noise as expert (the ``noise_in_loss`` reading) changes the NLL.
@@ -526,8 +527,8 @@ def test_mid_row_noise_token_id_does_not_matter():
     other = Batch(sequences, batch.prompt_lengths, batch.lengths, batch.expert)
     for divergence in DIVERGENCES:
         assert_terms_equal(
-            sequencematch_loss(logits, batch, None, None, BK, EOS, divergence=divergence),
-            sequencematch_loss(logits, other, None, None, BK, EOS, divergence=divergence),
+            sm_loss(logits, batch, None, None, BK, EOS, divergence=divergence),
+            sm_loss(logits, other, None, None, BK, EOS, divergence=divergence),
         )
 
 
@@ -538,7 +539,7 @@ def test_backspace_masked_at_prompt_boundary(prompt):
     batch = make_batch(rows)
     logits = random_logits(batch, seed=13)
     base_trans = transitions(logits, batch, BK, EOS)
-    base = sequencematch_loss(logits, batch, None, None, BK, EOS)
+    base = sm_loss(logits, batch, None, None, BK, EOS)
 
     for t in (P - 1, P + 1):  # states with depth == P: <bkspc> is not an action there
         changed = logits.detach().clone()
@@ -546,7 +547,7 @@ def test_backspace_masked_at_prompt_boundary(prompt):
         trans = transitions(changed, batch, BK, EOS)
         for name in ("q", "v", "v_next"):
             assert torch.equal(getattr(trans, name), getattr(base_trans, name)), (t, name)
-        assert_terms_equal(base, sequencematch_loss(changed, batch, None, None, BK, EOS))
+        assert_terms_equal(base, sm_loss(changed, batch, None, None, BK, EOS))
 
     changed = logits.detach().clone()
     changed[0, P, BK] += 7.0  # depth P+1: <bkspc> is valid
@@ -555,9 +556,7 @@ def test_backspace_masked_at_prompt_boundary(prompt):
     assert num(trans.v_next[0, P]) != pytest.approx(num(base_trans.v_next[0, P]))
     v_deep = num(torch.logsumexp(changed[0, P], dim=-1))
     assert num(trans.v[0, P + 1]) == pytest.approx(v_deep, rel=1e-12)
-    assert num(sequencematch_loss(changed, batch, None, None, BK, EOS).loss) != pytest.approx(
-        num(base.loss)
-    )
+    assert num(sm_loss(changed, batch, None, None, BK, EOS).loss) != pytest.approx(num(base.loss))
 
     # Without a <bkspc> in the vocabulary nothing is masked.
     plain = collate([prompt], [[0, 1, 2, EOS]])
@@ -578,7 +577,7 @@ def test_a_pinned_terminal_eos_does_not_bootstrap():
     batch = make_batch(rows)
     logits = random_logits(batch, seed=15)
     pinned = dict(learned_terminal=False)
-    base = sequencematch_loss(logits, batch, None, None, BK, EOS, **pinned)
+    base = sm_loss(logits, batch, None, None, BK, EOS, **pinned)
     trans = transitions(logits, batch, BK, EOS, **pinned)
     assert bool(trans.done[0, 3]) and num(trans.v_next[0, 3]) == 0.0
     assert not trans.done[1].any()
@@ -590,10 +589,10 @@ def test_a_pinned_terminal_eos_does_not_bootstrap():
     for divergence in DIVERGENCES:
         options = dict(divergence=divergence, **pinned)
         assert_terms_equal(
-            sequencematch_loss(logits, batch, None, None, BK, EOS, **options),
-            sequencematch_loss(after_eos, batch, None, None, BK, EOS, **options),
+            sm_loss(logits, batch, None, None, BK, EOS, **options),
+            sm_loss(after_eos, batch, None, None, BK, EOS, **options),
         )
-        loss = sequencematch_loss(after_eos, batch, None, None, BK, EOS, **options)
+        loss = sm_loss(after_eos, batch, None, None, BK, EOS, **options)
         (grad,) = torch.autograd.grad(loss.loss, after_eos)
         assert torch.isfinite(grad).all() and (grad[0, 3] == 0).all()
 
@@ -604,12 +603,12 @@ def test_a_pinned_terminal_eos_does_not_bootstrap():
     )
     last_state = logits.detach().clone()
     last_state[1, 2] += torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0], dtype=DTYPE)
-    assert num(sequencematch_loss(last_state, batch, None, None, BK, EOS, **pinned).loss) != (
+    assert num(sm_loss(last_state, batch, None, None, BK, EOS, **pinned).loss) != (
         pytest.approx(num(base.loss), rel=1e-6)
     )
 
     # Reading <eos> as non-terminal (eos_id=None) would bootstrap: a different loss.
-    assert num(sequencematch_loss(logits, batch, None, None, BK, None, **pinned).loss) != (
+    assert num(sm_loss(logits, batch, None, None, BK, None, **pinned).loss) != (
         pytest.approx(num(base.loss), rel=1e-6)
     )
 
@@ -650,11 +649,11 @@ def test_mixture_averages_value_and_regulariser(divergence):
     data_logits = random_logits(data, seed=16)
     model_logits = random_logits(model, seed=17)
     kwargs = dict(divergence=divergence, gamma=0.9, alpha=0.2)
-    mixed = sequencematch_loss(
+    mixed = sm_loss(
         data_logits, data, model_logits, model, BK, EOS, beta=0.5, balance_noise=False, **kwargs
     )  # the plain mixture; noise-row balance: tests/test_objective_optima.py
-    data_only = sequencematch_loss(data_logits, data, None, None, BK, EOS, **kwargs)
-    model_only = sequencematch_loss(model_logits, model, None, None, BK, EOS, **kwargs)
+    data_only = sm_loss(data_logits, data, None, None, BK, EOS, **kwargs)
+    model_only = sm_loss(model_logits, model, None, None, BK, EOS, **kwargs)
 
     assert num(mixed.value) == pytest.approx(
         0.5 * (num(data_only.value) + num(model_only.value)), rel=1e-12
@@ -673,7 +672,7 @@ def test_mixture_averages_value_and_regulariser(divergence):
     assert num(mixed.r_data_mean) == pytest.approx(num(data_only.r_data_mean), rel=1e-12)
 
     # beta = 0: value and regulariser come from the model batch only
-    model_side = sequencematch_loss(
+    model_side = sm_loss(
         data_logits, data, model_logits, model, BK, EOS, beta=0.0, balance_noise=False, **kwargs
     )
     assert num(model_side.value) == pytest.approx(num(model_only.value), rel=1e-12)
@@ -685,7 +684,7 @@ def test_statistics_and_as_floats():
     data_logits = random_logits(data, seed=18)
     model_logits = random_logits(model, seed=19)
     gamma = 0.9
-    terms = sequencematch_loss(data_logits, data, model_logits, model, BK, EOS, gamma=gamma)
+    terms = sm_loss(data_logits, data, model_logits, model, BK, EOS, gamma=gamma)
     td = transitions(data_logits, data, BK, EOS)
     tm = transitions(model_logits, model, BK, EOS)
     r = torch.cat([td.reward(gamma)[td.mask], tm.reward(gamma)[tm.mask]])
@@ -729,7 +728,7 @@ def test_gradients_finite_for_extreme_logits(divergence, kind):
         return values.requires_grad_()
 
     data_logits, model_logits = extreme(data), extreme(model)
-    terms = sequencematch_loss(
+    terms = sm_loss(
         data_logits, data, model_logits, model, BK, EOS, divergence=divergence, gamma=0.998
     )
     assert all(math.isfinite(x) for x in terms.as_floats().values())
@@ -743,7 +742,7 @@ def test_gradients_finite_for_extreme_logits(divergence, kind):
 def test_works_in_the_logits_dtype():
     data = make_batch(DATA_ROWS)
     logits = random_logits(data, seed=21).detach().float().requires_grad_()
-    terms = sequencematch_loss(logits, data, None, None, BK, EOS)
+    terms = sm_loss(logits, data, None, None, BK, EOS)
     assert terms.loss.dtype == torch.float32 and terms.r_std.dtype == torch.float32
     assert transitions(logits, data, BK, EOS).v.dtype == torch.float32
 
@@ -764,8 +763,8 @@ def _call(**overrides):
         bkspc_id=BK,
         eos_id=EOS,
     )
-    args.update(overrides)
-    return sequencematch_loss(**args)
+    rows = [overrides.pop(name, value) for name, value in args.items()]
+    return sm_loss(*rows, **overrides)  # the rest: objective fields
 
 
 @pytest.mark.parametrize(
@@ -799,20 +798,20 @@ def test_bad_batches_raise():
     logits = random_logits(data)
     wrong_expert = Batch(data.sequences, data.prompt_lengths, data.lengths, data.expert[:, :-1])
     with pytest.raises(ValueError, match="expert"):
-        sequencematch_loss(logits, wrong_expert, None, None, BK, EOS)
+        sm_loss(logits, wrong_expert, None, None, BK, EOS)
     with pytest.raises(ValueError, match="integer|floating"):
-        sequencematch_loss(logits.long(), data, None, None, BK, EOS)
+        sm_loss(logits.long(), data, None, None, BK, EOS)
 
     empty = collate([[0, 1], [2]], [[], []])
     with pytest.raises(ValueError, match="no expert transitions"):
-        sequencematch_loss(random_logits(empty), empty, None, None, BK, EOS)
+        sm_loss(random_logits(empty), empty, None, None, BK, EOS)
     with pytest.raises(ValueError, match="no expert transitions"):
         mle_loss(random_logits(empty), empty, BK)
     no_expert = Batch(data.sequences, data.prompt_lengths, data.lengths, data.expert & False)
     with pytest.raises(ValueError, match="no expert transitions"):
-        sequencematch_loss(logits, no_expert, None, None, BK, EOS)
+        sm_loss(logits, no_expert, None, None, BK, EOS)
     with pytest.raises(ValueError, match="model batch"):  # a model batch with no transitions
-        sequencematch_loss(logits, data, random_logits(empty), empty, BK, EOS)
+        sm_loss(logits, data, random_logits(empty), empty, BK, EOS)
     with pytest.raises(ValueError, match="gamma"):
         mle_loss(logits, data, BK, gamma=0.0)
 
@@ -851,7 +850,7 @@ def test_shards_with_whole_batch_totals_sum_to_the_whole_loss(divergence):
     data_logits = torch.randn(*data.sequences.shape, vocab, dtype=torch.float64)
     model_logits = torch.randn(*model.sequences.shape, vocab, dtype=torch.float64)
     kwargs = dict(divergence=divergence, gamma=gamma, alpha=0.5, beta=0.3)
-    whole = sequencematch_loss(data_logits, data, model_logits, model, bkspc, eos, **kwargs)
+    whole = sm_loss(data_logits, data, model_logits, model, bkspc, eos, **kwargs)
     totals = (weight_total(data, gamma), weight_total(model, gamma))
     shard_sum = 0.0
     mle_sum = 0.0
@@ -860,9 +859,7 @@ def test_shards_with_whole_batch_totals_sum_to_the_whole_loss(divergence):
         m_batch = collate(m_prompts[m_rows], m_actions[m_rows])
         d_logits = data_logits[d_rows, : d_batch.sequences.shape[1]]
         m_logits = model_logits[m_rows, : m_batch.sequences.shape[1]]
-        shard = sequencematch_loss(
-            d_logits, d_batch, m_logits, m_batch, bkspc, eos, totals=totals, **kwargs
-        )
+        shard = sm_loss(d_logits, d_batch, m_logits, m_batch, bkspc, eos, totals=totals, **kwargs)
         shard_sum = shard_sum + shard.loss
         mle_sum = mle_sum + mle_loss(d_logits, d_batch, bkspc, gamma, total=totals[0])
     assert torch.allclose(shard_sum, whole.loss, atol=1e-12)
@@ -883,10 +880,10 @@ def _loss_inputs():
 def test_training_loss_mixes_mle_and_sequencematch_linearly(weight):
     data_logits, data, model_logits, model = _loss_inputs()
     kwargs = dict(divergence="chi2", gamma=0.9, alpha=0.7, beta=0.4)
-    terms = training_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=weight,
-                          **kwargs)  # fmt: skip
+    terms = train_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=weight,
+                       **kwargs)  # fmt: skip
     mle = mle_loss(data_logits, data, BK, 1.0)
-    sm = sequencematch_loss(data_logits, data, model_logits, model, BK, EOS, **kwargs)
+    sm = sm_loss(data_logits, data, model_logits, model, BK, EOS, **kwargs)
     assert num(terms.mle) == pytest.approx(num(mle), abs=1e-12)
     assert num(terms.loss) == pytest.approx((1 - weight) * num(mle) + weight * num(sm.loss))
     if weight == 0.0:  # MLE alone: the SequenceMatch terms are not even computed
@@ -902,20 +899,18 @@ def test_training_loss_mixes_mle_and_sequencematch_linearly(weight):
 
 def test_training_loss_without_model_rows_is_the_data_only_objective():
     data_logits, data, _, _ = _loss_inputs()
-    terms = training_loss(
-        data_logits, data, None, None, BK, EOS, sm_weight=0.5, beta=0.2, alpha=1.0
-    )
-    data_only = sequencematch_loss(data_logits, data, None, None, BK, EOS, beta=1.0, alpha=1.0)
+    terms = train_loss(data_logits, data, None, None, BK, EOS, sm_weight=0.5, beta=0.2, alpha=1.0)
+    data_only = sm_loss(data_logits, data, None, None, BK, EOS, beta=1.0, alpha=1.0)
     mle = mle_loss(data_logits, data, BK, 1.0)
     assert num(terms.loss) == pytest.approx(0.5 * num(mle) + 0.5 * num(data_only.loss))
 
 
 def test_model_rows_get_gradient_through_the_training_loss():
     data_logits, data, model_logits, model = _loss_inputs()
-    training_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=0.5).loss.backward()
+    train_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=0.5).loss.backward()
     assert model_logits.grad is not None and model_logits.grad.abs().sum() > 0
     model_logits.grad = None
-    training_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=0.0).loss.backward()
+    train_loss(data_logits, data, model_logits, model, BK, EOS, sm_weight=0.0).loss.backward()
     assert model_logits.grad is None  # MLE never reads model rows
 
 
@@ -923,22 +918,22 @@ def test_training_loss_micro_batches_sum_to_the_whole_step():
     data_logits, data, model_logits, model = _loss_inputs()
     gamma = 0.9
     kwargs = dict(sm_weight=0.6, gamma=gamma, alpha=0.8, beta=0.5)
-    whole = training_loss(data_logits, data, model_logits, model, BK, EOS, **kwargs)
+    whole = train_loss(data_logits, data, model_logits, model, BK, EOS, **kwargs)
     totals = (weight_total(data, 1.0), weight_total(data, gamma), weight_total(model, gamma))
     parts = 0.0
     for d_rows, m_rows in ((slice(0, 1), slice(0, 2)), (slice(1, 4), slice(2, 3))):
         d_batch, m_batch = make_batch(DATA_ROWS[d_rows]), make_batch(MODEL_ROWS[m_rows])
         d_logits = data_logits[d_rows, : d_batch.sequences.shape[1]]
         m_logits = model_logits[m_rows, : m_batch.sequences.shape[1]]
-        parts = parts + training_loss(d_logits, d_batch, m_logits, m_batch, BK, EOS,
-                                      totals=totals, **kwargs).loss  # fmt: skip
+        parts = parts + train_loss(d_logits, d_batch, m_logits, m_batch, BK, EOS,
+                                   totals=totals, **kwargs).loss  # fmt: skip
     assert num(parts) == pytest.approx(num(whole.loss), abs=1e-10)
 
 
 def test_training_loss_refuses_a_weight_outside_zero_one():
     data_logits, data, _, _ = _loss_inputs()
     with pytest.raises(ValueError, match="sm_weight must lie in"):
-        training_loss(data_logits, data, None, None, BK, EOS, sm_weight=1.5)
+        train_loss(data_logits, data, None, None, BK, EOS, sm_weight=1.5)
 
 
 def test_a_value_only_data_regulariser_changes_the_gradient_not_the_loss():
@@ -948,10 +943,8 @@ def test_a_value_only_data_regulariser_changes_the_gradient_not_the_loss():
     logits = random_logits(data, seed=21).requires_grad_()
     offsets = (0.3 * torch.randn(data.sequences.shape, dtype=DTYPE)).requires_grad_()
     options = dict(gamma=0.9, alpha=0.7, offsets=(offsets, None), normalise=True)
-    full = sequencematch_loss(logits, data, None, None, BK, EOS, **options)
-    value = sequencematch_loss(
-        logits, data, None, None, BK, EOS, data_regulariser="value", **options
-    )
+    full = sm_loss(logits, data, None, None, BK, EOS, **options)
+    value = sm_loss(logits, data, None, None, BK, EOS, data_regulariser="value", **options)
     assert num(value.loss) == pytest.approx(num(full.loss), rel=1e-12)
 
     g_value, b_value = torch.autograd.grad(value.loss, (logits, offsets))
@@ -962,4 +955,66 @@ def test_a_value_only_data_regulariser_changes_the_gradient_not_the_loss():
     assert not torch.allclose(g_full, g_nll, atol=1e-3)
     assert torch.allclose(b_value, b_full, atol=1e-12)  # the value's gradient is unchanged
     with pytest.raises(ValueError, match="data_regulariser"):
-        sequencematch_loss(logits, data, None, None, BK, EOS, data_regulariser="policy")
+        sm_loss(logits, data, None, None, BK, EOS, data_regulariser="policy")
+
+
+# --------------------------------------------------------------------------------------
+# The objective's configuration
+# --------------------------------------------------------------------------------------
+
+
+def test_one_alpha_default_everywhere():
+    """The losses, the phis and the training configuration share one alpha default."""
+    import inspect
+
+    from sequencematch.training.config import TrainConfig
+
+    assert ObjectiveConfig().alpha == DEFAULT_ALPHA == TrainConfig().alpha == 10.0
+    for phi in PHI.values():
+        assert inspect.signature(phi).parameters["alpha"].default == DEFAULT_ALPHA
+    data = make_batch(DATA_ROWS)
+    logits = random_logits(data, seed=31)
+    default = sequencematch_loss(logits, data, None, None, BK, EOS)
+    assert_terms_equal(default, sm_loss(logits, data, None, None, BK, EOS, alpha=DEFAULT_ALPHA))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "ppo"}, "kind must be one of"),
+        ({"lambda_mle": 1.5}, "lambda_mle must lie in"),
+        ({"q_reading": "raw"}, "q_reading must be one of"),
+        ({"terminal_value": "one"}, "terminal_value must be one of"),
+        ({"data_regulariser": "half"}, "data_regulariser must be one of"),
+    ],
+)
+def test_objective_config_refuses_nonsense_when_built(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ObjectiveConfig(**fields)
+
+
+def test_the_kind_says_which_rows_the_training_loss_reads():
+    data_logits, data, model_logits, model = _loss_inputs()
+    rows = (data_logits, data, model_logits, model, BK, EOS)
+    with pytest.raises(ValueError, match="kind offline reads data rows only"):
+        training_loss(*rows, ObjectiveConfig(kind="offline"))
+    with pytest.raises(ValueError, match="kind online needs model rows"):
+        training_loss(data_logits, data, None, None, BK, EOS, ObjectiveConfig(kind="online"))
+    with pytest.raises(ValueError, match="kind mle is MLE alone"):
+        training_loss(*rows, ObjectiveConfig(kind="mle"), sm_weight=0.5)
+    mle = training_loss(*rows, ObjectiveConfig(kind="mle"))  # weight 0: model rows unread
+    assert num(mle.loss) == pytest.approx(num(mle_loss(data_logits, data, BK, 1.0)), rel=1e-12)
+    # offline reads the data rows alone whatever beta says; the weight is 1 - lambda_mle
+    offline = training_loss(data_logits, data, None, None, BK, EOS,
+                            ObjectiveConfig(kind="offline", beta=0.2, lambda_mle=0.25))  # fmt: skip
+    data_only = sequencematch_loss(data_logits, data, None, None, BK, EOS)
+    expected = 0.25 * num(mle.loss) + 0.75 * num(data_only.loss)
+    assert num(offline.loss) == pytest.approx(expected, rel=1e-12)
+
+
+def test_offsets_need_a_reading_that_adds_them():
+    data = make_batch(DATA_ROWS)
+    logits = random_logits(data, seed=32)
+    offsets = (torch.zeros(data.sequences.shape, dtype=DTYPE), None)
+    with pytest.raises(ValueError, match="offsets are read under q_reading offset"):
+        sequencematch_loss(logits, data, None, None, BK, EOS, offsets=offsets)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model, sm_loss
 from test_lora import lora_model
 from test_memory import data_and_model_rows
 from transformers import LlamaForCausalLM
@@ -14,7 +14,7 @@ from sequencematch.core.forward import (
     precision_body_dtype,
     state_logits,
 )
-from sequencematch.core.objectives import mle_loss, sequencematch_loss
+from sequencematch.core.objectives import mle_loss
 from sequencematch.models.backspace import add_backspace
 from sequencematch.models.presets import char_tokenizer, tiny_model
 
@@ -29,9 +29,7 @@ def step_loss(network, read, data, model_rows, bk, eos):
     """The MLE + SequenceMatch loss of one step, from logits given by ``read``."""
     data_logits, model_logits = read(data), read(model_rows)
     mle = mle_loss(data_logits, data, bk, 1.0)
-    terms = sequencematch_loss(
-        data_logits, data, model_logits, model_rows, bk, eos, gamma=0.998, alpha=1.0
-    )
+    terms = sm_loss(data_logits, data, model_logits, model_rows, bk, eos, gamma=0.998, alpha=1.0)
     return 0.5 * mle + 0.5 * terms.loss
 
 

@@ -10,6 +10,7 @@ from test_trainer import make_trainer, small_config
 
 from sequencematch.apps.setup import task_file
 from sequencematch.models.presets import tiny_model
+from sequencematch.training.schedule import objective_at
 from sequencematch.training.trainer import Trainer
 
 BF16_SM = dict(method="sequencematch", steps=4, mle_warmup_steps=0, p_noise=0.2)
@@ -22,7 +23,9 @@ def sequencematch_step_loss(trainer, after_refill=None) -> dict[str, torch.Tenso
     if after_refill is not None:
         after_refill()
     micro = trainer._micro_batches(1, "sequencematch")[0]
-    return trainer._loss(*micro, "sequencematch", 1)[0].as_dict()
+    objective = objective_at(trainer.objective, trainer.config, 1)
+    weight = trainer.sm_weight(1)
+    return trainer.optimiser_step.loss(*micro, objective, weight, True)[0].as_dict()
 
 
 def watch_dtypes(model) -> dict[str, set[torch.dtype]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sequencematch.training.config import TrainConfig
-from sequencematch.training.schedule import lr_at, lr_factor, phase_at, sm_weight
+from sequencematch.training.schedule import lr_at, lr_factor, objective_at, phase_at, sm_weight
 
 
 def test_defaults_run_sequencematch_as_measured_to_work():
@@ -62,3 +62,29 @@ def test_cosine_leaves_the_sequencematch_phase_the_tail_per_phase_restarts_it():
 def test_bad_schedule_settings_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes).validate()
+
+
+def test_method_offline_is_a_warm_up_as_long_as_the_run():
+    """``method offline`` steps exactly as the data-only arm first written as sequencematch
+    with ``mle_warmup_steps = steps``, and each step's objective has the kind it trains."""
+    offline = TrainConfig(method="offline", steps=12, lr_schedule="per_phase")
+    legacy = TrainConfig(method="sequencematch", steps=12, mle_warmup_steps=12,
+                         lr_schedule="per_phase")  # fmt: skip
+    for step in range(1, 13):
+        assert phase_at(offline, step) == phase_at(legacy, step) == "mle"
+        assert sm_weight(offline, step) == sm_weight(legacy, step) == 0.5
+        assert lr_at(offline, step - 1) == lr_at(legacy, step - 1)
+        assert objective_at(offline.objective(), offline, step).kind == "offline"
+        assert objective_at(legacy.objective(), legacy, step).kind == "offline"
+    assert offline.mle_warmup() == 12 and not offline.samples_model()
+
+
+def test_each_step_reads_the_objective_of_its_phase():
+    plain = TrainConfig(steps=10, mle_warmup_steps=4, regularise_warmup=False, sm_ramp_steps=2)
+    kinds = [objective_at(plain.objective(), plain, step).kind for step in (1, 4, 5, 10)]
+    assert kinds == ["mle", "mle", "online", "online"]
+    regularised = TrainConfig(steps=10, mle_warmup_steps=4)
+    kinds = [objective_at(regularised.objective(), regularised, s).kind for s in (1, 4, 5)]
+    assert kinds == ["offline", "offline", "online"]
+    mle = TrainConfig(method="mle", steps=10)
+    assert {objective_at(mle.objective(), mle, s).kind for s in range(1, 11)} == {"mle"}

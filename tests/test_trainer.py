@@ -30,6 +30,7 @@ from sequencematch.training.checkpoints import CheckpointError, latest_checkpoin
 from sequencematch.training.config import TrainConfig
 from sequencematch.training.model_noise import model_noise_sources, run_state_logits
 from sequencematch.training.run_folder import RunFolderError
+from sequencematch.training.schedule import objective_at
 from sequencematch.training.trainer import Trainer, TrainingError
 
 SMALL = dict(
@@ -479,9 +480,11 @@ def test_padded_vocabulary_rows_are_never_actions(tmp_path, noise_source):
     trainer._refresh(1)
     assert all(a < valid for trace in trainer.replay for a in trace.actions)
     micro = trainer._micro_batches(1, "sequencematch")[0]
-    lifted = trainer._loss(*micro, "sequencematch", 1)[0].as_dict()
+    objective = objective_at(trainer.objective, trainer.config, 1)
+    weight = trainer.sm_weight(1)
+    lifted = trainer.optimiser_step.loss(*micro, objective, weight, True)[0].as_dict()
     boost["amount"] = 0.0
-    plain = trainer._loss(*micro, "sequencematch", 1)[0].as_dict()
+    plain = trainer.optimiser_step.loss(*micro, objective, weight, True)[0].as_dict()
     for name in ("loss", "mle", "value", "regulariser", "v_mean"):
         assert float(lifted[name].detach()) == pytest.approx(float(plain[name].detach()),
                                                              abs=1e-6), name  # fmt: skip

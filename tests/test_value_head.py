@@ -99,10 +99,10 @@ def test_torchrun_two_processes_match_one_with_a_value_head(tmp_path):
 
 def test_auto_reads_plain_logits_from_scratch_and_normalised_on_a_trained_model(tmp_path):
     scratch = run(small_config(tmp_path, "scratch", steps=3, mle_warmup_steps=1))
-    assert scratch.q_reading == "none" and scratch.value_head is None
+    assert scratch.objective.q_reading == "none" and scratch.value_head is None
     folder = Path(scratch.config.output_dir) / "model"
     tuned = run(small_config(tmp_path, "tuned", model=str(folder), steps=3, mle_warmup_steps=1))
-    assert tuned.q_reading == "normalised" and tuned.value_head is not None
+    assert tuned.objective.q_reading == "normalised" and tuned.value_head is not None
     explicit = run(small_config(tmp_path, "explicit", model=str(folder), steps=2,
                                 mle_warmup_steps=1, value_head="none"))  # fmt: skip
     assert explicit.value_head is None

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import sm_loss
 from test_objectives import BK, DATA_ROWS, EOS, MODEL_ROWS, make_batch, num, random_logits
 
 from sequencematch.core.chunked_logits import ChunkedLogits
-from sequencematch.core.objectives import mle_loss, sequencematch_loss, transitions
+from sequencematch.core.objectives import mle_loss, transitions
 
 READINGS = [(False, True), (True, False), (True, True)]  # (offsets given, normalise)
 
@@ -54,8 +55,8 @@ def test_data_only_objective_with_huge_alpha_is_mle_whatever_the_reading(with_of
     data = make_batch(DATA_ROWS)
     logits = random_logits(data, seed=15)
     offsets = (random_offsets(data, seed=16), None) if with_offsets else None
-    terms = sequencematch_loss(logits, data, None, None, BK, EOS, gamma=0.998, alpha=1e12,
-                               beta=1.0, offsets=offsets, normalise=normalise)  # fmt: skip
+    terms = sm_loss(logits, data, None, None, BK, EOS, gamma=0.998, alpha=1e12,
+                    beta=1.0, offsets=offsets, normalise=normalise)  # fmt: skip
     nll = mle_loss(logits, data, BK, gamma=0.998)
     assert num(terms.loss) == pytest.approx(num(nll), abs=1e-9)
     (g_sm,) = torch.autograd.grad(terms.loss, logits, retain_graph=True)
@@ -72,8 +73,8 @@ def test_offsets_absorb_the_value_terms_that_would_move_the_logits():
     data, model = make_batch(DATA_ROWS), make_batch(MODEL_ROWS)
     logits, model_logits = random_logits(data, seed=17), random_logits(model, seed=18)
     offsets = (random_offsets(data, seed=19), random_offsets(model, seed=20))
-    terms = sequencematch_loss(logits, data, model_logits, model, BK, EOS, alpha=1.0,
-                               offsets=offsets, normalise=True)  # fmt: skip
+    terms = sm_loss(logits, data, model_logits, model, BK, EOS, alpha=1.0,
+                    offsets=offsets, normalise=True)  # fmt: skip
     g_data, g_model = torch.autograd.grad(terms.value, offsets)
     assert g_data.abs().max() > 1e-3 and g_model.abs().max() > 1e-3
     value_logit_grad = torch.autograd.grad(terms.value, [logits, model_logits], allow_unused=True)
@@ -92,8 +93,8 @@ def test_a_constant_offset_cancels_along_every_row_at_gamma_one(normalise):
                 torch.full(model.sequences.shape, 3.0, dtype=torch.float64))  # fmt: skip
 
     def terms(offsets, **changes) -> list[float]:
-        result = sequencematch_loss(logits, data, model_logits, model, BK, EOS,
-                                    offsets=offsets, normalise=normalise, **changes)  # fmt: skip
+        result = sm_loss(logits, data, model_logits, model, BK, EOS,
+                         offsets=offsets, normalise=normalise, **changes)  # fmt: skip
         return [num(result.loss), num(result.value), num(result.regulariser)]
 
     assert terms(constant, gamma=1.0) == pytest.approx(terms(None, gamma=1.0), rel=1e-12)

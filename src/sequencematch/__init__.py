@@ -11,7 +11,14 @@ from .core.actions import (
 from .core.causal_lm import BKSPC_TOKEN, backspace_id, check_backspace_support
 from .core.forward import state_logits
 from .core.layout import build_layout, visible_lengths
-from .core.objectives import PHI, TrainingLoss, mle_loss, sequencematch_loss, training_loss
+from .core.objectives import (
+    PHI,
+    ObjectiveConfig,
+    TrainingLoss,
+    mle_loss,
+    sequencematch_loss,
+    training_loss,
+)
 from .core.sampling import GenerationOutput, generate
 from .models.backspace import add_backspace
 from .models.loading import load_model
@@ -26,6 +33,7 @@ __all__ = [
     "Batch",
     "GenerationOutput",
     "MixtureNoise",
+    "ObjectiveConfig",
     "TrainConfig",
     "Trainer",
     "TrainingError",

@@ -14,6 +14,7 @@ represent ``gamma=0.998`` (it rounds to 0.996), nor ``V`` to the precision ``r``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -28,6 +29,85 @@ from .transition_stats import transition_statistics
 Phi = Callable[[torch.Tensor, float], torch.Tensor]
 """``phi(x, alpha) -> tensor``: the concave function of the reward in the imitation term
 (``alpha`` is only used by ``chi2``)."""
+
+DEFAULT_ALPHA = 10.0
+"""The chi2 regulariser scale of every entry point (loss functions, phis, the configuration):
+larger alpha, weaker regulariser (docs/method.md, "Gradient")."""
+OBJECTIVE_KINDS = ("mle", "offline", "online")
+Q_READINGS = ("none", "offset", "normalised")
+TERMINAL_VALUES = ("zero", "learned")
+DATA_REGULARISERS = ("full", "value")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """What a training step minimises (docs/method.md, "The objective"); checked when built.
+
+    Attributes:
+        kind: ``mle`` (the likelihood alone), ``offline`` (``lambda_mle`` MLE plus
+            ``1 - lambda_mle`` the data-only SequenceMatch objective: no model rows) or
+            ``online`` (the same with model rows mixed in at ``1 - beta``).
+        divergence: the phi of the imitation term (a key of :data:`PHI`).
+        gamma: discount of the occupancy measure, in ``(0, 1]``.
+        alpha: chi2 regulariser scale (only ``chi2`` reads it).
+        beta: weight of data transitions in the mixture (only ``online`` reads it).
+        lambda_mle: weight of the MLE loss in the total.
+        q_reading: how logits are read as Q: ``none`` (``Q = logits``), ``offset``
+            (``Q = logits + b(s)``) or ``normalised`` (``Q = log pi + b(s)``); ``b`` are the
+            offsets passed to the loss (see :func:`transitions`).
+        terminal_value: ``learned`` (the absorbing state after ``<eos>`` has a read value)
+            or ``zero``.
+        balance_noise: noise rows telescope in the value term (:func:`sequencematch_loss`).
+        data_regulariser: ``full`` or ``value`` (:func:`sequencematch_loss`).
+    """
+
+    kind: str = "online"
+    divergence: str = "chi2"
+    gamma: float = 0.998
+    alpha: float = DEFAULT_ALPHA
+    beta: float = 0.5
+    lambda_mle: float = 0.5
+    q_reading: str = "none"
+    terminal_value: str = "learned"
+    balance_noise: bool = True
+    data_regulariser: str = "full"
+
+    def __post_init__(self) -> None:
+        """Raise ``ValueError`` (one line, naming the field) for a value outside its range."""
+        if self.kind not in OBJECTIVE_KINDS:
+            raise ValueError(f"kind must be one of {OBJECTIVE_KINDS}, got {self.kind!r}")
+        get_phi(self.divergence)
+        _check_gamma(self.gamma)
+        alpha = self.alpha
+        if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
+            raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+        if not (isinstance(self.beta, (int, float)) and 0.0 <= self.beta <= 1.0):
+            raise ValueError(f"beta must lie in [0, 1], got {self.beta!r}")
+        if not (isinstance(self.lambda_mle, (int, float)) and 0.0 <= self.lambda_mle <= 1.0):
+            raise ValueError(f"lambda_mle must lie in [0, 1], got {self.lambda_mle!r}")
+        for name, valid in (("q_reading", Q_READINGS), ("terminal_value", TERMINAL_VALUES),
+                            ("data_regulariser", DATA_REGULARISERS)):  # fmt: skip
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+
+    @property
+    def sm_weight(self) -> float:
+        """The SequenceMatch loss's weight ``w`` (the MLE loss gets ``1 - w``): 0 for ``mle``."""
+        return 0.0 if self.kind == "mle" else 1.0 - self.lambda_mle
+
+    @property
+    def normalise(self) -> bool:
+        """Whether Q is read from the log-softmax (``q_reading normalised``)."""
+        return self.q_reading == "normalised"
+
+    @property
+    def learned_terminal(self) -> bool:
+        """Whether the state after ``<eos>`` has a learned value."""
+        return self.terminal_value == "learned"
+
+    def replace(self, **changes: object) -> ObjectiveConfig:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------
@@ -353,37 +433,37 @@ def _tangent_below(
     return torch.where(x < x0, at_x0 + slope * (x - x0), inside)
 
 
-def phi_chi2(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+def phi_chi2(x: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """Pearson chi^2: ``x - x^2 / (4 alpha)`` (defined everywhere)."""
     return x - x.square() / (4.0 * alpha)
 
 
-def phi_kl(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+def phi_kl(x: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """Forward KL: ``-exp(-(x + 1))``; tangent below ``x0 = -1 - log(_MAX_SLOPE)``."""
     x0 = -1.0 - math.log(_MAX_SLOPE)
     return _tangent_below(x, x0, lambda y: -torch.exp(-(y + 1.0)), _MAX_SLOPE)
 
 
-def phi_reverse_kl(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+def phi_reverse_kl(x: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """Reverse KL: ``1 + log(x)`` on ``x > 0``; tangent below ``x0 = 1 / _MAX_SLOPE``."""
     return _tangent_below(x, 1.0 / _MAX_SLOPE, lambda y: 1.0 + torch.log(y), _MAX_SLOPE)
 
 
-def phi_js(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+def phi_js(x: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """Jensen-Shannon: ``log(2 - exp(-x))`` on ``x > -log 2``; tangent below
     ``x0 = log((1 + S) / (2 S))`` where ``phi'(x0) = S = _MAX_SLOPE``."""
     x0 = math.log((1.0 + _MAX_SLOPE) / (2.0 * _MAX_SLOPE))
     return _tangent_below(x, x0, lambda y: torch.log(2.0 - torch.exp(-y)), _MAX_SLOPE)
 
 
-def phi_hellinger(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+def phi_hellinger(x: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """Squared Hellinger: ``x / (1 + x)`` on ``x > -1``; tangent below
     ``x0 = -1 + 1/sqrt(_MAX_SLOPE)`` where ``phi'(x0) = 1/(1+x0)^2 = _MAX_SLOPE``."""
     x0 = -1.0 + 1.0 / math.sqrt(_MAX_SLOPE)
     return _tangent_below(x, x0, lambda y: y / (1.0 + y), _MAX_SLOPE)
 
 
-def phi_tv(x: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+def phi_tv(x: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
     """Total variation: ``x`` clipped to ``[-1/2, 1/2]``."""
     return x.clamp(-0.5, 0.5)
 
@@ -437,9 +517,6 @@ class SequenceMatchTerms:
                 if f.name != "by_kind"}  # fmt: skip
 
 
-DATA_REGULARISERS = ("full", "value")
-
-
 def sequencematch_loss(
     data_logits: torch.Tensor,
     data: Batch,
@@ -447,17 +524,10 @@ def sequencematch_loss(
     model: Batch | None,
     bkspc_id: int | None,
     eos_id: int | None,
+    objective: ObjectiveConfig | None = None,
     *,
-    divergence: str = "chi2",
-    gamma: float = 0.998,
-    alpha: float = 0.01,
-    beta: float = 0.5,
     totals: tuple[float, float | None] | None = None,
     offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
-    normalise: bool = False,
-    learned_terminal: bool = True,
-    balance_noise: bool = True,
-    data_regulariser: str = "full",
 ) -> SequenceMatchTerms:
     """The SequenceMatch objective of docs/method.md, "The objective" (minimised).
 
@@ -477,9 +547,14 @@ def sequencematch_loss(
     batches (:func:`weight_total`) when these batches are shards of larger ones; the shard
     losses then sum to the loss of the whole batches.
 
+    ``objective`` (default :class:`ObjectiveConfig`): ``divergence``, ``gamma``, ``alpha``,
+    ``beta`` and the options below; its ``kind`` and ``lambda_mle`` are read by
+    :func:`training_loss`, not here.
+
     ``offsets``: ``(data_offsets, model_offsets)``, a learned per-state value offset ``b(s)``
-    of each batch (``[B, T]``, or ``None``), ``normalise`` and ``learned_terminal``: how Q
-    is read, see :func:`transitions`. None of them changes the policy or the identity above.
+    of each batch (``[B, T]``, or ``None``); with ``objective.q_reading`` and
+    ``terminal_value`` they say how Q is read, see :func:`transitions`. None of them changes
+    the policy or the identity above.
 
     ``balance_noise``: with model rows (``beta < 1``), the inserted wrong tokens of data rows
     enter the value term with weight ``-(1 - beta)`` (they stay out of every other term), so
@@ -499,16 +574,9 @@ def sequencematch_loss(
         ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
         transition.
     """
-    phi = get_phi(divergence)
-    _check_gamma(gamma)
-    if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
-        raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
-    if data_regulariser not in DATA_REGULARISERS:
-        raise ValueError(
-            f"data_regulariser must be one of {DATA_REGULARISERS}, got {data_regulariser!r}"
-        )
+    objective = ObjectiveConfig() if objective is None else objective
+    phi = get_phi(objective.divergence)
+    gamma, alpha, beta = objective.gamma, objective.alpha, objective.beta
     if (model_logits is None) != (model is None):
         raise ValueError("model_logits and model must be given together (or both None)")
     if model_logits is not None:
@@ -526,18 +594,20 @@ def sequencematch_loss(
 
     data_total, model_total = (None, None) if totals is None else totals
     data_offsets, model_offsets = (None, None) if offsets is None else offsets
-    reading = dict(normalise=normalise, learned_terminal=learned_terminal)
+    if objective.q_reading == "none" and (data_offsets is not None or model_offsets is not None):
+        raise ValueError("offsets are read under q_reading offset or normalised, not none")
+    reading = dict(normalise=objective.normalise, learned_terminal=objective.learned_terminal)
     data_t = transitions(data_logits, data, bkspc_id, eos_id, offsets=data_offsets, **reading)
     if data_total is None:
         _require_transitions(data_t, "data")
     r_data = data_t.reward(gamma)  # [B, T]
     value_data = _weighted_mean(data_t.value_difference(gamma), data_t, gamma, data_total)
     r_square = r_data
-    if data_regulariser == "value":  # the same r, its log pi part detached
+    if objective.data_regulariser == "value":  # the same r, its log pi part detached
         log_pi = data_t.q - data_t.v  # [B, T]
         r_square = r_data - log_pi + log_pi.detach()  # [B, T]
     square_data = _weighted_mean(r_square.square(), data_t, gamma, data_total)
-    if divergence == "chi2":
+    if objective.divergence == "chi2":
         imitation = -_weighted_mean(r_data, data_t, gamma, data_total)
     else:
         imitation = -_weighted_mean(phi(r_data, alpha), data_t, gamma, data_total)
@@ -556,7 +626,7 @@ def sequencematch_loss(
         value_model = _weighted_mean(model_t.value_difference(gamma), model_t, gamma, model_total)
         square_model = _weighted_mean(r_model.square(), model_t, gamma, model_total)
         value = beta * value_data + (1.0 - beta) * value_model
-        if balance_noise and beta < 1.0:  # the wrong tokens' share of the telescoping sum
+        if objective.balance_noise and beta < 1.0:  # the wrong tokens' share of the telescoping sum
             noise_value = _weighted_mean(data_t.value_difference(gamma), data_t, gamma,
                                          data_total, over=data_t.noise)  # fmt: skip
             value = value - (1.0 - beta) * noise_value
@@ -565,7 +635,7 @@ def sequencematch_loss(
         r_parts.append(r_model.detach()[model_t.mask].to(r_data.device))  # [N_model]
         v_parts.append(model_t.v.detach()[model_t.mask].to(r_data.device))  # [N_model]
 
-    if divergence == "chi2":
+    if objective.divergence == "chi2":
         regulariser = square / (4.0 * alpha)
     else:
         regulariser = torch.zeros((), dtype=data_logits.dtype, device=data_logits.device)
@@ -630,57 +700,60 @@ def training_loss(
     model: Batch | None,
     bkspc_id: int | None,
     eos_id: int | None,
+    objective: ObjectiveConfig,
     *,
-    sm_weight: float,
-    divergence: str = "chi2",
-    gamma: float = 0.998,
-    alpha: float = 10.0,
-    beta: float = 0.5,
+    sm_weight: float | None = None,
     totals: tuple[float | None, float | None, float | None] | None = None,
     offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
-    normalise: bool = False,
-    learned_terminal: bool = True,
-    balance_noise: bool = True,
-    data_regulariser: str = "full",
 ) -> TrainingLoss:
-    """The loss a training step minimises: ``(1 - w) * MLE + w * L_SM`` with ``w = sm_weight``.
+    """The loss a training step minimises: ``(1 - w) * MLE + w * L_SM``.
 
     ``MLE`` is :func:`mle_loss` on the data rows (``gamma = 1``: the plain per-action mean);
-    ``L_SM`` is :func:`sequencematch_loss` on the data rows and, when given, the model rows
-    (without them: the data-only objective, ``beta = 1``). With ``w = 1 - lambda_mle`` this is
-    docs/method.md's ``lambda_mle * L_MLE + (1 - lambda_mle) * L_SM``; ``w = 0`` is MLE alone.
+    ``L_SM`` is :func:`sequencematch_loss` as ``objective`` says: on the data rows alone for
+    kind ``offline`` (``beta = 1``), on the data and the model rows for kind ``online``; kind
+    ``mle`` is MLE alone and never reads model rows. ``w = sm_weight``, by default
+    ``objective.sm_weight`` (``1 - lambda_mle``: docs/method.md's
+    ``lambda_mle * L_MLE + (1 - lambda_mle) * L_SM``); a schedule may pass another (a ramp).
 
     ``totals``: ``(mle_total, data_total, model_total)`` normalisers of the whole step when
     these rows are one micro-batch of it (:func:`weight_total`; gamma 1 for the first).
-    ``offsets``, ``normalise``, ``learned_terminal``, ``balance_noise`` and
-    ``data_regulariser``: how ``L_SM`` reads Q, keeps noise rows and regularises
-    (:func:`sequencematch_loss`); the MLE term does not depend on them.
+    ``offsets``: the value offsets ``b(s)`` of the data and model rows (:func:`transitions`);
+    the MLE term does not depend on them, nor on how ``objective`` reads Q.
 
     Raises:
-        ValueError: ``sm_weight`` outside ``[0, 1]``, or whatever the two losses refuse.
+        ValueError: ``sm_weight`` outside ``[0, 1]`` (or not 0 for kind ``mle``), model rows
+        missing for kind ``online`` or given for kind ``offline``, or whatever the two losses
+        refuse.
     """
-    if not (isinstance(sm_weight, (int, float)) and 0.0 <= sm_weight <= 1.0):
-        raise ValueError(f"sm_weight must lie in [0, 1], got {sm_weight!r}")
+    weight = objective.sm_weight if sm_weight is None else sm_weight
+    if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
+        raise ValueError(f"sm_weight must lie in [0, 1], got {weight!r}")
+    if objective.kind == "mle" and weight != 0.0:
+        raise ValueError(f"kind mle is MLE alone: sm_weight must be 0, got {weight!r}")
+    with_model = model is not None or model_logits is not None
+    if objective.kind == "online" and not with_model:
+        raise ValueError("kind online needs model rows (model_logits and model)")
+    if objective.kind == "offline" and with_model:
+        raise ValueError("kind offline reads data rows only: pass model_logits and model None")
     mle_total, data_total, model_total = (None, None, None) if totals is None else totals
     plain = transitions(data_logits, data, bkspc_id, eos_id,
                         learned_terminal=False)  # fmt: skip  # Q = logits: log pi = q - v
     if mle_total is None:
         _require_transitions(plain, "data")
     mle = _weighted_mean(plain.v - plain.q, plain, 1.0, mle_total)  # mle_loss, gamma 1
-    if sm_weight == 0.0:
+    if weight == 0.0:
         zero = torch.zeros((), dtype=mle.dtype, device=mle.device)
-        by_kind = transition_statistics(plain, data.sequences, bkspc_id, gamma, "data/",
-                                        with_values=False)  # fmt: skip
+        by_kind = transition_statistics(plain, data.sequences, bkspc_id, objective.gamma,
+                                        "data/", with_values=False)  # fmt: skip
         return TrainingLoss(mle, mle, zero, zero, zero, by_kind=by_kind)
+    if objective.kind == "offline":
+        objective = objective.replace(beta=1.0)
     terms = sequencematch_loss(
-        data_logits, data, model_logits, model, bkspc_id, eos_id, divergence=divergence,
-        gamma=gamma, alpha=alpha, beta=beta if model is not None else 1.0,
-        totals=(data_total, model_total), offsets=offsets, normalise=normalise,
-        learned_terminal=learned_terminal, balance_noise=balance_noise,
-        data_regulariser=data_regulariser,
+        data_logits, data, model_logits, model, bkspc_id, eos_id, objective,
+        totals=(data_total, model_total), offsets=offsets,
     )  # fmt: skip
     return TrainingLoss(
-        loss=(1.0 - sm_weight) * mle + sm_weight * terms.loss,
+        loss=(1.0 - weight) * mle + weight * terms.loss,
         mle=mle,
         imitation=terms.imitation,
         value=terms.value,
@@ -690,3 +763,19 @@ def training_loss(
         r_std=terms.r_std.detach(),
         by_kind=terms.by_kind,
     )
+
+
+def gradient_shares(result: TrainingLoss, weight: float, logits: torch.Tensor) -> dict[str, float]:
+    """Each weighted term's share of the summed gradient norms at the logits: which term
+    moves the policy (a term acting on the value head alone has share 0)."""
+    parts = {"mle": (1.0 - weight) * result.mle, "imitation": weight * result.imitation,
+             "value": weight * result.value,
+             "regulariser": weight * result.regulariser}  # fmt: skip
+    norms = {}
+    for name, term in parts.items():
+        if not term.requires_grad:
+            continue
+        (gradient,) = torch.autograd.grad(term, logits, retain_graph=True, allow_unused=True)
+        norms[name] = 0.0 if gradient is None else float(torch.linalg.vector_norm(gradient))
+    total = sum(norms.values())
+    return {f"grad_share/{name}": norm / total for name, norm in norms.items()} if total else {}

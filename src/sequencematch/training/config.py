@@ -11,16 +11,19 @@ import argparse
 import dataclasses
 import math
 import re
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..core.objectives import DATA_REGULARISERS
+from ..core.objectives import DATA_REGULARISERS, DEFAULT_ALPHA, TERMINAL_VALUES, ObjectiveConfig
 from ..storage.files import read_utf8
+from .value_head import q_reading
 
-METHODS = ("mle", "sequencematch")
+METHODS = ("mle", "offline", "sequencematch")
 VALUE_HEADS = ("auto", "none", "offset", "normalised")
 NOISE_SOURCES = ("uniform", "unigram", "task", "model")
 MIXABLE_NOISE_SOURCES = ("uniform", "unigram", "task")
@@ -28,7 +31,6 @@ MIXABLE_NOISE_SOURCES = ("uniform", "unigram", "task")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "per_phase")
 BKSPC_INITS = ("auto", "mean", "probe")
-TERMINAL_VALUES = ("zero", "learned")
 REPLAY_DRAWS = ("uniform", "fresh")
 MAX_SEED = 2**32 - 1
 """The largest seed (every random generator the runs seed accepts it)."""
@@ -128,7 +130,11 @@ class TrainConfig:
         "task.json, so generate and eval format prompts the same way); false: raw text",
     )
     # method
-    method: str = _field("sequencematch", "mle or sequencematch")
+    method: str = _field(
+        "sequencematch",
+        "mle, offline (MLE plus the data-only SequenceMatch objective throughout: no model "
+        "samples) or sequencematch (a warm-up on data, then model samples join)",
+    )
     backspace: bool = _field(True, "add the <bkspc> action and noise-augmented demonstrations")
     p_noise: float = _field(0.1, "probability of inserting a wrong token (+ <bkspc>) per token")
     noise_source: str = _field(
@@ -155,7 +161,7 @@ class TrainConfig:
     divergence: str = _field("chi2", "chi2, kl, reverse_kl, js, hellinger or tv")
     gamma: float = _field(0.998, "discount of the occupancy measure")
     alpha: float = _field(
-        10.0,
+        DEFAULT_ALPHA,
         "chi2 regulariser scale: larger alpha, weaker regulariser (0.01 lets it dominate). "
         "Where the value cannot fit, the regulariser reweights the likelihood and adds an "
         "entropy bonus, both as 1 / alpha (docs/method.md, Gradient): 10 keeps a policy "
@@ -261,20 +267,46 @@ class TrainConfig:
     def mle_warmup(self) -> int:
         """Steps before model samples join: ``mle_warmup_steps``, or ``mle_warmup_fraction``
         of ``steps`` when it is unset (so the warm-up scales with the run; a resumed run keeps
-        the warm-up its checkpoint recorded). 0 for method ``mle``, which never samples."""
+        the warm-up its checkpoint recorded). 0 for method ``mle``, ``steps`` for ``offline``:
+        neither samples."""
         if self.method == "mle":
             return 0
+        if self.method == "offline":
+            return self.steps
         if self.mle_warmup_steps is not None:
             return self.mle_warmup_steps
         return round(self.mle_warmup_fraction * self.steps)
+
+    def samples_model(self) -> bool:
+        """Whether model samples ever join: method ``sequencematch`` with a warm-up shorter
+        than the run (one as long as the run is the same as method ``offline``)."""
+        return self.method == "sequencematch" and self.mle_warmup() < self.steps
+
+    def objective(self) -> ObjectiveConfig:
+        """The objective of the run: kind ``mle``, ``offline`` or ``online`` by ``method``
+        (the warm-up steps of an ``online`` run are read per step: see
+        :func:`.schedule.objective_at`)."""
+        kind = "online" if self.samples_model() else "offline"
+        kind = "mle" if self.method == "mle" else kind
+        return ObjectiveConfig(
+            kind=kind, divergence=self.divergence, gamma=self.gamma, alpha=self.alpha,
+            beta=self.beta, lambda_mle=self.lambda_mle,
+            q_reading=q_reading(self.value_head, self.model),
+            terminal_value=self.terminal_value, balance_noise=self.balance_noise,
+            data_regulariser=self.data_regulariser,
+        )  # fmt: skip
 
     def lora_target_names(self) -> list[str] | None:
         """The layer names of ``lora_targets``; ``None``: every linear layer of the blocks."""
         names = [name.strip() for name in self.lora_targets.split(",") if name.strip()]
         return names or None
 
-    def validate(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the field and what to change; return ``self``."""
+    def validate(self, explicit: Iterable[str] = ()) -> TrainConfig:
+        """Raise ``ValueError`` naming the field and what to change; return ``self``.
+
+        An option that would do nothing in this configuration (:meth:`unused_options`) is
+        refused when it is in ``explicit`` (the options a user wrote: CLI flags, YAML keys),
+        and otherwise warned about in one line."""
         problems = _type_problems(self)
         if problems:  # values of the wrong type cannot be range-checked
             raise ValueError("invalid training configuration: " + "; ".join(problems))
@@ -400,9 +432,44 @@ class TrainConfig:
             "p_noise needs backspace (noise is undone with <bkspc>): set backspace true or "
             "p_noise 0",
         )
+        if not problems:
+            explicit = set(explicit)
+            for name, message in self.unused_options():
+                if name in explicit:
+                    problems.append(message)
+                else:
+                    warnings.warn(message, UserWarning, stacklevel=2)
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
         return self
+
+    def unused_options(self) -> list[tuple[str, str]]:
+        """``(option, one-line message)`` for each option set away from its default that
+        this configuration never reads (method ``mle`` reads none of them: the arms of a
+        comparison share them, so they are not reported there)."""
+        if self.method == "mle":
+            return []
+        defaults = TrainConfig()
+        no_plain_warmup = self.regularise_warmup or self.method == "offline"
+        checks = [
+            ("sm_ramp_steps", no_plain_warmup, "without a plain warm-up (the SequenceMatch "
+             "weight is 1 - lambda_mle from step 1): set regularise_warmup false (method "
+             "sequencematch) or drop it"),
+            ("regularise_warmup", self.method == "offline", "under method offline (it trains "
+             "the data-only objective throughout): drop it, or use method mle for plain MLE"),
+            ("beta", not self.samples_model(), "under method offline (no model rows to mix "
+             "in): drop it, or use method sequencematch"),
+            ("alpha", self.divergence != "chi2", f"with divergence {self.divergence} (only "
+             "chi2 reads it): drop it, or use divergence chi2"),
+            ("value_head_lr", q_reading(self.value_head, self.model) == "none", "without a "
+             f"value head (value_head {self.value_head} reads Q = logits here): drop it, or "
+             "set value_head offset or normalised"),
+        ]  # fmt: skip
+        return [
+            (name, f"{name} {getattr(self, name)} does nothing {why}")
+            for name, ignored, why in checks
+            if ignored and getattr(self, name) != getattr(defaults, name)
+        ]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -422,22 +489,27 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a YAML mapping of field names to values (``1e-3`` is a number, as in YAML 1.2)."""
-        try:
-            values = yaml.load(read_utf8(path), Loader=_YamlLoader) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise ValueError(f"{path}: not valid YAML ({where}{problem})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a YAML mapping of option names to values")
-        return cls.from_dict(values)
+        return cls.from_dict(read_yaml_options(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def read_yaml_options(path: str | Path) -> dict[str, Any]:
+    """The mapping of option names to values a YAML file holds (not yet checked)."""
+    try:
+        values = yaml.load(read_utf8(path), Loader=_YamlLoader) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML ({where}{problem})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a YAML mapping of option names to values")
+    return values
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -568,7 +640,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
     """The YAML file in ``args.config`` (if any) overridden by the flags given."""
-    config = TrainConfig.from_yaml(args.config) if getattr(args, "config", None) else TrainConfig()
+    path = getattr(args, "config", None)
+    written = read_yaml_options(path) if path else {}
+    config = TrainConfig.from_dict(written)
     changes = {
         item.name: getattr(args, item.name)
         for item in fields(TrainConfig)
@@ -576,4 +650,4 @@ def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
     }
     if "difficulty" in changes:
         changes["difficulty"] = list(changes["difficulty"])
-    return config.replace(**changes).validate()
+    return config.replace(**changes).validate(explicit=set(written) | set(changes))

@@ -3,13 +3,15 @@
 Steps are counted from 1. A SequenceMatch run has two phases: a warm-up of
 :meth:`TrainConfig.mle_warmup` steps on data alone (plain MLE, or the data-only objective
 with ``regularise_warmup``), then the SequenceMatch phase, which adds the model's own
-samples. An MLE run is one phase.
+samples. An MLE run is one phase, and so is an offline run (the data-only objective
+throughout, logged as phase ``mle``: no model samples).
 """
 
 from __future__ import annotations
 
 import math
 
+from ..core.objectives import ObjectiveConfig
 from .config import TrainConfig
 
 
@@ -31,11 +33,24 @@ def sm_weight(config: TrainConfig, step: int) -> float:
         return 0.0
     full = 1.0 - config.lambda_mle
     warmup = config.mle_warmup()
-    if config.regularise_warmup:
+    if config.regularise_warmup or config.method == "offline":
         return full
     if step <= warmup:
         return 0.0
     return full * min(1.0, (step - warmup) / max(1, config.sm_ramp_steps))
+
+
+def objective_at(objective: ObjectiveConfig, config: TrainConfig, step: int) -> ObjectiveConfig:
+    """The run's ``objective`` as ``step`` reads it: kind ``mle`` for method ``mle`` and a
+    plain warm-up, ``online`` where model rows join (:func:`phase_at`), ``offline`` for the
+    data-only objective before (a regularised warm-up, or method ``offline``)."""
+    if config.method == "mle":
+        kind = "mle"
+    elif phase_at(config, step) == "sequencematch":
+        kind = "online"
+    else:
+        kind = "offline" if sm_weight(config, step) > 0.0 else "mle"
+    return objective if objective.kind == kind else objective.replace(kind=kind)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:

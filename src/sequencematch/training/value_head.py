@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..models.loading import PRESETS
+from .distributed import World
 
 READINGS = ("none", "offset", "normalised")
 """How the SequenceMatch terms read Q from the logits (``TrainConfig.value_head``)."""
@@ -47,3 +48,17 @@ class ValueHead(torch.nn.Module):
 def hidden_size(model: torch.nn.Module) -> int:
     """Width of the hidden state the LM head reads (the input of its weight)."""
     return int(model.get_output_embeddings().weight.shape[1])
+
+
+def average_gradients(head: ValueHead, world: World) -> bool:
+    """Average the head's gradients over processes (it is outside DDP/FSDP, and not part of
+    the model's clipped norm); return whether they are all finite."""
+    for parameter in head.parameters():
+        if parameter.grad is None:
+            continue
+        if world.size > 1:
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad /= world.size
+        if not bool(torch.isfinite(parameter.grad).all()):
+            return False
+    return True

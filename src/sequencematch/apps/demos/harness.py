@@ -204,11 +204,11 @@ def method_configs(
       expert actions), with the ``<bkspc>`` action added to the model.
     - ``offline-chi2-bkspc``: the data-only objective on the same augmented data,
       ``lambda_mle * MLE + (1 - lambda_mle) * L_SM`` with the mixture weight ``beta = 1``
-      (data transitions only): method ``sequencematch`` with ``regularise_warmup`` and a
-      warm-up (``mle_warmup_steps``) as long as the run, so no step samples the model.
+      (data transitions only): method ``offline``, so no step samples the model.
     - ``sequencematch-chi2-bkspc``: the same objective with the model's own samples in the
-      mixture (weight ``1 - beta``) from the first step (``mle_warmup_steps`` 0), refreshed
-      every ``refresh_every`` steps: it differs from the offline method only by the samples.
+      mixture (weight ``1 - beta``) from the first step (``mle_warmup_steps`` 0, which the
+      other methods do not read), refreshed every ``refresh_every`` steps: it differs from
+      the offline method only by the samples.
     """
     common = dict(
         **_shared_options(settings, seed), model=str(start), steps=settings.steps,
@@ -216,6 +216,7 @@ def method_configs(
         noise_source=settings.noise_source, max_noise_run=1, noise_in_loss=False,
         divergence="chi2", alpha=settings.alpha, gamma=settings.gamma, beta=settings.beta,
         lambda_mle=settings.lambda_mle, regularise_warmup=True, sm_ramp_steps=0,
+        mle_warmup_steps=0,
         refresh_every=settings.refresh_every, sample_temperature=1.0,
         value_head=settings.value_head, lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
         **settings.replay_options(),
@@ -223,12 +224,10 @@ def method_configs(
     bkspc = dict(backspace=True, p_noise=settings.p_noise)
     return {
         MLE: TrainConfig(**common, method="mle", backspace=False, p_noise=0.0,
-                         mle_warmup_steps=0, output_dir=str(out / MLE)),
-        MLE_BKSPC: TrainConfig(**common, **bkspc, method="mle", mle_warmup_steps=0,
-                               output_dir=str(out / MLE_BKSPC)),
-        OFFLINE: TrainConfig(**common, **bkspc, method="sequencematch",
-                             mle_warmup_steps=settings.steps, output_dir=str(out / OFFLINE)),
-        ONLINE: TrainConfig(**common, **bkspc, method="sequencematch", mle_warmup_steps=0,
+                         output_dir=str(out / MLE)),
+        MLE_BKSPC: TrainConfig(**common, **bkspc, method="mle", output_dir=str(out / MLE_BKSPC)),
+        OFFLINE: TrainConfig(**common, **bkspc, method="offline", output_dir=str(out / OFFLINE)),
+        ONLINE: TrainConfig(**common, **bkspc, method="sequencematch",
                             output_dir=str(out / ONLINE)),
     }  # fmt: skip
 
