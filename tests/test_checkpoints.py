@@ -300,6 +300,33 @@ def test_resume_may_change_the_learning_rate_but_not_the_objective(tmp_path, cap
     assert [r["lr"] for r in records] == pytest.approx([3e-3, 3e-3, 3e-4, 3e-4, 3e-4, 3e-4])
 
 
+def test_an_offline_run_written_the_older_way_resumes_as_method_offline(tmp_path):
+    """``sequencematch`` with a warm-up as long as the run is the offline objective: a run
+    checkpointed in that form resumes under ``method offline`` and goes on exactly as an
+    uninterrupted ``offline`` run; an online run is still refused as offline."""
+    offline = dict(method="offline", backspace=True, p_noise=0.2, regularise_warmup=True)
+    older = dict(offline, method="sequencematch", mle_warmup_steps=6)
+    whole = tmp_path / "whole"
+    train(config_for(whole, **offline))
+    folder = tmp_path / "run"
+    train(config_for(folder, **older, stop_at=4))
+    train(config_for(folder, **offline, resume=True))
+    assert logged_steps(folder) == list(range(1, 7)) and _same_but_time(folder, whole)
+    with pytest.raises(CheckpointError, match="method: 'offline' -> 'sequencematch'"):
+        train(config_for(folder, **dict(older, mle_warmup_steps=2), resume=True, steps=8))
+
+
+def _same_but_time(a: Path, b: Path) -> bool:
+    """Two metrics files equal in every field but the wall-clock ones."""
+
+    def read(folder: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if "elapsed" not in k and "per_s" not in k and
+                 not k.endswith("_s")} for r in rows]  # fmt: skip
+
+    return read(a) == read(b)
+
+
 # ---------------------------------------------------------------------- 6. checksums
 
 

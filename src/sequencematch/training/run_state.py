@@ -81,6 +81,25 @@ def run_identity(config: TrainConfig) -> dict[str, Any]:
     return values
 
 
+def objective_schedule(identity: dict[str, Any], steps: int) -> dict[str, Any]:
+    """``identity`` with the objective's schedule written as what it does: method ``offline``
+    and the equivalent ``sequencematch`` with a warm-up as long as the run (``steps``) are one
+    kind, and neither they nor plain MLE have a warm-up to compare. A run checkpointed in one
+    form resumes in the other; an online run keeps its warm-up options as written."""
+    values = dict(identity)
+    method = values.get("method")
+    if method == "sequencematch":
+        warmup, fraction = values.get("mle_warmup_steps"), values.get("mle_warmup_fraction")
+        if warmup is None and isinstance(fraction, int | float):
+            warmup = round(fraction * steps)
+        method = "offline" if isinstance(warmup, int) and warmup >= steps else method
+    if method in ("mle", "offline"):
+        values.pop("mle_warmup_steps", None)
+        values.pop("mle_warmup_fraction", None)
+        values["method"] = method
+    return values
+
+
 class RunState:
     """The run folder of one training run (locked by rank 0) and what is saved in it."""
 
@@ -197,7 +216,8 @@ class RunState:
 
     def _restore(self, checkpoint: Path, trainer: Trainer) -> None:
         state = load_state(checkpoint)
-        self._check_identity(checkpoint, state.get("identity", {}))
+        saved_steps = int(state.get("config", {}).get("steps", self.config.steps))
+        self._check_identity(checkpoint, state.get("identity", {}), saved_steps)
         try:
             if trainer.sharded:
                 load_full_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
@@ -232,9 +252,10 @@ class RunState:
         if self.world.is_main:
             print(f"resumed from {checkpoint} at step {trainer.step}")
 
-    def _check_identity(self, checkpoint: Path, saved: dict[str, Any]) -> None:
+    def _check_identity(self, checkpoint: Path, saved: dict[str, Any], saved_steps: int) -> None:
         """Refuse a checkpoint trained with other options than those that may change."""
-        current = self.identity
+        current = objective_schedule(self.identity, self.config.steps)
+        saved = objective_schedule(saved, saved_steps)
         mismatched = sorted(key for key in current if key in saved and saved[key] != current[key])
         if mismatched:
             details = ", ".join(
