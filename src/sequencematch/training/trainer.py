@@ -44,7 +44,7 @@ from ..core.sampling import generate
 from ..models.backspace import add_backspace
 from ..models.loading import PRESETS
 from ..models.pickled_weights import refused_pickles_in_one_line
-from .adapters import adapt_model, load_trainable_state, trainable_state
+from .adapters import adapt_model, load_trainable_state, saved_form, trainable_state
 from .batches import DataOrder, DataRows, MicroBatch, data_rows, micro_batches
 from .bkspc_row import ProbeFeatures, RowLearningRate, probe_bkspc_row, probe_features
 from .checkpoints import (
@@ -165,8 +165,6 @@ class Trainer:
             raise ValueError("no training examples")
         if config.fsdp and self.world.size < 2:
             raise ValueError("fsdp needs more than one process: use torchrun, or fsdp false")
-        if config.fsdp and config.lora_r > 0:
-            raise ValueError("fsdp shards full fine-tuning only: with lora_r > 0 use fsdp false")
         if config.fsdp and config.precision == "fp16":
             raise ValueError("fsdp trains in precision fp32 or bf16, not fp16")
         shares = self.world.size * config.grad_accum
@@ -885,6 +883,7 @@ class Trainer:
             weights = full_model_state(self.model)
             optimizer = full_optimizer_state(self.model, self.optimizer)
         if self.world.is_main:
+            model = saved_form(self.model, weights)  # sharded LoRA: an unsharded copy
             state = {
                 "optimizer": optimizer if self.sharded else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -901,12 +900,12 @@ class Trainer:
             if self.value_head is not None:
                 state["value_head"] = self.value_head.state_dict()
             if self.config.lora_r > 0:  # the adapters and <bkspc> row; the base is rebuilt
-                state["trainable"] = trainable_state(self.model)
+                state["trainable"] = trainable_state(model)
             existing = latest_checkpoint(self.run_dir)
             if existing is None or existing.name != f"step-{self.step:08d}":
                 assert self.run is not None
                 target = save_checkpoint(
-                    self.run, self.step, self.model, self.tokenizer, state,
+                    self.run, self.step, model, self.tokenizer, state,
                     self.config.keep_checkpoints, weights,
                 )  # fmt: skip
         barrier(self.world)
@@ -918,7 +917,7 @@ class Trainer:
         if self.world.is_main:
             files = {"training_config.json": json.dumps(self.config.to_dict(), indent=2)}
             save_model_folder(
-                self.model, self.tokenizer, target, files | self.model_files, run=self.run,
-                weights=weights, step=self.step,
+                saved_form(self.model, weights), self.tokenizer, target,
+                files | self.model_files, run=self.run, weights=weights, step=self.step,
             )  # fmt: skip
         barrier(self.world)
