@@ -124,7 +124,8 @@ def rebuilt_with(model: PeftModel, state: dict[str, torch.Tensor]) -> PeftModel:
     with no_init_weights():
         plain = AutoModelForCausalLM.from_config(base.config, dtype=dtype)
         plain.tie_weights()  # (skipped with the initialisation)
-        rebuilt = get_peft_model(plain, copy.deepcopy(model.peft_config["default"]))
+        name = model.active_adapter
+        rebuilt = get_peft_model(plain, copy.deepcopy(model.peft_config[name]), adapter_name=name)
     rebuilt.load_state_dict(state)
     _keep_original_rows(rebuilt)
     return rebuilt

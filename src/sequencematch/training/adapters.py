@@ -7,6 +7,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers.pytorch_utils import Conv1D
 
 from ..models.memory import set_gradient_checkpointing
+from .checkpoints import is_lora_model
 from .config import TrainConfig
 
 
@@ -53,7 +54,7 @@ def saved_form(model: torch.nn.Module, weights: dict[str, torch.Tensor] | None) 
     """The model a checkpoint or the final save writes: ``model`` itself, or, for a sharded
     LoRA model, an unsharded copy holding ``weights`` (its gathered full state dict), since
     peft saves and merges adapters from the tensors a model holds."""
-    if weights is None or not hasattr(model, "peft_config"):
+    if weights is None or not is_lora_model(model):
         return model
     from ..models.lora import rebuilt_with
 
