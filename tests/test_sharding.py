@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import make_model
+from safetensors.torch import load_file
 from test_memory import data_and_model_rows
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
@@ -38,7 +39,15 @@ FLAGS = [
 ]  # fmt: skip
 
 
-def weights(folder) -> torch.Tensor:
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def weights(folder: Path) -> torch.Tensor:
+    """Every weight of a saved model folder, or the adapter's (LoRA layers and ``<bkspc>``
+    row) of an adapter folder (a LoRA checkpoint, a LoRA model's ``adapter/``)."""
+    if (folder / ADAPTER_WEIGHTS).is_file():
+        tensors = load_file(folder / ADAPTER_WEIGHTS)
+        return torch.cat([tensors[name].flatten() for name in sorted(tensors)])
     model = AutoModelForCausalLM.from_pretrained(folder)
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -71,6 +80,14 @@ def test_fsdp_chunked_logits_and_gradient_checkpointing_match_one_process(tmp_pa
     _two_processes_match_one(tmp_path, "--gradient-checkpointing", "true", "--logits-chunk-mb", "1")
 
 
+def test_fsdp_lora_two_processes_match_one_and_resume_exactly(tmp_path):
+    """LoRA adapters and the trainable ``<bkspc>`` row sharded with the frozen base: the
+    sharded run's checkpoint holds the whole adapter, its resume continues exactly, and the
+    merged model and the adapter it saves match the single-process run's (no dropout: one
+    process and two would draw different masks)."""
+    _two_processes_match_one(tmp_path, "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0")
+
+
 def _two_processes_match_one(
     tmp_path, *options: str, tolerance: float = 1e-5, relative: float | None = None
 ) -> None:
@@ -94,7 +111,12 @@ def _two_processes_match_one(
     train(launcher, *sharded, "--resume", "true")
     one, two = weights(tmp_path / "one" / "model"), weights(tmp_path / "two" / "model")
     assert (one - two).abs().max().item() <= tolerance
-    start = weights(tmp_path / "two" / "checkpoints" / "step-00000002")
+    checkpoint = tmp_path / "two" / "checkpoints" / "step-00000002"
+    if (checkpoint / ADAPTER_WEIGHTS).is_file():  # LoRA: the checkpoint holds the adapter
+        one = weights(tmp_path / "one" / "model" / "adapter")
+        two = weights(tmp_path / "two" / "model" / "adapter")
+        assert (one - two).abs().max().item() <= tolerance
+    start = weights(checkpoint)
     assert (one - start).abs().max().item() > 1e-4  # the resumed steps changed the weights
     if relative is not None:
         assert (one - two).norm().item() <= relative * (one - start).norm().item()

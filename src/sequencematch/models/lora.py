@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.initialization import no_init_weights
 from transformers.pytorch_utils import Conv1D
 
 from ..core.causal_lm import backspace_id, causal_lm
@@ -108,6 +109,39 @@ def apply_lora(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def rebuilt_with(model: PeftModel, state: dict[str, torch.Tensor]) -> PeftModel:
+    """A plain (unsharded, CPU) copy of the LoRA ``model`` holding ``state``, the full state
+    dict of ``model`` (``state_dict`` names and shapes).
+
+    peft saves and merges adapters from the parameters a model holds; a sharded model holds
+    only its own slices, so its gathered state is put into a model of the same architecture
+    and adapter layout built here (its random initialisation skipped: every parameter and
+    persistent buffer is overwritten)."""
+    base = causal_lm(model)
+    dtype = next(base.parameters()).dtype
+    with no_init_weights():
+        plain = AutoModelForCausalLM.from_config(base.config, dtype=dtype)
+        plain.tie_weights()  # (skipped with the initialisation)
+        name = model.active_adapter
+        rebuilt = get_peft_model(plain, copy.deepcopy(model.peft_config[name]), adapter_name=name)
+    rebuilt.load_state_dict(state)
+    _keep_original_rows(rebuilt)
+    return rebuilt
+
+
+def _keep_original_rows(model: PeftModel) -> None:
+    """Set the trainable token rows' originals (a buffer that state dicts leave out, read
+    when the rows are unmerged) from the base embedding, as peft sets them when it wraps it."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    for module in model.modules():
+        if not isinstance(module, TrainableTokensLayer) or module.tied_adapter is not None:
+            continue
+        weight = module.get_base_layer().weight
+        for name, rows in module.token_indices.items():
+            module.trainable_tokens_original[name] = weight[rows].detach().clone()
 
 
 def _refuse_repacked_four_bit(model: PreTrainedModel) -> None:

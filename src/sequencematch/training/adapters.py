@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers.pytorch_utils import Conv1D
 
 from ..models.memory import set_gradient_checkpointing
+from .checkpoints import is_lora_model
 from .config import TrainConfig
 
 
@@ -48,6 +50,17 @@ def _plain_lora(model: torch.nn.Module, config: TrainConfig, targets: list[str])
     return get_peft_model(model, lora)
 
 
+def saved_form(model: torch.nn.Module, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """The model a checkpoint or the final save writes: ``model`` itself, or, for a sharded
+    LoRA model, an unsharded copy holding ``weights`` (its gathered full state dict), since
+    peft saves and merges adapters from the tensors a model holds."""
+    if weights is None or not is_lora_model(model):
+        return model
+    from ..models.lora import rebuilt_with
+
+    return rebuilt_with(model, weights)
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the trainable parameters by name: what a LoRA checkpoint must hold (the
     frozen base is rebuilt from the run's ``model`` option)."""
@@ -69,4 +82,15 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
         )
     with torch.no_grad():
         for name, parameter in parameters.items():
-            parameter.copy_(state[name])
+            parameter.copy_(_placed_like(parameter, state[name]))
+
+
+def _placed_like(parameter: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (a full tensor) laid out as ``parameter``: for a sharded parameter, this
+    process's slice of it (every process holds the full value, so nothing is sent)."""
+    if not isinstance(parameter, DTensor):
+        return value
+    return distribute_tensor(
+        value.to(parameter.device), parameter.device_mesh, parameter.placements,
+        src_data_rank=None,
+    )  # fmt: skip

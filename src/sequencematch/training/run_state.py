@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from ..storage.files import content_digest
-from .adapters import load_trainable_state, trainable_state
+from .adapters import load_trainable_state, saved_form, trainable_state
 from .checkpoints import (
     CHECKPOINTS,
     CheckpointError,
@@ -178,6 +178,7 @@ class RunState:
             weights = full_model_state(trainer.model)
             optimizer = full_optimizer_state(trainer.model, trainer.optimizer)
         if self.world.is_main:
+            model = saved_form(trainer.model, weights)  # sharded LoRA: an unsharded copy
             state = {
                 "optimizer": optimizer if trainer.sharded else trainer.optimizer.state_dict(),
                 "scheduler": trainer.scheduler.state_dict(),
@@ -194,12 +195,12 @@ class RunState:
             if trainer.value_head is not None:
                 state["value_head"] = trainer.value_head.state_dict()
             if trainer.config.lora_r > 0:  # the adapters and <bkspc> row; the base is rebuilt
-                state["trainable"] = trainable_state(trainer.model)
+                state["trainable"] = trainable_state(model)
             existing = latest_checkpoint(self.run_dir)
             if existing is None or existing.name != f"step-{trainer.step:08d}":
                 assert self.run is not None
                 target = save_checkpoint(
-                    self.run, trainer.step, trainer.model, trainer.tokenizer, state,
+                    self.run, trainer.step, model, trainer.tokenizer, state,
                     trainer.config.keep_checkpoints, weights,
                 )  # fmt: skip
         barrier(self.world)
@@ -289,7 +290,8 @@ class RunState:
         if self.world.is_main:
             files = {"training_config.json": json.dumps(trainer.config.to_dict(), indent=2)}
             save_model_folder(
-                trainer.model, trainer.tokenizer, target, files | model_files, run=self.run,
+                saved_form(trainer.model, weights), trainer.tokenizer, target,
+                files | model_files, run=self.run,
                 weights=weights, step=trainer.step,
             )  # fmt: skip
         barrier(self.world)

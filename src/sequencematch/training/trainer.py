@@ -99,8 +99,6 @@ class Trainer:
             raise ValueError("no training examples")
         if config.fsdp and self.world.size < 2:
             raise ValueError("fsdp needs more than one process: use torchrun, or fsdp false")
-        if config.fsdp and config.lora_r > 0:
-            raise ValueError("fsdp shards full fine-tuning only: with lora_r > 0 use fsdp false")
         if config.fsdp and config.precision == "fp16":
             raise ValueError("fsdp trains in precision fp32 or bf16, not fp16")
         shares = self.world.size * config.grad_accum
