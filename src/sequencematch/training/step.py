@@ -47,6 +47,7 @@ class TrainStep:
     clip_grad: float
     logits_chunk_mb: int
     vocab_size: int
+    head_rows: int  # the embedding's rows, read once (under peft .weight builds a merged copy)
     bkspc_id: int | None
     eos_id: int | None
     advice: Callable[[], str]
@@ -138,9 +139,8 @@ class TrainStep:
         # (final norm, LM head) is float32, so a plain forward's logits are float32 already
         body_dtype = None if self.sharded else precision_body_dtype(self.precision)
         rows = (batch.sequences, batch.prompt_lengths, batch.lengths, self.bkspc_id)
-        rows_of_head = self.model.get_input_embeddings().weight.shape[0]
-        if self.logits_chunk_mb and rows_of_head == self.vocab_size:
-            chunk = max(1, self.logits_chunk_mb * 2**20 // (4 * rows_of_head))
+        if self.logits_chunk_mb and self.head_rows == self.vocab_size:
+            chunk = max(1, self.logits_chunk_mb * 2**20 // (4 * self.head_rows))
             chunked = chunked_state_logits(
                 self.network, *rows, validate=False, body_dtype=body_dtype, chunk_tokens=chunk
             )  # [B, T, V] read a chunk of states at a time

@@ -178,6 +178,7 @@ class Trainer:
             row_lr=self.row_lr, world=self.world, device=self.device,
             precision=config.precision, sharded=self.sharded, clip_grad=config.clip_grad,
             logits_chunk_mb=config.logits_chunk_mb, vocab_size=self.vocab_size,
+            head_rows=self.model.get_input_embeddings().weight.shape[0],
             bkspc_id=self.bkspc_id, eos_id=self.eos_id, advice=self.state.recovery_advice,
         )  # fmt: skip
         if resume_from is not None:
