@@ -79,8 +79,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = []
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else []  # a rerun adds the rest
+    done = {r["model"] for r in results}
     for model_dir in args.models:
+        if model_dir in done:
+            continue
         found = measure(model_dir, args.seeds, args.seed)
         a, m = found["allowed"], found["masked"]
         n = len(a) // args.seeds  # questions; outcomes run question-fastest within each seed
@@ -94,7 +98,7 @@ def main() -> None:
         print(f"{model_dir}: sampled {sum(a) / len(a):.3f} with <bkspc>, "
               f"{sum(m) / len(m):.3f} masked; difference {diff[0]:+.3f} "
               f"[{diff[1]:+.3f}, {diff[2]:+.3f}] over {n} questions", flush=True)  # fmt: skip
-        Path(args.out).write_text(json.dumps(results))
+        out.write_text(json.dumps(results))
 
 
 if __name__ == "__main__":
