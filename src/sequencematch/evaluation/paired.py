@@ -62,6 +62,13 @@ class PairedDifference:
         return text
 
 
+MethodResults = dict[str, dict[str, Any]]
+"""One seed's results (a dict each), by method name."""
+
+PairDifferences = dict[tuple[str, str], dict[str, PairedDifference]]
+"""For each compared pair of methods ``(a, b)``, each metric's difference ``b - a``."""
+
+
 def _check_pairs(a: Sequence[Any], b: Sequence[Any]) -> None:
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")

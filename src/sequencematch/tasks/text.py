@@ -16,6 +16,7 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -261,23 +262,15 @@ def cut_windows(
 
 
 def cut_pairs(
-    tokenizer: PreTrainedTokenizerBase,
-    documents: Iterable[str],
-    *,
-    prompt_tokens: int = 32,
-    completion_tokens: int = 64,
-    n: int | None = None,
-    seed: int = 0,
+    tokenizer: PreTrainedTokenizerBase, documents: Iterable[str], **window_options: Any
 ) -> list[tuple[str, str]]:
-    """(prompt, completion) texts of :func:`cut_windows` (same windows, same arguments).
+    """(prompt, completion) texts of :func:`cut_windows` (same windows; ``window_options``
+    are its keyword arguments).
 
     With a byte-level tokenizer, re-encoding a completion on its own gives back its tokens in
     almost every window (a word split across the prompt boundary can re-merge differently).
     """
-    windows = cut_windows(
-        tokenizer, documents, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-        n=n, seed=seed,
-    )  # fmt: skip
+    windows = cut_windows(tokenizer, documents, **window_options)
     return [window.texts(tokenizer) for window in windows]
 
 

@@ -17,7 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ...evaluation.paired import PairedDifference, mcnemar, seed_difference
+from ...evaluation.paired import (
+    MethodResults,
+    PairDifferences,
+    mcnemar,
+    seed_difference,
+)
 from ...evaluation.statistics import mean_confidence_interval
 from ...tasks.base import EvalOptions, Pair
 from ...tasks.exact_match import ExactMatchEval
@@ -112,11 +117,8 @@ class ArithmeticComparison(Comparison):
         return float(_metric_evaluation(entry, metric.key)["accuracy"])
 
     def within_seed(
-        self,
-        entries: dict[str, dict[str, Any]],
-        pairs: Sequence[tuple[str, str]],
-        settings: dict[str, Any],
-    ) -> dict[tuple[str, str], dict[str, PairedDifference]]:
+        self, entries: MethodResults, pairs: Sequence[tuple[str, str]], settings: dict[str, Any]
+    ) -> PairDifferences:
         """McNemar's exact test and Newcombe's interval on the same questions, per level."""
         tested = {}
         for a, b in pairs:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...evaluation.paired import PairedDifference
+from ...evaluation.paired import MethodResults, PairDifferences
 from ...tasks.base import EvalOptions, Pair
 
 Evaluation = Callable[[EvalOptions], Any]
@@ -120,11 +120,8 @@ class Comparison(ABC):
 
     @abstractmethod
     def within_seed(
-        self,
-        entries: dict[str, dict[str, Any]],
-        pairs: Sequence[tuple[str, str]],
-        settings: dict[str, Any],
-    ) -> dict[tuple[str, str], dict[str, PairedDifference]]:
+        self, entries: MethodResults, pairs: Sequence[tuple[str, str]], settings: dict[str, Any]
+    ) -> PairDifferences:
         """For each ``(a, b)`` of ``pairs``, the difference ``b - a`` of each metric on this
         seed's items, with an interval from a paired test on those items. A metric the task
         cannot test within a seed is left out."""

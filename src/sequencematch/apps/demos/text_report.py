@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ...evaluation.paired import (
-    PairedDifference,
+    MethodResults,
+    PairDifferences,
     bootstrap_difference,
     bootstrap_indices,
     seed_difference,
@@ -148,11 +149,8 @@ class TextComparison(Comparison):
         return float(result["perplexity"])
 
     def within_seed(
-        self,
-        entries: dict[str, dict[str, Any]],
-        pairs: Sequence[tuple[str, str]],
-        settings: dict[str, Any],
-    ) -> dict[tuple[str, str], dict[str, PairedDifference]]:
+        self, entries: MethodResults, pairs: Sequence[tuple[str, str]], settings: dict[str, Any]
+    ) -> PairDifferences:
         """Paired bootstrap over prompts: the same resampled prompts for every method; MAUVE
         recomputed on each resample (features encoded once), diversity recomputed over the
         resampled continuations. Perplexity is left out (no per-prompt values)."""
@@ -172,7 +170,7 @@ class TextComparison(Comparison):
         with_mauve = all(entries[name]["eval"]["mauve"] is not None for name in names)
         if with_mauve:
             resampled["mauve"] = self._resampled_mauve(entries, names, picks)
-        tested: dict[tuple[str, str], dict[str, PairedDifference]] = {}
+        tested: PairDifferences = {}
         for a, b in pairs:
             tested[(a, b)] = {}
             for metric in METRICS[:2]:
