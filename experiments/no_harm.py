@@ -65,6 +65,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "sm-fixed-data-value": dict(**ONLINE, **FIXED, data_regulariser="value"),
     "offline-fixed-data-value": dict(**OFFLINE, **FIXED, data_regulariser="value"),
     "sm-fixed-alpha10-data-value": dict(**ONLINE, **FIXED, alpha=10.0, data_regulariser="value"),
+    "mle-bkspc-probe-rowlr1e-2": dict(method="mle", bkspc_init="probe", bkspc_row_lr=1e-2),
+    "sm-fixed-alpha10-rowlr": dict(**ONLINE, **FIXED, alpha=10.0, bkspc_row_lr=1e-3),
 }
 # Arms on the from-scratch demo's settings: each is one of the demo's continuations (its
 # method) with options changed; alpha is set explicitly (the measured arms ran at 1).
@@ -99,8 +101,6 @@ def run(args: argparse.Namespace) -> None:
         if args.setting == "tiny":
             config = tiny_config(args, arm, out)
         elif arm == "start":  # the warm-up itself, measured the same way
-            settings = {**COMMON, "method": "mle", "backspace": False, "p_noise": 0.0,
-                        "steps": 1, "lr": 1e-12, "warmup_steps": 0}  # fmt: skip
             config = start_config(args, out)
         else:
             config = TrainConfig(**{**COMMON, **ARMS[arm]}, model=args.warmup, seed=args.seed,
