@@ -67,6 +67,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "sm-fixed-alpha10-data-value": dict(**ONLINE, **FIXED, alpha=10.0, data_regulariser="value"),
     "mle-bkspc-probe-rowlr1e-2": dict(method="mle", bkspc_init="probe", bkspc_row_lr=1e-2),
     "sm-fixed-alpha10-rowlr": dict(**ONLINE, **FIXED, alpha=10.0, bkspc_row_lr=1e-3),
+    "sm-fixed-alpha10-p0.05": dict(**ONLINE, **FIXED, alpha=10.0, p_noise=0.05),
+    "sm-fixed-alpha10-p0.02": dict(**ONLINE, **FIXED, alpha=10.0, p_noise=0.02),
+    "mle-bkspc-probe-p0.02": dict(method="mle", bkspc_init="probe", p_noise=0.02),
 }
 # Arms on the from-scratch demo's settings: each is one of the demo's continuations (its
 # method) with options changed; alpha is set explicitly (the measured arms ran at 1).
