@@ -80,6 +80,12 @@ def test_fsdp_chunked_logits_and_gradient_checkpointing_match_one_process(tmp_pa
     _two_processes_match_one(tmp_path, "--gradient-checkpointing", "true", "--logits-chunk-mb", "1")
 
 
+def test_fsdp_bkspc_row_learning_rate_matches_one_process(tmp_path):
+    """The ``<bkspc>`` row at its own learning rate: the process holding that row of the
+    sharded embedding rescales its update, and the run ends as the single-process one."""
+    _two_processes_match_one(tmp_path, "--bkspc-row-lr", "3e-2")
+
+
 def test_fsdp_lora_two_processes_match_one_and_resume_exactly(tmp_path):
     """LoRA adapters and the trainable ``<bkspc>`` row sharded with the frozen base: the
     sharded run's checkpoint holds the whole adapter, its resume continues exactly, and the

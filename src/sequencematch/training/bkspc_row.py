@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor, Shard
 
 from ..core.actions import Batch
 from ..core.causal_lm import causal_lm
@@ -164,22 +165,39 @@ class RowLearningRate:
     Adam's step does not scale with the gradient, so a row cannot be sped up by scaling its
     gradient. Instead :meth:`before_step` keeps the row and :meth:`after_step` rescales the
     optimiser's update of it by ``row_lr / lr``: exactly AdamW with a per-row learning rate
-    (weight decay included), on the same schedule as the rest.
+    (weight decay included), on the same schedule as the rest. Under FSDP the embedding is
+    sharded by rows: the process that holds the row rescales it, the others have nothing to do.
     """
 
     def __init__(self, model: torch.nn.Module, row: int, scale: float) -> None:
         head = causal_lm(model).get_output_embeddings().weight
         inputs = causal_lm(model).get_input_embeddings().weight
-        self.weights = [head] if head.data_ptr() == inputs.data_ptr() else [head, inputs]
-        self.row = row
+        weights = [head] if head is inputs else [head, inputs]  # tied: one parameter
+        held = [_held_row(weight, row) for weight in weights]
+        self.rows = [found for found in held if found is not None]  # (tensor, index) here
         self.scale = scale
         self._kept: list[torch.Tensor] = []
 
+    @torch.no_grad()
     def before_step(self) -> None:
-        self._kept = [weight[self.row].detach().clone() for weight in self.weights]
+        self._kept = [tensor[index].clone() for tensor, index in self.rows]
 
     @torch.no_grad()
     def after_step(self) -> None:
-        for weight, kept in zip(self.weights, self._kept, strict=True):
-            weight[self.row] = kept + (weight[self.row] - kept) * self.scale
+        for (tensor, index), kept in zip(self.rows, self._kept, strict=True):
+            tensor[index] = kept + (tensor[index] - kept) * self.scale
         self._kept = []
+
+
+@torch.no_grad()
+def _held_row(weight: torch.Tensor, row: int) -> tuple[torch.Tensor, int] | None:
+    """The tensor on this process that holds ``row`` of ``weight`` and the row's index in it;
+    ``None`` when another process holds it (FSDP2 shards dim 0 in ``torch.chunk`` pieces)."""
+    if not isinstance(weight, DTensor):
+        return weight, row
+    if tuple(weight.placements) != (Shard(0),):
+        raise ValueError(f"bkspc_row_lr: unexpected sharding of the embedding {weight.placements}")
+    local = weight.to_local()  # [rows held here, H], the parameter's own storage
+    per_process = -(-weight.shape[0] // weight.device_mesh.size())  # ceil(rows / processes)
+    start = weight.device_mesh.get_local_rank() * per_process
+    return (local, row - start) if start <= row < start + local.shape[0] else None

@@ -383,10 +383,6 @@ class TrainConfig:
         need(self.bkspc_probe_lr > 0, f"bkspc_probe_lr must be positive, got {self.bkspc_probe_lr}")
         need(self.bkspc_row_lr >= 0, f"bkspc_row_lr must be >= 0 (0: lr), got {self.bkspc_row_lr}")
         need(
-            self.bkspc_row_lr == 0 or not self.fsdp,
-            "bkspc_row_lr needs fsdp false (a sharded row cannot be stepped apart)",
-        )
-        need(
             self.backspace or (self.bkspc_init in ("auto", "mean") and self.bkspc_row_lr == 0),
             "bkspc_init probe and bkspc_row_lr need backspace true",
         )
