@@ -9,6 +9,7 @@ import pytest
 
 from sequencematch.apps.cli import build_parser, main
 from sequencematch.training.config import TrainConfig, add_config_arguments, config_from_arguments
+from sequencematch.training.options import OPTION_GROUPS, NoiseOptions, ReplayOptions
 
 
 def test_defaults_are_valid():
@@ -185,3 +186,24 @@ def test_the_objective_is_built_from_the_configuration():
     # the offline arm as it was first written: a warm-up as long as the run
     legacy = TrainConfig(method="sequencematch", steps=40, mle_warmup_steps=40)
     assert legacy.objective().kind == "offline" and not legacy.samples_model()
+
+
+def test_the_groups_hold_every_option_once_in_the_configurations_order():
+    grouped = [item.name for _, group in OPTION_GROUPS for item in fields(group)]
+    assert grouped == [item.name for item in fields(TrainConfig)]
+    assert len(set(grouped)) == len(grouped)
+    assert all(isinstance(TrainConfig(), group) for _, group in OPTION_GROUPS)
+
+
+def test_a_group_checks_its_own_fields_alone():
+    assert NoiseOptions().problems() == [] and ReplayOptions(refresh_every=0).problems() == []
+    assert NoiseOptions(backspace=False).problems() == [
+        "p_noise needs backspace (noise is undone with <bkspc>): set backspace true or p_noise 0"
+    ]
+    assert NoiseOptions(p_noise="x").problems()[0].startswith("p_noise must be a finite number")
+    assert ReplayOptions(refresh_every=0).sampling_problems() == [
+        "refresh_every must be at least 1"
+    ]
+    # replay sizes are read by a sampling run only; the arms of a comparison share them
+    assert TrainConfig(method="mle", refresh_every=0).problems() == []
+    assert TrainConfig(refresh_every=0).problems() == ["refresh_every must be at least 1"]

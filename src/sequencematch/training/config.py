@@ -1,258 +1,86 @@
 """The training configuration: one typed object for Python, YAML files and CLI flags.
 
-Every field carries its help text; :func:`add_config_arguments` turns the fields into
-``--key value`` flags (documented with their defaults) and :meth:`TrainConfig.validate`
-rejects nonsense with a message that says what to change.
+:class:`TrainConfig` is composed of the option groups of :mod:`.options` (run, model, task
+and data, noise and ``<bkspc>``, objective, model samples, optimisation, logging), each
+with its fields, help texts and checks; every option stays one flat field, YAML key and
+flag. :func:`add_config_arguments` turns the fields into ``--key value`` flags (documented
+with their defaults) and :meth:`TrainConfig.validate` rejects nonsense
+with a message that says what to change.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..core.objectives import DATA_REGULARISERS, DEFAULT_ALPHA, TERMINAL_VALUES, ObjectiveConfig
+from ..core.objectives import ObjectiveConfig
 from ..storage.files import read_utf8
+from .options import (
+    BKSPC_INITS,
+    LR_SCHEDULES,
+    MAX_SEED,
+    METHODS,
+    MIXABLE_NOISE_SOURCES,
+    NOISE_SOURCES,
+    OPTION_GROUPS,
+    PRECISIONS,
+    REPLAY_DRAWS,
+    VALUE_HEADS,
+    DataOptions,
+    LoggingOptions,
+    ModelOptions,
+    NoiseOptions,
+    ObjectiveOptions,
+    OptimisationOptions,
+    ReplayOptions,
+    RunOptions,
+    is_number,
+    noise_source_parts,
+    type_problems,
+)
 from .value_head import q_reading
 
-METHODS = ("mle", "offline", "sequencematch")
-VALUE_HEADS = ("auto", "none", "offset", "normalised")
-NOISE_SOURCES = ("uniform", "unigram", "task", "model")
-MIXABLE_NOISE_SOURCES = ("uniform", "unigram", "task")
-"""Sources a ``+``-joined mixture may list (``model`` samples come from a per-batch pass)."""
-PRECISIONS = ("fp32", "bf16", "fp16")
-LR_SCHEDULES = ("cosine", "per_phase")
-BKSPC_INITS = ("auto", "mean", "probe")
-REPLAY_DRAWS = ("uniform", "fresh")
-MAX_SEED = 2**32 - 1
-"""The largest seed (every random generator the runs seed accepts it)."""
+__all__ = [  # what other modules import from here (the constants live in .options)
+    "BKSPC_INITS",
+    "LR_SCHEDULES",
+    "MAX_SEED",
+    "METHODS",
+    "MIXABLE_NOISE_SOURCES",
+    "NOISE_SOURCES",
+    "PRECISIONS",
+    "REPLAY_DRAWS",
+    "VALUE_HEADS",
+    "TrainConfig",
+    "add_config_arguments",
+    "config_from_arguments",
+    "noise_source_parts",
+    "read_yaml_options",
+]
 
 
-def noise_source_parts(noise_source: str) -> list[str]:
-    """The sources a ``noise_source`` names: one of :data:`NOISE_SOURCES`, or a mixture of
-    distinct :data:`MIXABLE_NOISE_SOURCES` joined by ``+`` (``task+uniform``).
-
-    Raises ``ValueError`` (one line, naming the valid sources) for anything else."""
-    parts = noise_source.split("+") if isinstance(noise_source, str) else []
-    if len(parts) == 1 and parts[0] in NOISE_SOURCES:
-        return parts
-    distinct = len(set(parts)) == len(parts)
-    if len(parts) > 1 and distinct and set(parts) <= set(MIXABLE_NOISE_SOURCES):
-        return parts
-    raise ValueError(
-        f"noise_source must be one of {', '.join(NOISE_SOURCES)} or a '+'-joined mixture of "
-        f"distinct {', '.join(MIXABLE_NOISE_SOURCES)} (e.g. task+uniform), got {noise_source!r}"
-    )
-
-
-def _field(default: Any, help: str, **kwargs: Any) -> Any:
-    if isinstance(default, (list, dict, tuple)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help}, **kwargs)
-
-
+# The groups are listed last to first: a dataclass collects the fields of its bases from the
+# last one, so the fields (and ``to_dict``) run in the order of OPTION_GROUPS.
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; see each field's help (``sequencematch train -h``)."""
-
-    # where and how
-    output_dir: str = _field("runs/train", "run folder: checkpoints, metrics.jsonl, model/")
-    seed: int = _field(0, "seed of every random choice (data order, noise, sampling, init)")
-    device: str = _field("auto", "auto, cpu, cuda or cuda:N")
-    resume: bool = _field(False, "continue the run in output_dir from its latest checkpoint")
-    overwrite: bool = _field(
-        False,
-        "start again in an output_dir that holds an earlier run, deleting what that run wrote "
-        "(never files it did not write)",
-    )
-    stop_at: int = _field(0, "stop this invocation after this step (0: run to steps)")
-    progress: bool = _field(True, "show a progress bar")
-    # model
-    model: str = _field("tiny_llama", "preset (tiny_gpt2, tiny_llama) or a saved model folder")
-    hidden_size: int = _field(128, "presets only: width")
-    num_layers: int = _field(4, "presets only: transformer blocks")
-    num_heads: int = _field(4, "presets only: attention heads")
-    attn_implementation: str = _field("sdpa", "sdpa or eager (both follow custom masks)")
-    lora_r: int = _field(0, "LoRA rank of the adapters (0: full fine-tuning; the paper: 64)")
-    lora_alpha: float = _field(16.0, "LoRA scale numerator: updates are lora_alpha / lora_r x BA")
-    lora_dropout: float = _field(0.05, "dropout on the LoRA adapters' input")
-    lora_targets: str = _field(
-        "", "comma-separated layer names to adapt (empty: every linear layer of the blocks)"
-    )
-    fsdp: bool = _field(
-        False, "shard the model's blocks with FSDP2 across torchrun processes (instead of DDP)"
-    )
-    gradient_checkpointing: bool = _field(
-        False, "recompute each block's activations in the backward pass (less memory, ~1/3 slower)"
-    )
-    logits_chunk_mb: int = _field(
-        0,
-        "read the logits a chunk of this many MiB at a time, recomputed in the backward pass "
-        "(0: the whole [batch, time, vocabulary] tensor at once)",
-    )
-    # task and data
-    task: str = _field(
-        "arithmetic",
-        "arithmetic (generated), jsonl (train_file of pairs), text (train_file: a text file, "
-        "folder or {text} JSONL; without it the Shakespeare corpus), a registered task, or a "
-        "task class as module:Class",
-    )
-    train_file: str | None = _field(
-        None, "JSONL of {prompt, completion} or {question, answer}; text: file, folder or JSONL"
-    )
-    valid_file: str | None = _field(
-        None, "validation data in the train_file's format (evaluated every eval_every steps)"
-    )
-    n_train: int = _field(5000, "arithmetic: training questions; text: training windows (0: all)")
-    n_valid: int = _field(200, "arithmetic: validation questions; text: validation windows")
-    n_test: int = _field(200, "arithmetic: test questions (never trained on); text: windows")
-    difficulty: list[float] = _field([4.0, 10.0], "arithmetic: operand entropy range in bits")
-    vocab_size: int = _field(4096, "text with a preset: byte-level BPE vocabulary size")
-    prompt_tokens: int = _field(32, "text: prompt tokens of each window")
-    completion_tokens: int = _field(64, "text: completion tokens of each window")
-    max_completion_tokens: int = _field(
-        256,
-        "longest data completion in tokens (<eos> included): a longer one is cut there and "
-        "has no <eos> (it is not an ending: its value is bootstrapped); model samples stop "
-        "there at the latest",
-    )
-    chat_template: bool = _field(
-        False,
-        "prompts as one user turn of the model's chat template (instruct models; recorded in "
-        "task.json, so generate and eval format prompts the same way); false: raw text",
-    )
-    # method
-    method: str = _field(
-        "sequencematch",
-        "mle, offline (MLE plus the data-only SequenceMatch objective throughout: no model "
-        "samples) or sequencematch (a warm-up on data, then model samples join)",
-    )
-    backspace: bool = _field(True, "add the <bkspc> action and noise-augmented demonstrations")
-    p_noise: float = _field(0.1, "probability of inserting a wrong token (+ <bkspc>) per token")
-    noise_source: str = _field(
-        "uniform",
-        "uniform, unigram (corpus counts), task mistakes or model (its own samples); or a "
-        "'+'-joined mixture such as task+uniform (each wrong token from one listed source, "
-        "chosen uniformly at random)",
-    )
-    max_noise_run: int = _field(1, "longest run of wrong tokens before the backspaces")
-    noise_in_loss: bool = _field(False, "also train on the inserted wrong tokens (BC reading)")
-    bkspc_init: str = _field(
-        "auto",
-        "how a newly added <bkspc> output row starts: mean (the mean embedding) or probe (the "
-        "mean, then fitted alone, body frozen, to the noise-augmented training rows: a linear "
-        "probe before fine-tuning); auto: probe for a loaded (pretrained) model with p_noise > "
-        "0, mean for a preset trained from scratch",
-    )
-    bkspc_probe_rows: int = _field(128, "probe: noise-augmented training rows it is fitted on")
-    bkspc_probe_steps: int = _field(300, "probe: Adam steps on the rows' cached features")
-    bkspc_probe_lr: float = _field(0.02, "probe: Adam learning rate of the row")
-    bkspc_row_lr: float = _field(
-        0.0, "learning rate of the <bkspc> output row while fine-tuning (0: lr, like the rest)"
-    )
-    divergence: str = _field("chi2", "chi2, kl, reverse_kl, js, hellinger or tv")
-    gamma: float = _field(0.998, "discount of the occupancy measure")
-    alpha: float = _field(
-        DEFAULT_ALPHA,
-        "chi2 regulariser scale: larger alpha, weaker regulariser (0.01 lets it dominate). "
-        "Where the value cannot fit, the regulariser reweights the likelihood and adds an "
-        "entropy bonus, both as 1 / alpha (docs/method.md, Gradient): 10 keeps a policy "
-        "sharper than 1 did (docs/RESULTS.md)",
-    )
-    beta: float = _field(0.5, "weight of data transitions in the mixture (1 - beta: model)")
-    lambda_mle: float = _field(0.5, "weight of the MLE loss in the total after warm-up")
-    mle_warmup_steps: int | None = _field(
-        None, "warm-up steps before model samples join (unset: mle_warmup_fraction of steps)"
-    )
-    mle_warmup_fraction: float = _field(
-        0.66, "warm-up length as a fraction of steps when mle_warmup_steps is unset"
-    )
-    regularise_warmup: bool = _field(
-        True,
-        "sequencematch: train the warm-up on the data-only objective (MLE plus the chi2 "
-        "regulariser on data), so logit levels start where SequenceMatch wants them; false: "
-        "plain MLE warm-up",
-    )
-    sm_ramp_steps: int = _field(
-        0, "steps over which the SequenceMatch weight rises to 1-lambda_mle after a plain warm-up"
-    )
-    value_head: str = _field(
-        "auto",
-        "how SequenceMatch reads logits as Q: none (Q = logits, the paper), offset (Q = logits "
-        "+ b(s)) or normalised (Q = log-softmax + b(s)), b a learned scalar head on the last "
-        "hidden state; the policy is the same in all three. auto: none for a preset trained "
-        "from scratch, normalised for any other (pretrained) model",
-    )
-    value_head_lr: float = _field(1e-3, "learning rate of the value head b(s) (AdamW)")
-    terminal_value: str = _field(
-        "learned",
-        "value of the state after <eos>: learned (an absorbing state whose V is read at the "
-        "<eos> element in the reading's own way: log-sum-exp of its logits, plus b under "
-        "offset, b alone under normalised) or zero",
-    )
-    balance_noise: bool = _field(
-        True,
-        "with model rows (beta < 1), enter the inserted wrong tokens of data rows in the value "
-        "term with weight -(1 - beta), so that noise rows telescope like clean rows "
-        "(docs/method.md); false: leave them out of every term",
-    )
-    data_regulariser: str = _field(
-        "full",
-        "what the chi2 regulariser's r^2 trains on data transitions: full (the objective's "
-        "gradient: policy and value) or value (log pi read detached there: the value alone, "
-        "so the value's misfit does not reweight the likelihood; docs/method.md, Gradient)",
-    )
-    # model samples (replay buffer)
-    refresh_every: int = _field(25, "steps between refills of the replay buffer")
-    samples_per_refresh: int = _field(64, "sequences sampled from the model per refill")
-    replay_size: int = _field(
-        256, "sequences kept in the replay buffer; when it is full the oldest leave first"
-    )
-    replay_draw: str = _field(
-        "uniform",
-        "how each step picks its model rows: uniform (over the whole buffer, with "
-        "replacement) or fresh (without replacement, newest refill first)",
-    )
-    model_batch_size: int = _field(16, "model-sampled sequences per step")
-    sample_temperature: float = _field(1.0, "temperature of the refills (0: greedy)")
-    max_new_tokens: int = _field(
-        0,
-        "longest sampled completion in visible tokens (0: as long as the longest training "
-        "completion, at most max_completion_tokens)",
-    )
-    # optimisation
-    steps: int = _field(1000, "optimiser steps")
-    batch_size: int = _field(32, "data sequences per optimiser step (all processes together)")
-    grad_accum: int = _field(1, "micro-batches per optimiser step")
-    lr: float = _field(1e-3, "peak learning rate (AdamW)")
-    weight_decay: float = _field(0.01, "AdamW weight decay")
-    warmup_steps: int = _field(50, "linear learning-rate warm-up steps")
-    lr_schedule: str = _field(
-        "cosine",
-        "cosine (one warm-up and cosine over all steps) or per_phase (warm-up and cosine "
-        "restarted when SequenceMatch starts)",
-    )
-    min_lr_ratio: float = _field(0.1, "final learning rate as a fraction of lr (cosine)")
-    clip_grad: float = _field(1.0, "gradient-norm clip (0: none)")
-    precision: str = _field(
-        "fp32",
-        "fp32, bf16 (the transformer body under CPU/GPU autocast, the LM head and every loss "
-        "in float32) or fp16 (the same, GPU only)",
-    )
-    # logging and checkpoints
-    log_every: int = _field(10, "steps between metrics.jsonl lines")
-    save_every: int = _field(200, "steps between checkpoints (0: only at the end)")
-    keep_checkpoints: int = _field(2, "checkpoints kept (older ones this run wrote are deleted)")
-    eval_every: int = _field(0, "steps between validation evaluations (0: only at the end)")
-    tensorboard: bool = _field(False, "also log to TensorBoard (needs the tensorboard package)")
+class TrainConfig(
+    LoggingOptions,
+    OptimisationOptions,
+    ReplayOptions,
+    ObjectiveOptions,
+    NoiseOptions,
+    DataOptions,
+    ModelOptions,
+    RunOptions,
+):
+    """Everything a training run needs: the option groups of :mod:`.options` as one flat
+    set of fields (see each field's help, ``sequencematch train -h``)."""
 
     def sample_length(self, longest_completion: int | None = None) -> int:
         """Visible tokens of a model sample (``<eos>`` included): ``max_new_tokens`` when set,
@@ -296,10 +124,18 @@ class TrainConfig:
             data_regulariser=self.data_regulariser,
         )  # fmt: skip
 
-    def lora_target_names(self) -> list[str] | None:
-        """The layer names of ``lora_targets``; ``None``: every linear layer of the blocks."""
-        names = [name.strip() for name in self.lora_targets.split(",") if name.strip()]
-        return names or None
+    def problems(self) -> list[str]:
+        """One line per problem: every field of the wrong type (such values cannot be
+        range-checked), or else each group's own checks, then those that read two groups."""
+        wrong = type_problems(self)
+        if wrong:
+            return wrong
+        problems = [message for _, group in OPTION_GROUPS for message in group.problems(self)]
+        if self.method == "sequencematch":  # the replay buffer's sizes matter only here
+            problems += self.sampling_problems()
+            if self.grad_accum >= 1 and self.model_batch_size % self.grad_accum:
+                problems.append("model_batch_size must be a multiple of grad_accum")
+        return problems
 
     def validate(self, explicit: Iterable[str] = ()) -> TrainConfig:
         """Raise ``ValueError`` naming the field and what to change; return ``self``.
@@ -307,127 +143,7 @@ class TrainConfig:
         An option that would do nothing in this configuration (:meth:`unused_options`) is
         refused when it is in ``explicit`` (the options a user wrote: CLI flags, YAML keys),
         and otherwise warned about in one line."""
-        problems = _type_problems(self)
-        if problems:  # values of the wrong type cannot be range-checked
-            raise ValueError("invalid training configuration: " + "; ".join(problems))
-
-        def need(condition: bool, message: str) -> None:
-            if not condition:
-                problems.append(message)
-
-        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
-        need(
-            re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
-            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
-        )
-        need(0 <= self.seed <= MAX_SEED, f"seed must lie in [0, {MAX_SEED}], got {self.seed}")
-        need(bool(self.task), "task must name a task (e.g. arithmetic, jsonl or text)")
-        try:
-            noise_source_parts(self.noise_source)
-        except ValueError as error:
-            problems.append(str(error))
-        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}")
-        need(0.0 < self.gamma <= 1.0, f"gamma must lie in (0, 1], got {self.gamma}")
-        need(self.alpha > 0 and math.isfinite(self.alpha), f"alpha must be > 0, got {self.alpha}")
-        need(0.0 <= self.beta <= 1.0, f"beta must lie in [0, 1], got {self.beta}")
-        need(0.0 <= self.lambda_mle <= 1.0, f"lambda_mle must lie in [0, 1], got {self.lambda_mle}")
-        need(0.0 <= self.p_noise < 1.0, f"p_noise must lie in [0, 1), got {self.p_noise}")
-        need(self.max_noise_run >= 1, "max_noise_run must be at least 1")
-        need(self.steps >= 1, "steps must be at least 1")
-        need(self.stop_at >= 0, "stop_at must be >= 0 (0: run to steps)")
-        need(self.batch_size >= 1, "batch_size must be at least 1")
-        need(self.grad_accum >= 1, "grad_accum must be at least 1")
-        need(
-            self.grad_accum < 1 or self.batch_size % self.grad_accum == 0,
-            f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}",
-        )
-        need(
-            not (self.resume and self.overwrite),
-            "resume and overwrite exclude each other: resume continues the run in output_dir, "
-            "overwrite replaces it",
-        )
-        need(bool(self.output_dir.strip()), "output_dir must name a folder")
-        need(self.lr > 0, f"lr must be positive, got {self.lr}")
-        need(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must lie in [0, 1]")
-        need(self.warmup_steps >= 0, "warmup_steps must be >= 0")
-        need(self.clip_grad >= 0, "clip_grad must be >= 0 (0 disables clipping)")
-        need(self.log_every >= 1, "log_every must be at least 1")
-        need(self.save_every >= 0 and self.eval_every >= 0, "save_every/eval_every must be >= 0")
-        need(self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1")
-        need(
-            self.mle_warmup_steps is None or self.mle_warmup_steps >= 0,
-            "mle_warmup_steps must be >= 0 (or unset: mle_warmup_fraction of steps)",
-        )
-        need(
-            0.0 <= self.mle_warmup_fraction <= 1.0,
-            f"mle_warmup_fraction must lie in [0, 1], got {self.mle_warmup_fraction}",
-        )
-        need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}")
-        need(self.replay_draw in REPLAY_DRAWS, f"replay_draw must be one of {REPLAY_DRAWS}")
-        need(self.sm_ramp_steps >= 0, "sm_ramp_steps must be >= 0")
-        need(self.value_head in VALUE_HEADS, f"value_head must be one of {VALUE_HEADS}")
-        need(self.value_head_lr > 0, f"value_head_lr must be positive, got {self.value_head_lr}")
-        need(self.bkspc_init in BKSPC_INITS, f"bkspc_init must be one of {BKSPC_INITS}")
-        need(
-            self.terminal_value in TERMINAL_VALUES,
-            f"terminal_value must be one of {TERMINAL_VALUES}",
-        )
-        need(
-            self.data_regulariser in DATA_REGULARISERS,
-            f"data_regulariser must be one of {DATA_REGULARISERS}",
-        )
-        need(
-            self.bkspc_probe_rows >= 1 and self.bkspc_probe_steps >= 0,
-            "bkspc_probe_rows must be >= 1 and bkspc_probe_steps >= 0",
-        )
-        need(self.bkspc_probe_lr > 0, f"bkspc_probe_lr must be positive, got {self.bkspc_probe_lr}")
-        need(self.bkspc_row_lr >= 0, f"bkspc_row_lr must be >= 0 (0: lr), got {self.bkspc_row_lr}")
-        need(
-            self.backspace or (self.bkspc_init in ("auto", "mean") and self.bkspc_row_lr == 0),
-            "bkspc_init probe and bkspc_row_lr need backspace true",
-        )
-        need(self.lora_r >= 0, f"lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
-        need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
-        need(
-            0.0 <= self.lora_dropout < 1.0,
-            f"lora_dropout must lie in [0, 1), got {self.lora_dropout}",
-        )
-        need(
-            self.lora_r > 0 or not self.lora_targets.strip(),
-            "lora_targets needs lora_r > 0 (it names the layers LoRA adapts)",
-        )
-        need(self.logits_chunk_mb >= 0, "logits_chunk_mb must be >= 0 (0: no chunks)")
-        need(self.sample_temperature >= 0, "sample_temperature must be >= 0 (0: greedy)")
-        need(self.vocab_size >= 300, "vocab_size must be at least 300 (256 bytes + merges)")
-        need(
-            self.prompt_tokens >= 1 and self.completion_tokens >= 1,
-            "prompt_tokens and completion_tokens must be at least 1",
-        )
-        need(len(self.difficulty) == 2, "difficulty must be two numbers: [low, high] bits")
-        need(self.max_completion_tokens >= 1, "max_completion_tokens must be at least 1")
-        need(
-            min(self.n_train, self.n_valid, self.n_test) >= 0, "n_train/n_valid/n_test must be >= 0"
-        )
-        if self.method == "sequencematch":
-            need(self.refresh_every >= 1, "refresh_every must be at least 1")
-            need(self.samples_per_refresh >= 1, "samples_per_refresh must be at least 1")
-            need(self.model_batch_size >= 1, "model_batch_size must be at least 1")
-            need(
-                self.replay_size >= self.samples_per_refresh,
-                "replay_size must be at least samples_per_refresh",
-            )
-            need(
-                self.max_new_tokens >= 0, "max_new_tokens must be >= 0 (0: from the data's lengths)"
-            )
-            need(
-                self.grad_accum < 1 or self.model_batch_size % self.grad_accum == 0,
-                "model_batch_size must be a multiple of grad_accum",
-            )
-        need(
-            self.backspace or self.p_noise == 0.0,
-            "p_noise needs backspace (noise is undone with <bkspc>): set backspace true or "
-            "p_noise 0",
-        )
+        problems = self.problems()
         if not problems:
             explicit = set(explicit)
             for name, message in self.unused_options():
@@ -530,78 +246,16 @@ _YamlLoader.add_implicit_resolver(
     list("-+0123456789"),
 )
 
-_EXPECTED = {
-    "int": "a whole number",
-    "float": "a finite number",
-    "bool": "true or false",
-    "str": "text",
-    "str | None": "text (or absent)",
-    "list[float]": "a list of two numbers",
-}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 def _exact(kind: str, value: Any) -> Any:
     """``value`` converted to an option's type where that loses nothing."""
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
-    if kind == "float" and _is_number(value):
+    if kind == "float" and is_number(value):
         return float(value)
     if kind == "list[float]" and isinstance(value, (list, tuple)):
-        return [float(v) if _is_number(v) else v for v in value]
+        return [float(v) if is_number(v) else v for v in value]
     return value
-
-
-def _type_fits(kind: str, value: Any) -> bool:
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return _is_number(value) and math.isfinite(value)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "str | None":
-        return value is None or isinstance(value, str)
-    if kind == "list[float]":
-        values = value if isinstance(value, (list, tuple)) else [None]
-        return all(_is_number(v) and math.isfinite(v) for v in values)
-    return True
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "null (no value)"
-    if isinstance(value, str):
-        hint = "without quotes" if _looks_typed(value) else "as the option expects"
-        return f"the text {value!r} (write it {hint})"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return repr(value)
-
-
-def _looks_typed(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "false", "yes", "no", "on", "off"):
-        return True
-    try:
-        float(lowered)
-    except ValueError:
-        return False
-    return True
-
-
-def _type_problems(config: TrainConfig) -> list[str]:
-    """One message per option whose value has the wrong type (or is not finite)."""
-    return [
-        f"{item.name} must be {_EXPECTED.get(item.type, item.type)}, got "
-        f"{_shown(getattr(config, item.name))}"
-        for item in fields(config)
-        if not _type_fits(item.type, getattr(config, item.name))
-    ]
 
 
 def _parse_bool(text: str) -> bool:
