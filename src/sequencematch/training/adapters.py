@@ -8,11 +8,11 @@ from transformers.pytorch_utils import Conv1D
 
 from ..models.memory import set_gradient_checkpointing
 from .checkpoints import is_lora_model
-from .config import TrainConfig
+from .options import ModelOptions
 
 
 def adapt_model(
-    model: torch.nn.Module, config: TrainConfig, bkspc_id: int | None
+    model: torch.nn.Module, config: ModelOptions, bkspc_id: int | None
 ) -> torch.nn.Module:
     """``model`` ready to train as ``config`` says: wrapped in LoRA adapters when
     ``lora_r > 0`` (the ``<bkspc>`` row trains with them), with gradient checkpointing when
@@ -35,7 +35,9 @@ def adapt_model(
     return model
 
 
-def _plain_lora(model: torch.nn.Module, config: TrainConfig, targets: list[str]) -> torch.nn.Module:
+def _plain_lora(
+    model: torch.nn.Module, config: ModelOptions, targets: list[str]
+) -> torch.nn.Module:
     """LoRA adapters on ``targets`` (layer names) and nothing else trainable."""
     from peft import LoraConfig, get_peft_model
 

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..core.actions import NoiseSource, UniformNoise, UnigramNoise
 from ..core.examples import Example, special_ids
-from .config import noise_source_parts
+from .options import noise_source_parts
 
 
 class MixtureNoise:

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import REPLAY_DRAWS
+from .options import REPLAY_DRAWS
 
 
 @dataclass(frozen=True)
