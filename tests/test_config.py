@@ -195,6 +195,16 @@ def test_the_groups_hold_every_option_once_in_the_configurations_order():
     assert all(isinstance(TrainConfig(), group) for _, group in OPTION_GROUPS)
 
 
+def test_help_lists_the_options_by_group_in_order():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    text = parser.format_help()
+    places = [text.index(f"\n{title}:\n") for title, _ in OPTION_GROUPS]
+    assert places == sorted(places)
+    noise, method = (text.index(f"\n  {flag}", places[0]) for flag in ("--p-noise", "--method"))
+    assert places[3] < noise < places[4] < method < places[5]
+
+
 def test_a_group_checks_its_own_fields_alone():
     assert NoiseOptions().problems() == [] and ReplayOptions(refresh_every=0).problems() == []
     assert NoiseOptions(backspace=False).problems() == [

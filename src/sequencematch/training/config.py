@@ -4,7 +4,7 @@
 and data, noise and ``<bkspc>``, objective, model samples, optimisation, logging), each
 with its fields, help texts and checks; every option stays one flat field, YAML key and
 flag. :func:`add_config_arguments` turns the fields into ``--key value`` flags (documented
-with their defaults) and :meth:`TrainConfig.validate` rejects nonsense
+with their defaults, listed by group) and :meth:`TrainConfig.validate` rejects nonsense
 with a message that says what to change.
 """
 
@@ -268,24 +268,29 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--name`` flag per field, with its help and default (``None`` = not given)."""
+    """One ``--name`` flag per field, listed by option group, with its help and default
+    (``None`` = not given)."""
     defaults = TrainConfig()
-    for item in fields(TrainConfig):
-        default = getattr(defaults, item.name)
-        help_text = f"{item.metadata['help']} (default: {default})"
-        flag = "--" + item.name.replace("_", "-")
-        flags = [flag] if "_" not in item.name else [flag, "--" + item.name]  # both spellings
-        if isinstance(default, bool):
-            parser.add_argument(
-                *flags, type=_parse_bool, default=None, metavar="BOOL", help=help_text
-            )
-        elif isinstance(default, list):
-            parser.add_argument(*flags, type=float, nargs=2, default=None, help=help_text)
-        elif default is None:  # optional: the type named in the annotation ("int | None")
-            kind = {"int": int, "float": float}.get(str(item.type).split(" |")[0], str)
-            parser.add_argument(*flags, type=kind, default=None, help=help_text)
-        else:
-            parser.add_argument(*flags, type=type(default), default=None, help=help_text)
+    for title, group in OPTION_GROUPS:
+        arguments = parser.add_argument_group(title)
+        for item in fields(group):
+            _add_argument(arguments, item, getattr(defaults, item.name))
+
+
+def _add_argument(parser: Any, item: dataclasses.Field[Any], default: Any) -> None:
+    """Add the ``--name`` flag of the field ``item`` to ``parser`` (a parser or a group)."""
+    help_text = f"{item.metadata['help']} (default: {default})"
+    flag = "--" + item.name.replace("_", "-")
+    flags = [flag] if "_" not in item.name else [flag, "--" + item.name]  # both spellings
+    if isinstance(default, bool):
+        parser.add_argument(*flags, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
+    elif isinstance(default, list):
+        parser.add_argument(*flags, type=float, nargs=2, default=None, help=help_text)
+    elif default is None:  # optional: the type named in the annotation ("int | None")
+        kind = {"int": int, "float": float}.get(str(item.type).split(" |")[0], str)
+        parser.add_argument(*flags, type=kind, default=None, help=help_text)
+    else:
+        parser.add_argument(*flags, type=type(default), default=None, help=help_text)
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
