@@ -80,7 +80,11 @@ class TrainConfig(
     RunOptions,
 ):
     """Everything a training run needs: the option groups of :mod:`.options` as one flat
-    set of fields (see each field's help, ``sequencematch train -h``)."""
+    set of fields (see each field's help, ``sequencematch train -h``).
+
+    ``value_head auto`` (the Q reading) and ``bkspc_init auto`` follow whether the model is
+    trained from scratch in this run (a preset) or loaded (pretrained, or a model folder an
+    earlier run saved): see :func:`.value_head.q_reading`."""
 
     def sample_length(self, longest_completion: int | None = None) -> int:
         """Visible tokens of a model sample (``<eos>`` included): ``max_new_tokens`` when set,

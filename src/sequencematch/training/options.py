@@ -203,8 +203,9 @@ class NoiseOptions:
         "auto",
         "how a newly added <bkspc> output row starts: mean (the mean embedding) or probe (the "
         "mean, then fitted alone, body frozen, to the noise-augmented training rows: a linear "
-        "probe before fine-tuning); auto: probe for a loaded (pretrained) model with p_noise > "
-        "0, mean for a preset trained from scratch",
+        "probe before fine-tuning); auto: probe for a loaded model (pretrained, or a model "
+        "folder an earlier run saved) with p_noise > 0, mean for one trained from scratch in "
+        "this run (a preset)",
     )
     bkspc_probe_rows: int = _field(128, "probe: noise-augmented training rows it is fitted on")
     bkspc_probe_steps: int = _field(300, "probe: Adam steps on the rows' cached features")
@@ -280,8 +281,9 @@ class ObjectiveOptions:
         "auto",
         "how SequenceMatch reads logits as Q: none (Q = logits, the paper), offset (Q = logits "
         "+ b(s)) or normalised (Q = log-softmax + b(s)), b a learned scalar head on the last "
-        "hidden state; the policy is the same in all three. auto: none for a preset trained "
-        "from scratch, normalised for any other (pretrained) model",
+        "hidden state; the policy is the same in all three. auto: none for a model trained "
+        "from scratch in this run (a preset), normalised for a loaded one (pretrained, or a "
+        "model folder an earlier run saved)",
     )
     value_head_lr: float = _field(1e-3, "learning rate of the value head b(s) (AdamW)")
     terminal_value: str = _field(

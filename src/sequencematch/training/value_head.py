@@ -22,10 +22,11 @@ READINGS = ("none", "offset", "normalised")
 
 
 def q_reading(value_head: str, model: str) -> str:
-    """The reading a run uses: ``value_head`` itself, or for ``auto`` plain logits on a preset
-    trained from scratch (its logit levels are learned under SequenceMatch's own terms) and
-    ``normalised`` on any other model, whose pretrained logit levels the value terms would
-    otherwise read as value (measured in docs/RESULTS.md)."""
+    """The reading a run uses: ``value_head`` itself, or for ``auto`` plain logits on a model
+    trained from scratch in this run (a preset: its logit levels are learned under
+    SequenceMatch's own terms) and ``normalised`` on a loaded one (pretrained, or a model
+    folder an earlier run saved), whose logit levels the value terms would otherwise read
+    as value (measured in docs/RESULTS.md). Only ``model`` decides: a preset name or not."""
     if value_head != "auto":
         return value_head
     return "none" if model in PRESETS else "normalised"
