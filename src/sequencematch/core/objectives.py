@@ -1,10 +1,15 @@
-"""Training objectives on one-pass logits: MLE and the SequenceMatch (IQ-Learn) loss.
+"""Training objectives: MLE and the SequenceMatch (IQ-Learn) loss (docs/method.md).
 
-The logits are read as a soft Q-function by :func:`~sequencematch.core.transitions.transitions`
-(Q of the action taken, V and V' of every transition); the losses here are computed from
-those per-transition tensors, vectorised over the batch and the sequence, in the dtype of the
-logits. Pass float32 (or float64) logits: bfloat16 cannot even represent ``gamma=0.998`` (it
-rounds to 0.996), nor ``V`` to the precision ``r`` needs.
+Each loss is a pure function of per-state ``[B, T]`` tensors, the :class:`Transitions` that
+:func:`~sequencematch.core.transitions.transitions` reads off one-pass logits (Q of the
+action taken, V, V', flags): :func:`loss_from_transitions` (the training loss),
+:func:`sequencematch_terms` and :func:`mle_term` never see logits. :func:`training_loss`,
+:func:`sequencematch_loss` and :func:`mle_loss` take logits: they read the transitions
+(:func:`loss_transitions`), then call those.
+
+Everything is vectorised over the batch and the sequence, in the dtype of the logits. Pass
+float32 (or float64) logits: bfloat16 cannot even represent ``gamma=0.998`` (it rounds to
+0.996), nor ``V`` to the precision ``r`` needs.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .actions import Batch
+from .chunked_logits import ChunkedLogits
 from .transition_stats import transition_statistics
 from .transitions import Transitions, transitions
 
@@ -157,8 +163,16 @@ def _require_transitions(trans: Transitions, what: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def mle_term(trans: Transitions, gamma: float = 1.0, total: float | None = None) -> torch.Tensor:
+    """``E_data[-log pi(a|s)]``, the ``gamma ** step``-weighted mean of ``V(s) - Q(s, a)``
+    over the expert transitions of ``trans`` (the same in every reading of Q)."""
+    if total is None:
+        _require_transitions(trans, "data")
+    return _weighted_mean(trans.v - trans.q, trans, gamma, total)
+
+
 def mle_loss(
-    logits: torch.Tensor,
+    logits: torch.Tensor | ChunkedLogits,
     batch: Batch,
     bkspc_id: int | None,
     gamma: float = 1.0,
@@ -174,10 +188,7 @@ def mle_loss(
     (:func:`weight_total`); a shard may then hold no expert transition.
     """
     _check_gamma(gamma)
-    trans = transitions(logits, batch, bkspc_id, eos_id=None)
-    if total is None:
-        _require_transitions(trans, "data")
-    return _weighted_mean(trans.v - trans.q, trans, gamma, total)
+    return mle_term(transitions(logits, batch, bkspc_id, eos_id=None), gamma, total)
 
 
 # --------------------------------------------------------------------------------------
@@ -304,19 +315,16 @@ class SequenceMatchTerms:
                 if f.name != "by_kind"}  # fmt: skip
 
 
-def sequencematch_loss(
-    data_logits: torch.Tensor,
-    data: Batch,
-    model_logits: torch.Tensor | None,
-    model: Batch | None,
-    bkspc_id: int | None,
-    eos_id: int | None,
+def sequencematch_terms(
+    data_t: Transitions,
+    model_t: Transitions | None,
     objective: ObjectiveConfig | None = None,
     *,
-    totals: tuple[float, float | None] | None = None,
-    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    totals: tuple[float | None, float | None] | None = None,
 ) -> SequenceMatchTerms:
-    """The SequenceMatch objective of docs/method.md, "The objective" (minimised).
+    """The SequenceMatch objective of docs/method.md, "The objective" (minimised), from the
+    data rows' transitions and, when given, the model rows' (each read as ``objective``
+    reads Q: :func:`objective_transitions`).
 
     With ``r = Q(s,a) - gamma (1-done) V(s')``, ``value = V(s) - gamma (1-done) V(s')`` and
     ``E_data`` / ``E_model`` the ``gamma ** step``-weighted means over the expert
@@ -336,12 +344,7 @@ def sequencematch_loss(
 
     ``objective`` (default :class:`ObjectiveConfig`): ``divergence``, ``gamma``, ``alpha``,
     ``beta`` and the options below; its ``kind`` and ``lambda_mle`` are read by
-    :func:`training_loss`, not here.
-
-    ``offsets``: ``(data_offsets, model_offsets)``, a learned per-state value offset ``b(s)``
-    of each batch (``[B, T]``, or ``None``); with ``objective.q_reading`` and
-    ``terminal_value`` they say how Q is read, see :func:`transitions`. None of them changes
-    the policy or the identity above.
+    :func:`loss_from_transitions`, not here.
 
     ``balance_noise``: with model rows (``beta < 1``), the inserted wrong tokens of data rows
     enter the value term with weight ``-(1 - beta)`` (they stay out of every other term), so
@@ -357,34 +360,15 @@ def sequencematch_loss(
     reweights the likelihood of each data action by ``1 - beta r / (2 alpha)`` and so
     favours surprising actions (docs/method.md, "Gradient"). The loss's value is the same.
 
+    ``by_kind`` of the result is empty (:func:`sequencematch_loss` fills it).
+
     Raises:
-        ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
-        transition.
+        ValueError: a batch with no expert transition (without its total).
     """
     objective = ObjectiveConfig() if objective is None else objective
     phi = get_phi(objective.divergence)
     gamma, alpha, beta = objective.gamma, objective.alpha, objective.beta
-    if (model_logits is None) != (model is None):
-        raise ValueError("model_logits and model must be given together (or both None)")
-    if model_logits is not None:
-        if model_logits.dim() != 3 or model_logits.shape[-1] != data_logits.shape[-1]:
-            raise ValueError(
-                f"model_logits {tuple(model_logits.shape)} and data_logits "
-                f"{tuple(data_logits.shape)} must both be [batch, time, vocab] over the "
-                "same vocabulary"
-            )
-        if model_logits.dtype != data_logits.dtype:
-            raise ValueError(
-                f"model_logits ({model_logits.dtype}) and data_logits ({data_logits.dtype}) "
-                "must share a dtype"
-            )
-
     data_total, model_total = (None, None) if totals is None else totals
-    data_offsets, model_offsets = (None, None) if offsets is None else offsets
-    if objective.q_reading == "none" and (data_offsets is not None or model_offsets is not None):
-        raise ValueError("offsets are read under q_reading offset or normalised, not none")
-    reading = dict(normalise=objective.normalise, learned_terminal=objective.learned_terminal)
-    data_t = transitions(data_logits, data, bkspc_id, eos_id, offsets=data_offsets, **reading)
     if data_total is None:
         _require_transitions(data_t, "data")
     r_data = data_t.reward(gamma)  # [B, T]
@@ -399,14 +383,11 @@ def sequencematch_loss(
     else:
         imitation = -_weighted_mean(phi(r_data, alpha), data_t, gamma, data_total)
 
-    by_kind = transition_statistics(data_t, data.sequences, bkspc_id, gamma, "data/")
     r_parts = [r_data.detach()[data_t.mask]]  # [N_data] rewards, for statistics
     v_parts = [data_t.v.detach()[data_t.mask]]  # [N_data]
-    if model is None:
+    if model_t is None:
         value, square = value_data, square_data
     else:
-        model_t = transitions(model_logits, model, bkspc_id, eos_id, offsets=model_offsets,
-                              **reading)  # fmt: skip
         if model_total is None:
             _require_transitions(model_t, "model")
         r_model = model_t.reward(gamma)  # [B', T']
@@ -418,14 +399,13 @@ def sequencematch_loss(
                                          data_total, over=data_t.noise)  # fmt: skip
             value = value - (1.0 - beta) * noise_value
         square = beta * square_data + (1.0 - beta) * square_model
-        by_kind |= transition_statistics(model_t, model.sequences, bkspc_id, gamma, "model/")
         r_parts.append(r_model.detach()[model_t.mask].to(r_data.device))  # [N_model]
         v_parts.append(model_t.v.detach()[model_t.mask].to(r_data.device))  # [N_model]
 
     if objective.divergence == "chi2":
         regulariser = square / (4.0 * alpha)
     else:
-        regulariser = torch.zeros((), dtype=data_logits.dtype, device=data_logits.device)
+        regulariser = torch.zeros((), dtype=data_t.q.dtype, device=data_t.q.device)
     loss = imitation + value + regulariser
 
     r_flat = torch.cat(r_parts)  # [N] every expert transition of both batches
@@ -440,8 +420,86 @@ def sequencematch_loss(
         r_std=r_flat.std(correction=0),
         r_data_mean=r_parts[0].mean(),
         r_model_mean=r_parts[1].mean() if len(r_parts) > 1 else nan,
-        by_kind=by_kind,
     )
+
+
+def objective_transitions(
+    data_logits: torch.Tensor | ChunkedLogits,
+    data: Batch,
+    model_logits: torch.Tensor | ChunkedLogits | None,
+    model: Batch | None,
+    bkspc_id: int | None,
+    eos_id: int | None,
+    objective: ObjectiveConfig,
+    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> tuple[Transitions, Transitions | None, dict[str, float]]:
+    """The data rows' and (when given) the model rows' transitions as ``objective`` reads Q,
+    and their statistics per kind of transition (``data/...``, ``model/...``).
+
+    ``offsets``: ``(data_offsets, model_offsets)``, a learned per-state value offset ``b(s)``
+    of each batch (``[B, T]``, or ``None``); with ``objective.q_reading`` and
+    ``terminal_value`` they say how Q is read, see :func:`transitions`. None of them changes
+    the policy.
+
+    Raises:
+        ValueError: mismatched logits, offsets under ``q_reading none``, or whatever
+        :func:`transitions` refuses.
+    """
+    if (model_logits is None) != (model is None):
+        raise ValueError("model_logits and model must be given together (or both None)")
+    if model_logits is not None:
+        if model_logits.dim() != 3 or model_logits.shape[-1] != data_logits.shape[-1]:
+            raise ValueError(
+                f"model_logits {tuple(model_logits.shape)} and data_logits "
+                f"{tuple(data_logits.shape)} must both be [batch, time, vocab] over the "
+                "same vocabulary"
+            )
+        if model_logits.dtype != data_logits.dtype:
+            raise ValueError(
+                f"model_logits ({model_logits.dtype}) and data_logits ({data_logits.dtype}) "
+                "must share a dtype"
+            )
+    data_offsets, model_offsets = (None, None) if offsets is None else offsets
+    if objective.q_reading == "none" and (data_offsets is not None or model_offsets is not None):
+        raise ValueError("offsets are read under q_reading offset or normalised, not none")
+    reading = dict(normalise=objective.normalise, learned_terminal=objective.learned_terminal)
+    data_t = transitions(data_logits, data, bkspc_id, eos_id, offsets=data_offsets, **reading)
+    by_kind = transition_statistics(data_t, data.sequences, bkspc_id, objective.gamma, "data/")
+    if model is None:
+        return data_t, None, by_kind
+    model_t = transitions(model_logits, model, bkspc_id, eos_id, offsets=model_offsets,
+                          **reading)  # fmt: skip
+    by_kind |= transition_statistics(model_t, model.sequences, bkspc_id, objective.gamma,
+                                     "model/")  # fmt: skip
+    return data_t, model_t, by_kind
+
+
+def sequencematch_loss(
+    data_logits: torch.Tensor | ChunkedLogits,
+    data: Batch,
+    model_logits: torch.Tensor | ChunkedLogits | None,
+    model: Batch | None,
+    bkspc_id: int | None,
+    eos_id: int | None,
+    objective: ObjectiveConfig | None = None,
+    *,
+    totals: tuple[float | None, float | None] | None = None,
+    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> SequenceMatchTerms:
+    """:func:`sequencematch_terms` of the transitions read off the logits of the data rows
+    and, when given, the model rows (:func:`objective_transitions`, ``offsets`` there), with
+    ``by_kind``: r, V and log pi per kind of transition.
+
+    Raises:
+        ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
+        transition.
+    """
+    objective = ObjectiveConfig() if objective is None else objective
+    data_t, model_t, by_kind = objective_transitions(
+        data_logits, data, model_logits, model, bkspc_id, eos_id, objective, offsets
+    )
+    terms = sequencematch_terms(data_t, model_t, objective, totals=totals)
+    return dataclasses.replace(terms, by_kind=by_kind)
 
 
 # --------------------------------------------------------------------------------------
@@ -480,10 +538,118 @@ class TrainingLoss:
         }  # fmt: skip
 
 
-def training_loss(
-    data_logits: torch.Tensor,
+@dataclass(frozen=True)
+class LossTransitions:
+    """What :func:`loss_from_transitions` reads of one batch: per-state ``[B, T]`` tensors.
+
+    Attributes:
+        mle: the data rows with ``Q = logits`` (no offsets, ``V(s') = 0`` after ``<eos>``),
+            for the MLE term.
+        data: the data rows as the objective reads Q, for the SequenceMatch terms; ``None``
+            when their weight is 0.
+        model: the model rows read the same way (kind ``online``), or ``None``.
+        by_kind: statistics per kind of transition, for metrics (``data/...``,
+            ``model/...``: :func:`~sequencematch.core.transition_stats.transition_statistics`).
+    """
+
+    mle: Transitions
+    data: Transitions | None = None
+    model: Transitions | None = None
+    by_kind: dict[str, float] = field(default_factory=dict, compare=False)
+
+
+def _sm_weight(
+    objective: ObjectiveConfig, sm_weight: float | None, with_model: bool | None
+) -> float:
+    """``sm_weight`` (default ``objective.sm_weight``), checked against ``objective`` and,
+    unless ``with_model`` is ``None``, against whether model rows are given."""
+    weight = objective.sm_weight if sm_weight is None else sm_weight
+    if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
+        raise ValueError(f"sm_weight must lie in [0, 1], got {weight!r}")
+    if objective.kind == "mle" and weight != 0.0:
+        raise ValueError(f"kind mle is MLE alone: sm_weight must be 0, got {weight!r}")
+    if objective.kind == "online" and with_model is False:
+        raise ValueError("kind online needs model rows (model_logits and model)")
+    if objective.kind == "offline" and with_model:
+        raise ValueError("kind offline reads data rows only: pass model_logits and model None")
+    return weight
+
+
+def loss_transitions(
+    data_logits: torch.Tensor | ChunkedLogits,
     data: Batch,
-    model_logits: torch.Tensor | None,
+    model_logits: torch.Tensor | ChunkedLogits | None,
+    model: Batch | None,
+    bkspc_id: int | None,
+    eos_id: int | None,
+    objective: ObjectiveConfig,
+    *,
+    sm_weight: float | None = None,
+    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> LossTransitions:
+    """Read off the logits what :func:`training_loss` needs (arguments as there): the data
+    rows with ``Q = logits`` for the MLE term and, when the SequenceMatch weight is not 0,
+    the data and model rows as ``objective`` reads Q (:func:`objective_transitions`)."""
+    weight = _sm_weight(objective, sm_weight, model is not None or model_logits is not None)
+    plain = transitions(data_logits, data, bkspc_id, eos_id,
+                        learned_terminal=False)  # fmt: skip  # Q = logits: log pi = q - v
+    if weight == 0.0:
+        by_kind = transition_statistics(plain, data.sequences, bkspc_id, objective.gamma,
+                                        "data/", with_values=False)  # fmt: skip
+        return LossTransitions(plain, by_kind=by_kind)
+    data_t, model_t, by_kind = objective_transitions(
+        data_logits, data, model_logits, model, bkspc_id, eos_id, objective, offsets
+    )
+    return LossTransitions(plain, data_t, model_t, by_kind)
+
+
+def loss_from_transitions(
+    trans: LossTransitions,
+    objective: ObjectiveConfig,
+    *,
+    sm_weight: float | None = None,
+    totals: tuple[float | None, float | None, float | None] | None = None,
+) -> TrainingLoss:
+    """The training loss ``(1 - w) * MLE + w * L_SM`` of per-state transitions (see
+    :func:`training_loss`): :func:`mle_term` of ``trans.mle`` (``gamma = 1``) and
+    :func:`sequencematch_terms` of ``trans.data`` and ``trans.model`` (``beta = 1`` for kind
+    ``offline``); ``trans.by_kind`` passes through.
+
+    Raises:
+        ValueError: ``sm_weight`` outside ``[0, 1]`` (or not 0 for kind ``mle``), transitions
+        missing for a weight above 0, model rows that do not fit the kind, or a batch with
+        no expert transition (without its total).
+    """
+    with_model = None if trans.data is None else trans.model is not None
+    weight = _sm_weight(objective, sm_weight, with_model)
+    mle_total, data_total, model_total = (None, None, None) if totals is None else totals
+    mle = mle_term(trans.mle, 1.0, mle_total)
+    if weight == 0.0:
+        zero = torch.zeros((), dtype=mle.dtype, device=mle.device)
+        return TrainingLoss(mle, mle, zero, zero, zero, by_kind=trans.by_kind)
+    if trans.data is None:
+        raise ValueError("a SequenceMatch weight above 0 needs the data rows' transitions")
+    if objective.kind == "offline":
+        objective = objective.replace(beta=1.0)
+    terms = sequencematch_terms(trans.data, trans.model, objective,
+                                totals=(data_total, model_total))  # fmt: skip
+    return TrainingLoss(
+        loss=(1.0 - weight) * mle + weight * terms.loss,
+        mle=mle,
+        imitation=terms.imitation,
+        value=terms.value,
+        regulariser=terms.regulariser,
+        v_mean=terms.v_mean.detach(),
+        r_mean=terms.r_mean.detach(),
+        r_std=terms.r_std.detach(),
+        by_kind=trans.by_kind,
+    )
+
+
+def training_loss(
+    data_logits: torch.Tensor | ChunkedLogits,
+    data: Batch,
+    model_logits: torch.Tensor | ChunkedLogits | None,
     model: Batch | None,
     bkspc_id: int | None,
     eos_id: int | None,
@@ -507,49 +673,16 @@ def training_loss(
     ``offsets``: the value offsets ``b(s)`` of the data and model rows (:func:`transitions`);
     the MLE term does not depend on them, nor on how ``objective`` reads Q.
 
+    The same as :func:`loss_from_transitions` of :func:`loss_transitions`.
+
     Raises:
         ValueError: ``sm_weight`` outside ``[0, 1]`` (or not 0 for kind ``mle``), model rows
         missing for kind ``online`` or given for kind ``offline``, or whatever the two losses
         refuse.
     """
-    weight = objective.sm_weight if sm_weight is None else sm_weight
-    if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
-        raise ValueError(f"sm_weight must lie in [0, 1], got {weight!r}")
-    if objective.kind == "mle" and weight != 0.0:
-        raise ValueError(f"kind mle is MLE alone: sm_weight must be 0, got {weight!r}")
-    with_model = model is not None or model_logits is not None
-    if objective.kind == "online" and not with_model:
-        raise ValueError("kind online needs model rows (model_logits and model)")
-    if objective.kind == "offline" and with_model:
-        raise ValueError("kind offline reads data rows only: pass model_logits and model None")
-    mle_total, data_total, model_total = (None, None, None) if totals is None else totals
-    plain = transitions(data_logits, data, bkspc_id, eos_id,
-                        learned_terminal=False)  # fmt: skip  # Q = logits: log pi = q - v
-    if mle_total is None:
-        _require_transitions(plain, "data")
-    mle = _weighted_mean(plain.v - plain.q, plain, 1.0, mle_total)  # mle_loss, gamma 1
-    if weight == 0.0:
-        zero = torch.zeros((), dtype=mle.dtype, device=mle.device)
-        by_kind = transition_statistics(plain, data.sequences, bkspc_id, objective.gamma,
-                                        "data/", with_values=False)  # fmt: skip
-        return TrainingLoss(mle, mle, zero, zero, zero, by_kind=by_kind)
-    if objective.kind == "offline":
-        objective = objective.replace(beta=1.0)
-    terms = sequencematch_loss(
-        data_logits, data, model_logits, model, bkspc_id, eos_id, objective,
-        totals=(data_total, model_total), offsets=offsets,
-    )  # fmt: skip
-    return TrainingLoss(
-        loss=(1.0 - weight) * mle + weight * terms.loss,
-        mle=mle,
-        imitation=terms.imitation,
-        value=terms.value,
-        regulariser=terms.regulariser,
-        v_mean=terms.v_mean.detach(),
-        r_mean=terms.r_mean.detach(),
-        r_std=terms.r_std.detach(),
-        by_kind=terms.by_kind,
-    )
+    trans = loss_transitions(data_logits, data, model_logits, model, bkspc_id, eos_id,
+                             objective, sm_weight=sm_weight, offsets=offsets)  # fmt: skip
+    return loss_from_transitions(trans, objective, sm_weight=sm_weight, totals=totals)
 
 
 def gradient_shares(result: TrainingLoss, weight: float, logits: torch.Tensor) -> dict[str, float]:
