@@ -8,7 +8,7 @@ from conftest import sm_loss
 
 from sequencematch.core.actions import collate
 from sequencematch.core.examples import encode_example, longest_completion, make_example
-from sequencematch.core.objectives import transitions
+from sequencematch.core.transitions import transitions
 from sequencematch.models.presets import char_tokenizer
 
 TOKENIZER = char_tokenizer("abcdef")

@@ -9,18 +9,21 @@ import torch
 from conftest import sm_loss, train_loss
 
 from sequencematch.core.actions import Batch, collate
+from sequencematch.core.chunked_logits import ChunkedLogits
 from sequencematch.core.objectives import (
     DEFAULT_ALPHA,
     PHI,
+    LossTransitions,
     ObjectiveConfig,
     SequenceMatchTerms,
     get_phi,
+    loss_from_transitions,
     mle_loss,
     sequencematch_loss,
     training_loss,
-    transitions,
     weight_total,
 )
+from sequencematch.core.transitions import transitions
 
 DTYPE = torch.float64
 DIVERGENCES = sorted(PHI)
@@ -956,6 +959,75 @@ def test_a_value_only_data_regulariser_changes_the_gradient_not_the_loss():
     assert torch.allclose(b_value, b_full, atol=1e-12)  # the value's gradient is unchanged
     with pytest.raises(ValueError, match="data_regulariser"):
         sm_loss(logits, data, None, None, BK, EOS, data_regulariser="policy")
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize(
+    ("kind", "weight", "q_reading", "terminal"),
+    [
+        ("mle", 0.0, "none", "learned"),
+        ("offline", 0.5, "offset", "learned"),
+        ("online", 0.0, "none", "learned"),
+        ("online", 0.7, "none", "zero"),
+        ("online", 0.7, "normalised", "learned"),
+    ],
+)
+def test_the_loss_of_the_transitions_is_the_training_loss_bit_for_bit(
+    chunked, kind, weight, q_reading, terminal
+):
+    """:func:`loss_from_transitions` of transitions read by hand gives the terms and the
+    gradients of :func:`training_loss` on the same logits exactly, dense or chunked."""
+    data, model = make_batch(DATA_ROWS), make_batch(MODEL_ROWS)
+    torch.manual_seed(41)
+    head = torch.nn.Linear(6, VOCAB, dtype=DTYPE)
+    shapes = (data.sequences.shape, model.sequences.shape)
+    hidden = [torch.randn(*shape, 6, dtype=DTYPE) for shape in shapes]  # [B, T, H] each
+    offsets = [0.3 * torch.randn(shape, dtype=DTYPE) for shape in shapes]  # [B, T] b(s) each
+    leaves = [*hidden, *offsets, head.weight, head.bias]
+    for leaf in leaves:
+        leaf.requires_grad_()
+    objective = ObjectiveConfig(kind=kind, q_reading=q_reading, terminal_value=terminal,
+                                gamma=0.9, alpha=0.7, beta=0.4)  # fmt: skip
+    with_model = kind == "online"
+    b = None if q_reading == "none" else (offsets[0], offsets[1] if with_model else None)
+
+    def logits(rows: int) -> torch.Tensor | ChunkedLogits:  # [B, T, V], fresh for each loss
+        return ChunkedLogits(hidden[rows], head, chunk_tokens=3) if chunked else head(hidden[rows])
+
+    data_logits, model_logits = logits(0), logits(1) if with_model else None
+    whole = training_loss(data_logits, data, model_logits, model if with_model else None, BK,
+                          EOS, objective, sm_weight=weight, offsets=b)  # fmt: skip
+
+    data_logits, model_logits = logits(0), logits(1)
+    reading = dict(normalise=objective.normalise, learned_terminal=objective.learned_terminal)
+    mle_t = transitions(data_logits, data, BK, EOS, learned_terminal=False)
+    data_t = model_t = None
+    if weight > 0:
+        data_b, model_b = (None, None) if b is None else b
+        data_t = transitions(data_logits, data, BK, EOS, offsets=data_b, **reading)
+        if with_model:
+            model_t = transitions(model_logits, model, BK, EOS, offsets=model_b, **reading)
+    pure = loss_from_transitions(LossTransitions(mle_t, data_t, model_t), objective,
+                                 sm_weight=weight)  # fmt: skip
+
+    assert whole.as_dict().keys() == pure.as_dict().keys()
+    for name, value in whole.as_dict().items():
+        assert torch.equal(value, pure.as_dict()[name]), name
+    expected = torch.autograd.grad(whole.loss, leaves, allow_unused=True)
+    found = torch.autograd.grad(pure.loss, leaves, allow_unused=True)
+    names = ["data", "model", "b_data", "b_model", "weight", "bias"]
+    for name, a, g in zip(names, expected, found, strict=True):
+        assert (a is None) == (g is None), name
+        assert a is None or torch.equal(a, g), name
+
+
+def test_the_loss_of_the_transitions_needs_the_objectives_reading_for_a_weight():
+    data = make_batch(DATA_ROWS)
+    plain = LossTransitions(transitions(random_logits(data), data, BK, EOS))
+    with pytest.raises(ValueError, match="needs the data rows' transitions"):
+        loss_from_transitions(plain, ObjectiveConfig(kind="offline"), sm_weight=0.5)
+    loss = loss_from_transitions(plain, ObjectiveConfig(kind="offline"), sm_weight=0.0)
+    assert num(loss.imitation) == 0.0
 
 
 # --------------------------------------------------------------------------------------

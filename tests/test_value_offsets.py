@@ -10,7 +10,8 @@ from conftest import sm_loss
 from test_objectives import BK, DATA_ROWS, EOS, MODEL_ROWS, make_batch, num, random_logits
 
 from sequencematch.core.chunked_logits import ChunkedLogits
-from sequencematch.core.objectives import mle_loss, transitions
+from sequencematch.core.objectives import mle_loss
+from sequencematch.core.transitions import transitions
 
 READINGS = [(False, True), (True, False), (True, True)]  # (offsets given, normalise)
 

@@ -28,7 +28,7 @@ class ChunkedLogits:
     """The ``[B, T, V]`` logits ``head(hidden)`` of every state, computed when read.
 
     Stands in for the logits tensor wherever the objectives read logits
-    (:func:`~sequencematch.core.objectives.transitions`, hence ``mle_loss`` and
+    (:func:`~sequencematch.core.transitions.transitions`, hence ``mle_loss`` and
     ``sequencematch_loss``): it has the tensor's ``shape``, ``dtype``, ``device`` and
     ``dim()``, slices over rows (``logits[:n]``), and :meth:`dense` builds the full tensor when
     one is really wanted.

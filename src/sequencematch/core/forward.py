@@ -5,7 +5,8 @@ sequences in one forward pass. :func:`model_mask` turns a boolean mask into what
 model's attention implementation expects, and :func:`cache_keyword` names the KV-cache
 argument of the installed ``transformers``; the sampler shares both.
 
-For training, :func:`chunked_state_logits` runs the transformer body (in bfloat16 under
+For training, :func:`loss_logits` gives the logits a loss reads, dense or chunked:
+:func:`chunked_state_logits` runs the transformer body (in bfloat16 under
 autocast with ``body_dtype``) and hands back its last hidden states with the LM head as
 :class:`~sequencematch.core.chunked_logits.ChunkedLogits`, which the objectives read in
 float32 a chunk of states at a time: mixed precision that SequenceMatch can use, without
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .actions import Batch
 from .causal_lm import causal_lm, check_backspace_support
 from .chunked_logits import ChunkedLogits
 from .layout import Layout, build_layout, validate_rows
@@ -141,6 +143,44 @@ def chunked_state_logits(
     return ChunkedLogits(
         hidden, core.get_output_embeddings(), chunk_tokens=chunk_tokens, recompute=recompute
     )
+
+
+def loss_logits(
+    model: torch.nn.Module,
+    batch: Batch,
+    bkspc_id: int | None,
+    vocab_size: int,
+    *,
+    body_dtype: torch.dtype | None = None,
+    chunk_tokens: int | None = None,
+    with_hidden: bool = False,
+) -> tuple[torch.Tensor | ChunkedLogits, torch.Tensor | None]:
+    """The ``[B, T, V]`` logits of a training batch's states (rows not checked again), in
+    float32, and its ``[B, T, H]`` last hidden states when ``with_hidden`` (else ``None``).
+
+    ``chunk_tokens``: :class:`~sequencematch.core.chunked_logits.ChunkedLogits` that read
+    this many states at a time and recompute them in the backward pass (for a head of
+    exactly ``vocab_size`` rows); ``None``: the full tensor, the head's rows beyond
+    ``vocab_size`` cut. ``body_dtype`` ``None``: one plain forward; bf16/fp16: the body
+    under autocast and the LM head in float32 (autocast over the whole model would round the
+    logits, and the rewards ``r = Q - gamma V'`` read off them, to bf16's 0.125 steps at
+    logit 16).
+    """
+    rows = (batch.sequences, batch.prompt_lengths, batch.lengths, bkspc_id)
+    if chunk_tokens is not None:
+        chunked = chunked_state_logits(
+            model, *rows, validate=False, body_dtype=body_dtype, chunk_tokens=chunk_tokens
+        )  # [B, T, V] read a chunk of states at a time
+        return chunked, chunked.hidden if with_hidden else None
+    hidden = None
+    if body_dtype is None and not with_hidden:
+        logits = state_logits(model, *rows, validate=False)
+    else:
+        chunked = chunked_state_logits(
+            model, *rows, validate=False, body_dtype=body_dtype, recompute=False
+        )
+        logits, hidden = chunked.dense(), chunked.hidden  # [B, T, V], [B, T, H]
+    return logits[..., :vocab_size].float(), hidden
 
 
 def _checked_layout(

@@ -1,15 +1,15 @@
-"""Training objectives on one-pass logits: MLE and the SequenceMatch (IQ-Learn) loss.
+"""Training objectives: MLE and the SequenceMatch (IQ-Learn) loss (docs/method.md).
 
-The logits of a row are read as a soft Q-function (docs/method.md): ``logits[b, t]`` is
-``Q(s_t, .)`` for the state reached after element ``t``. The action at element ``t``
-(``P <= t < L``) is the transition ``s = state after t-1 -> s' = state after t``, so its
-``Q(s, a)`` is ``logits[b, t-1, a]``, its ``V(s)`` is the logsumexp of ``logits[b, t-1]`` and
-its ``V(s')`` the logsumexp of ``logits[b, t]`` (over valid actions only: ``<bkspc>`` is
-invalid in a state with no generated token left).
+Each loss is a pure function of per-state ``[B, T]`` tensors, the :class:`Transitions` that
+:func:`~sequencematch.core.transitions.transitions` reads off one-pass logits (Q of the
+action taken, V, V', flags): :func:`loss_from_transitions` (the training loss),
+:func:`sequencematch_terms` and :func:`mle_term` never see logits. :func:`training_loss`,
+:func:`sequencematch_loss` and :func:`mle_loss` take logits: they read the transitions
+(:func:`loss_transitions`), then call those.
 
-Everything here is a pure function of tensors (no model), vectorised over the batch and the
-sequence, in the dtype of the logits. Pass float32 (or float64) logits: bfloat16 cannot even
-represent ``gamma=0.998`` (it rounds to 0.996), nor ``V`` to the precision ``r`` needs.
+Everything is vectorised over the batch and the sequence, in the dtype of the logits. Pass
+float32 (or float64) logits: bfloat16 cannot even represent ``gamma=0.998`` (it rounds to
+0.996), nor ``V`` to the precision ``r`` needs.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 
 from .actions import Batch
 from .chunked_logits import ChunkedLogits
-from .layout import validate_rows, visible_lengths
 from .transition_stats import transition_statistics
+from .transitions import Transitions, transitions
 
 Phi = Callable[[torch.Tensor, float], torch.Tensor]
 """``phi(x, alpha) -> tensor``: the concave function of the reward in the imitation term
@@ -110,213 +110,6 @@ class ObjectiveConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------------------
-# Transitions
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Transitions:
-    """Per-transition quantities, ``[B, T]``, aligned on the action element ``t``.
-
-    Entries are zero (``False``) outside action elements (prompt and padding).
-
-    Attributes:
-        q: ``Q(s, a)``, the logit of the action taken in the state before it.
-        v: ``V(s)``, logsumexp over the valid actions of that state.
-        v_next: ``V(s')`` of the state after the action; after ``<eos>`` the absorbing
-            terminal state's: ``0``, or its learned ``b`` (``learned_terminal``).
-        done: ``True`` where the action is ``<eos>``.
-        mask: ``True`` at action elements that are expert transitions (the ones any loss
-            averages over; inserted noise actions of data rows are ``False``).
-        step: ``t - P``, the action index after the prompt (backspaces and noise count),
-            used for the ``gamma ** step`` weights.
-        action: ``True`` at every action element (expert or not).
-
-    ``noise`` (a property): action elements that are not expert transitions (the inserted
-    wrong tokens of data rows).
-    """
-
-    q: torch.Tensor
-    v: torch.Tensor
-    v_next: torch.Tensor
-    done: torch.Tensor
-    mask: torch.Tensor
-    step: torch.Tensor
-    action: torch.Tensor
-
-    @property
-    def noise(self) -> torch.Tensor:
-        """``[B, T]`` ``True`` at action elements that are no expert transition."""
-        return self.action & ~self.mask
-
-    def reward(self, gamma: float) -> torch.Tensor:
-        """Implicit reward ``r = Q(s,a) - gamma * V(s')``, ``[B, T]`` (``V(s')`` is ``0`` after
-        ``<eos>`` unless the terminal value is learned)."""
-        return self.q - gamma * self.v_next
-
-    def value_difference(self, gamma: float) -> torch.Tensor:
-        """``V(s) - gamma * V(s')``, ``[B, T]`` (the value-term integrand)."""
-        return self.v - gamma * self.v_next
-
-    def weights(self, gamma: float) -> torch.Tensor:
-        """``gamma ** step`` on masked transitions, ``0`` elsewhere, ``[B, T]``."""
-        w = torch.pow(torch.as_tensor(gamma, dtype=self.q.dtype, device=self.q.device), self.step)
-        return torch.where(self.mask, w, 0.0)
-
-
-def _check_logits(logits: torch.Tensor, batch: Batch, name: str) -> None:
-    """Raise ``ValueError`` when ``logits`` do not fit ``batch``."""
-    if logits.dim() != 3:
-        raise ValueError(f"{name} must be [batch, time, vocab], got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got dtype {logits.dtype}")
-    if tuple(logits.shape[:2]) != tuple(batch.sequences.shape):
-        raise ValueError(
-            f"{name} has shape {tuple(logits.shape)} but the batch sequences are "
-            f"{tuple(batch.sequences.shape)}: the first two dimensions must match"
-        )
-    if tuple(batch.expert.shape) != tuple(batch.sequences.shape):
-        raise ValueError(
-            f"batch.expert has shape {tuple(batch.expert.shape)}, expected "
-            f"{tuple(batch.sequences.shape)} (one flag per element)"
-        )
-    if batch.expert.dtype != torch.bool:
-        raise ValueError(f"batch.expert must be a bool tensor, got dtype {batch.expert.dtype}")
-
-
-def _check_special(token_id: int | None, vocab: int, what: str) -> None:
-    if token_id is not None and not 0 <= token_id < vocab:
-        raise ValueError(f"{what}={token_id} is outside the logits' vocabulary of size {vocab}")
-
-
-def transitions(
-    logits: torch.Tensor | ChunkedLogits,
-    batch: Batch,
-    bkspc_id: int | None,
-    eos_id: int | None,
-    *,
-    offsets: torch.Tensor | None = None,
-    normalise: bool = False,
-    learned_terminal: bool = True,
-) -> Transitions:
-    """Q, V, V' and flags of every action transition of a batch (see module doc).
-
-    How logits are read as Q (docs/method.md, "Reading logits as Q"): by default
-    ``Q = logits``. ``offsets``
-    (``[B, T]``, one scalar ``b(s)`` per state after each element) are added to every Q of
-    that state; with ``normalise`` the logits are first replaced by their log-softmax, so
-    ``Q = log pi + b`` and ``V = b``. The policy ``softmax(Q)`` is the same in all three
-    readings, and so is ``V(s) - Q(s, a) = -log pi(a|s)``.
-
-    ``learned_terminal``: the state after ``<eos>`` is an absorbing state whose value is
-    learned, ``V(s')`` read at the ``<eos>`` element in the reading's own way (the log-sum-exp
-    of its logits, plus ``b`` with offsets; ``b`` alone when normalised), instead of ``0``
-    (docs/method.md, "Terminal states"). Those logits serve nothing else: no action is taken
-    after ``<eos>``. Without it, the level of Q at a finished answer is pinned by the terminal
-    alone: ``r_eos = Q(s, <eos>)``, and a level above ``2 alpha / (1 - lambda_mle)`` makes the
-    objective itself lower ``P(<eos>)``.
-
-    ``<bkspc>`` is masked to ``-inf`` in every state whose visible length equals the prompt
-    length (it would delete the prompt), so it never enters ``V`` there. ``bkspc_id=None``:
-    no backspace in the vocabulary, nothing is masked; ``eos_id=None``: no terminal action
-    (every row bootstraps from its last state).
-
-    Logits of rows that are no state of any transition (padding, all prompt elements but
-    the last, the state after ``<eos>``) are replaced by zeros first, so arbitrary (even
-    non-finite) values there change nothing and receive an exact zero gradient.
-
-    ``logits`` may be a :class:`~sequencematch.core.chunked_logits.ChunkedLogits`: the same
-    quantities are then read a chunk of states at a time, without the full ``[B, T, V]``
-    tensor (the rows it holds are the model's own, finite, so only padding and prompt rows
-    are skipped).
-
-    Raises:
-        ValueError: shapes, ids or rows are invalid (e.g. a ``<bkspc>`` into the prompt).
-    """
-    _check_logits(logits, batch, "logits")
-    _, time, vocab = logits.shape
-    _check_special(bkspc_id, vocab, "bkspc_id")
-    _check_special(eos_id, vocab, "eos_id")
-    if bkspc_id is not None and vocab < 2:
-        raise ValueError("with a <bkspc> id the vocabulary needs at least one other action")
-    sequences, prompt_lengths, lengths = batch.sequences, batch.prompt_lengths, batch.lengths
-    validate_rows(sequences, prompt_lengths, lengths, bkspc_id, vocab_size=vocab)
-
-    device = logits.device
-    index = torch.arange(time, device=device)  # [T]
-    prompt = prompt_lengths.to(device)[:, None]  # [B, 1]
-    length = lengths.to(device)[:, None]  # [B, 1]
-    sequences = sequences.to(device)
-    action = (index[None, :] >= prompt) & (index[None, :] < length)  # [B, T]
-    done = action & (sequences == eos_id) if eos_id is not None else torch.zeros_like(action)
-    mask = action & batch.expert.to(device)  # [B, T]
-
-    # Rows that are a state of some transition: s of the action at t+1, s' of a
-    # non-terminal action at t. Everything else is zeroed (no leak, no NaN gradient).
-    next_is_action = torch.zeros_like(action)
-    next_is_action[:, :-1] = action[:, 1:]  # [B, T] element t+1 is an action
-    is_state = next_is_action | (action & ~done)  # [B, T]
-    if learned_terminal:  # the absorbing state after <eos> is read for its value
-        is_state = is_state | done  # [B, T]
-    at_boundary = None
-    if bkspc_id is not None:
-        depths = visible_lengths(sequences, prompt_lengths.to(device), length[:, 0], bkspc_id)
-        at_boundary = depths <= prompt  # [B, T] no generated token to delete
-    # The action taken from the state after element t is element t+1 (pad ids may be anything).
-    next_ids = torch.zeros_like(sequences)  # [B, T]
-    next_ids[:, :-1] = sequences.clamp(0, vocab - 1)[:, 1:]
-
-    if isinstance(logits, ChunkedLogits):
-        # The state after <eos> is read too (its logits are finite and its value is dropped
-        # below), so the MLE and SequenceMatch terms read the same states, computed once.
-        values, next_q = logits.state_values(next_is_action | action, next_ids, at_boundary,
-                                             bkspc_id)  # fmt: skip
-    else:
-        values, next_q = _dense_state_values(logits, is_state, next_ids, at_boundary, bkspc_id)
-    if normalise:  # Q = log pi (+ b): the logits' own log-sum-exp is not read as value
-        next_q = next_q - values  # [B, T] log pi(next action | state)
-        values = torch.zeros_like(values)  # [B, T]
-    if offsets is not None:
-        if tuple(offsets.shape) != tuple(values.shape):
-            raise ValueError(
-                f"offsets must be one value per state, shape {tuple(values.shape)}, got "
-                f"{tuple(offsets.shape)}"
-            )
-        offsets = offsets.to(values.dtype)
-        values = values + torch.where(is_state | action, offsets, 0.0)  # [B, T]
-        next_q = next_q + torch.where(is_state | action, offsets, 0.0)  # [B, T]
-    # Shift by one: the transition of element t starts in the state after element t-1.
-    q = torch.zeros_like(values)  # [B, T]
-    v = torch.zeros_like(values)  # [B, T]
-    q[:, 1:] = next_q[:, :-1]
-    v[:, 1:] = values[:, :-1]
-    zero = torch.zeros((), dtype=logits.dtype, device=device)
-    q = torch.where(action, q, zero)
-    v = torch.where(action, v, zero)
-    # V(s'): 0 after <eos> unless the absorbing state's value is learned.
-    v_next = torch.where(action & (~done | learned_terminal), values, zero)  # [B, T]
-    step = torch.where(action, index[None, :] - prompt, 0).to(logits.dtype)  # [B, T]
-    return Transitions(q=q, v=v, v_next=v_next, done=done, mask=mask, step=step, action=action)
-
-
-def _dense_state_values(
-    logits: torch.Tensor,
-    is_state: torch.Tensor,
-    next_ids: torch.Tensor,
-    at_boundary: torch.Tensor | None,
-    bkspc_id: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``V`` of the state after each element and its logit of the next action, ``[B, T]`` each,
-    from a full ``[B, T, V]`` logits tensor (rows that are no state read as zeros)."""
-    safe = logits.masked_fill(~is_state[..., None], 0.0)  # [B, T, V]
-    if bkspc_id is not None:
-        safe[..., bkspc_id] = safe[..., bkspc_id].masked_fill(at_boundary, float("-inf"))
-    values = torch.logsumexp(safe, dim=-1)  # [B, T]
-    next_q = safe.gather(-1, next_ids[..., None]).squeeze(-1)  # [B, T]
-    return values, next_q
-
-
 def _check_gamma(gamma: float) -> None:
     if not (isinstance(gamma, (int, float)) and 0.0 < gamma <= 1.0):
         raise ValueError(f"gamma must lie in (0, 1], got {gamma!r}")
@@ -370,8 +163,16 @@ def _require_transitions(trans: Transitions, what: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def mle_term(trans: Transitions, gamma: float = 1.0, total: float | None = None) -> torch.Tensor:
+    """``E_data[-log pi(a|s)]``, the ``gamma ** step``-weighted mean of ``V(s) - Q(s, a)``
+    over the expert transitions of ``trans`` (the same in every reading of Q)."""
+    if total is None:
+        _require_transitions(trans, "data")
+    return _weighted_mean(trans.v - trans.q, trans, gamma, total)
+
+
 def mle_loss(
-    logits: torch.Tensor,
+    logits: torch.Tensor | ChunkedLogits,
     batch: Batch,
     bkspc_id: int | None,
     gamma: float = 1.0,
@@ -387,10 +188,7 @@ def mle_loss(
     (:func:`weight_total`); a shard may then hold no expert transition.
     """
     _check_gamma(gamma)
-    trans = transitions(logits, batch, bkspc_id, eos_id=None)
-    if total is None:
-        _require_transitions(trans, "data")
-    return _weighted_mean(trans.v - trans.q, trans, gamma, total)
+    return mle_term(transitions(logits, batch, bkspc_id, eos_id=None), gamma, total)
 
 
 # --------------------------------------------------------------------------------------
@@ -517,19 +315,16 @@ class SequenceMatchTerms:
                 if f.name != "by_kind"}  # fmt: skip
 
 
-def sequencematch_loss(
-    data_logits: torch.Tensor,
-    data: Batch,
-    model_logits: torch.Tensor | None,
-    model: Batch | None,
-    bkspc_id: int | None,
-    eos_id: int | None,
+def sequencematch_terms(
+    data_t: Transitions,
+    model_t: Transitions | None,
     objective: ObjectiveConfig | None = None,
     *,
-    totals: tuple[float, float | None] | None = None,
-    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    totals: tuple[float | None, float | None] | None = None,
 ) -> SequenceMatchTerms:
-    """The SequenceMatch objective of docs/method.md, "The objective" (minimised).
+    """The SequenceMatch objective of docs/method.md, "The objective" (minimised), from the
+    data rows' transitions and, when given, the model rows' (each read as ``objective``
+    reads Q: :func:`objective_transitions`).
 
     With ``r = Q(s,a) - gamma (1-done) V(s')``, ``value = V(s) - gamma (1-done) V(s')`` and
     ``E_data`` / ``E_model`` the ``gamma ** step``-weighted means over the expert
@@ -549,12 +344,7 @@ def sequencematch_loss(
 
     ``objective`` (default :class:`ObjectiveConfig`): ``divergence``, ``gamma``, ``alpha``,
     ``beta`` and the options below; its ``kind`` and ``lambda_mle`` are read by
-    :func:`training_loss`, not here.
-
-    ``offsets``: ``(data_offsets, model_offsets)``, a learned per-state value offset ``b(s)``
-    of each batch (``[B, T]``, or ``None``); with ``objective.q_reading`` and
-    ``terminal_value`` they say how Q is read, see :func:`transitions`. None of them changes
-    the policy or the identity above.
+    :func:`loss_from_transitions`, not here.
 
     ``balance_noise``: with model rows (``beta < 1``), the inserted wrong tokens of data rows
     enter the value term with weight ``-(1 - beta)`` (they stay out of every other term), so
@@ -570,34 +360,15 @@ def sequencematch_loss(
     reweights the likelihood of each data action by ``1 - beta r / (2 alpha)`` and so
     favours surprising actions (docs/method.md, "Gradient"). The loss's value is the same.
 
+    ``by_kind`` of the result is empty (:func:`sequencematch_loss` fills it).
+
     Raises:
-        ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
-        transition.
+        ValueError: a batch with no expert transition (without its total).
     """
     objective = ObjectiveConfig() if objective is None else objective
     phi = get_phi(objective.divergence)
     gamma, alpha, beta = objective.gamma, objective.alpha, objective.beta
-    if (model_logits is None) != (model is None):
-        raise ValueError("model_logits and model must be given together (or both None)")
-    if model_logits is not None:
-        if model_logits.dim() != 3 or model_logits.shape[-1] != data_logits.shape[-1]:
-            raise ValueError(
-                f"model_logits {tuple(model_logits.shape)} and data_logits "
-                f"{tuple(data_logits.shape)} must both be [batch, time, vocab] over the "
-                "same vocabulary"
-            )
-        if model_logits.dtype != data_logits.dtype:
-            raise ValueError(
-                f"model_logits ({model_logits.dtype}) and data_logits ({data_logits.dtype}) "
-                "must share a dtype"
-            )
-
     data_total, model_total = (None, None) if totals is None else totals
-    data_offsets, model_offsets = (None, None) if offsets is None else offsets
-    if objective.q_reading == "none" and (data_offsets is not None or model_offsets is not None):
-        raise ValueError("offsets are read under q_reading offset or normalised, not none")
-    reading = dict(normalise=objective.normalise, learned_terminal=objective.learned_terminal)
-    data_t = transitions(data_logits, data, bkspc_id, eos_id, offsets=data_offsets, **reading)
     if data_total is None:
         _require_transitions(data_t, "data")
     r_data = data_t.reward(gamma)  # [B, T]
@@ -612,14 +383,11 @@ def sequencematch_loss(
     else:
         imitation = -_weighted_mean(phi(r_data, alpha), data_t, gamma, data_total)
 
-    by_kind = transition_statistics(data_t, data.sequences, bkspc_id, gamma, "data/")
     r_parts = [r_data.detach()[data_t.mask]]  # [N_data] rewards, for statistics
     v_parts = [data_t.v.detach()[data_t.mask]]  # [N_data]
-    if model is None:
+    if model_t is None:
         value, square = value_data, square_data
     else:
-        model_t = transitions(model_logits, model, bkspc_id, eos_id, offsets=model_offsets,
-                              **reading)  # fmt: skip
         if model_total is None:
             _require_transitions(model_t, "model")
         r_model = model_t.reward(gamma)  # [B', T']
@@ -631,14 +399,13 @@ def sequencematch_loss(
                                          data_total, over=data_t.noise)  # fmt: skip
             value = value - (1.0 - beta) * noise_value
         square = beta * square_data + (1.0 - beta) * square_model
-        by_kind |= transition_statistics(model_t, model.sequences, bkspc_id, gamma, "model/")
         r_parts.append(r_model.detach()[model_t.mask].to(r_data.device))  # [N_model]
         v_parts.append(model_t.v.detach()[model_t.mask].to(r_data.device))  # [N_model]
 
     if objective.divergence == "chi2":
         regulariser = square / (4.0 * alpha)
     else:
-        regulariser = torch.zeros((), dtype=data_logits.dtype, device=data_logits.device)
+        regulariser = torch.zeros((), dtype=data_t.q.dtype, device=data_t.q.device)
     loss = imitation + value + regulariser
 
     r_flat = torch.cat(r_parts)  # [N] every expert transition of both batches
@@ -653,8 +420,86 @@ def sequencematch_loss(
         r_std=r_flat.std(correction=0),
         r_data_mean=r_parts[0].mean(),
         r_model_mean=r_parts[1].mean() if len(r_parts) > 1 else nan,
-        by_kind=by_kind,
     )
+
+
+def objective_transitions(
+    data_logits: torch.Tensor | ChunkedLogits,
+    data: Batch,
+    model_logits: torch.Tensor | ChunkedLogits | None,
+    model: Batch | None,
+    bkspc_id: int | None,
+    eos_id: int | None,
+    objective: ObjectiveConfig,
+    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> tuple[Transitions, Transitions | None, dict[str, float]]:
+    """The data rows' and (when given) the model rows' transitions as ``objective`` reads Q,
+    and their statistics per kind of transition (``data/...``, ``model/...``).
+
+    ``offsets``: ``(data_offsets, model_offsets)``, a learned per-state value offset ``b(s)``
+    of each batch (``[B, T]``, or ``None``); with ``objective.q_reading`` and
+    ``terminal_value`` they say how Q is read, see :func:`transitions`. None of them changes
+    the policy.
+
+    Raises:
+        ValueError: mismatched logits, offsets under ``q_reading none``, or whatever
+        :func:`transitions` refuses.
+    """
+    if (model_logits is None) != (model is None):
+        raise ValueError("model_logits and model must be given together (or both None)")
+    if model_logits is not None:
+        if model_logits.dim() != 3 or model_logits.shape[-1] != data_logits.shape[-1]:
+            raise ValueError(
+                f"model_logits {tuple(model_logits.shape)} and data_logits "
+                f"{tuple(data_logits.shape)} must both be [batch, time, vocab] over the "
+                "same vocabulary"
+            )
+        if model_logits.dtype != data_logits.dtype:
+            raise ValueError(
+                f"model_logits ({model_logits.dtype}) and data_logits ({data_logits.dtype}) "
+                "must share a dtype"
+            )
+    data_offsets, model_offsets = (None, None) if offsets is None else offsets
+    if objective.q_reading == "none" and (data_offsets is not None or model_offsets is not None):
+        raise ValueError("offsets are read under q_reading offset or normalised, not none")
+    reading = dict(normalise=objective.normalise, learned_terminal=objective.learned_terminal)
+    data_t = transitions(data_logits, data, bkspc_id, eos_id, offsets=data_offsets, **reading)
+    by_kind = transition_statistics(data_t, data.sequences, bkspc_id, objective.gamma, "data/")
+    if model is None:
+        return data_t, None, by_kind
+    model_t = transitions(model_logits, model, bkspc_id, eos_id, offsets=model_offsets,
+                          **reading)  # fmt: skip
+    by_kind |= transition_statistics(model_t, model.sequences, bkspc_id, objective.gamma,
+                                     "model/")  # fmt: skip
+    return data_t, model_t, by_kind
+
+
+def sequencematch_loss(
+    data_logits: torch.Tensor | ChunkedLogits,
+    data: Batch,
+    model_logits: torch.Tensor | ChunkedLogits | None,
+    model: Batch | None,
+    bkspc_id: int | None,
+    eos_id: int | None,
+    objective: ObjectiveConfig | None = None,
+    *,
+    totals: tuple[float | None, float | None] | None = None,
+    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> SequenceMatchTerms:
+    """:func:`sequencematch_terms` of the transitions read off the logits of the data rows
+    and, when given, the model rows (:func:`objective_transitions`, ``offsets`` there), with
+    ``by_kind``: r, V and log pi per kind of transition.
+
+    Raises:
+        ValueError: bad hyper-parameters, mismatched shapes, or a batch with no expert
+        transition.
+    """
+    objective = ObjectiveConfig() if objective is None else objective
+    data_t, model_t, by_kind = objective_transitions(
+        data_logits, data, model_logits, model, bkspc_id, eos_id, objective, offsets
+    )
+    terms = sequencematch_terms(data_t, model_t, objective, totals=totals)
+    return dataclasses.replace(terms, by_kind=by_kind)
 
 
 # --------------------------------------------------------------------------------------
@@ -693,10 +538,118 @@ class TrainingLoss:
         }  # fmt: skip
 
 
-def training_loss(
-    data_logits: torch.Tensor,
+@dataclass(frozen=True)
+class LossTransitions:
+    """What :func:`loss_from_transitions` reads of one batch: per-state ``[B, T]`` tensors.
+
+    Attributes:
+        mle: the data rows with ``Q = logits`` (no offsets, ``V(s') = 0`` after ``<eos>``),
+            for the MLE term.
+        data: the data rows as the objective reads Q, for the SequenceMatch terms; ``None``
+            when their weight is 0.
+        model: the model rows read the same way (kind ``online``), or ``None``.
+        by_kind: statistics per kind of transition, for metrics (``data/...``,
+            ``model/...``: :func:`~sequencematch.core.transition_stats.transition_statistics`).
+    """
+
+    mle: Transitions
+    data: Transitions | None = None
+    model: Transitions | None = None
+    by_kind: dict[str, float] = field(default_factory=dict, compare=False)
+
+
+def _sm_weight(
+    objective: ObjectiveConfig, sm_weight: float | None, with_model: bool | None
+) -> float:
+    """``sm_weight`` (default ``objective.sm_weight``), checked against ``objective`` and,
+    unless ``with_model`` is ``None``, against whether model rows are given."""
+    weight = objective.sm_weight if sm_weight is None else sm_weight
+    if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
+        raise ValueError(f"sm_weight must lie in [0, 1], got {weight!r}")
+    if objective.kind == "mle" and weight != 0.0:
+        raise ValueError(f"kind mle is MLE alone: sm_weight must be 0, got {weight!r}")
+    if objective.kind == "online" and with_model is False:
+        raise ValueError("kind online needs model rows (model_logits and model)")
+    if objective.kind == "offline" and with_model:
+        raise ValueError("kind offline reads data rows only: pass model_logits and model None")
+    return weight
+
+
+def loss_transitions(
+    data_logits: torch.Tensor | ChunkedLogits,
     data: Batch,
-    model_logits: torch.Tensor | None,
+    model_logits: torch.Tensor | ChunkedLogits | None,
+    model: Batch | None,
+    bkspc_id: int | None,
+    eos_id: int | None,
+    objective: ObjectiveConfig,
+    *,
+    sm_weight: float | None = None,
+    offsets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+) -> LossTransitions:
+    """Read off the logits what :func:`training_loss` needs (arguments as there): the data
+    rows with ``Q = logits`` for the MLE term and, when the SequenceMatch weight is not 0,
+    the data and model rows as ``objective`` reads Q (:func:`objective_transitions`)."""
+    weight = _sm_weight(objective, sm_weight, model is not None or model_logits is not None)
+    plain = transitions(data_logits, data, bkspc_id, eos_id,
+                        learned_terminal=False)  # fmt: skip  # Q = logits: log pi = q - v
+    if weight == 0.0:
+        by_kind = transition_statistics(plain, data.sequences, bkspc_id, objective.gamma,
+                                        "data/", with_values=False)  # fmt: skip
+        return LossTransitions(plain, by_kind=by_kind)
+    data_t, model_t, by_kind = objective_transitions(
+        data_logits, data, model_logits, model, bkspc_id, eos_id, objective, offsets
+    )
+    return LossTransitions(plain, data_t, model_t, by_kind)
+
+
+def loss_from_transitions(
+    trans: LossTransitions,
+    objective: ObjectiveConfig,
+    *,
+    sm_weight: float | None = None,
+    totals: tuple[float | None, float | None, float | None] | None = None,
+) -> TrainingLoss:
+    """The training loss ``(1 - w) * MLE + w * L_SM`` of per-state transitions (see
+    :func:`training_loss`): :func:`mle_term` of ``trans.mle`` (``gamma = 1``) and
+    :func:`sequencematch_terms` of ``trans.data`` and ``trans.model`` (``beta = 1`` for kind
+    ``offline``); ``trans.by_kind`` passes through.
+
+    Raises:
+        ValueError: ``sm_weight`` outside ``[0, 1]`` (or not 0 for kind ``mle``), transitions
+        missing for a weight above 0, model rows that do not fit the kind, or a batch with
+        no expert transition (without its total).
+    """
+    with_model = None if trans.data is None else trans.model is not None
+    weight = _sm_weight(objective, sm_weight, with_model)
+    mle_total, data_total, model_total = (None, None, None) if totals is None else totals
+    mle = mle_term(trans.mle, 1.0, mle_total)
+    if weight == 0.0:
+        zero = torch.zeros((), dtype=mle.dtype, device=mle.device)
+        return TrainingLoss(mle, mle, zero, zero, zero, by_kind=trans.by_kind)
+    if trans.data is None:
+        raise ValueError("a SequenceMatch weight above 0 needs the data rows' transitions")
+    if objective.kind == "offline":
+        objective = objective.replace(beta=1.0)
+    terms = sequencematch_terms(trans.data, trans.model, objective,
+                                totals=(data_total, model_total))  # fmt: skip
+    return TrainingLoss(
+        loss=(1.0 - weight) * mle + weight * terms.loss,
+        mle=mle,
+        imitation=terms.imitation,
+        value=terms.value,
+        regulariser=terms.regulariser,
+        v_mean=terms.v_mean.detach(),
+        r_mean=terms.r_mean.detach(),
+        r_std=terms.r_std.detach(),
+        by_kind=trans.by_kind,
+    )
+
+
+def training_loss(
+    data_logits: torch.Tensor | ChunkedLogits,
+    data: Batch,
+    model_logits: torch.Tensor | ChunkedLogits | None,
     model: Batch | None,
     bkspc_id: int | None,
     eos_id: int | None,
@@ -720,49 +673,16 @@ def training_loss(
     ``offsets``: the value offsets ``b(s)`` of the data and model rows (:func:`transitions`);
     the MLE term does not depend on them, nor on how ``objective`` reads Q.
 
+    The same as :func:`loss_from_transitions` of :func:`loss_transitions`.
+
     Raises:
         ValueError: ``sm_weight`` outside ``[0, 1]`` (or not 0 for kind ``mle``), model rows
         missing for kind ``online`` or given for kind ``offline``, or whatever the two losses
         refuse.
     """
-    weight = objective.sm_weight if sm_weight is None else sm_weight
-    if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
-        raise ValueError(f"sm_weight must lie in [0, 1], got {weight!r}")
-    if objective.kind == "mle" and weight != 0.0:
-        raise ValueError(f"kind mle is MLE alone: sm_weight must be 0, got {weight!r}")
-    with_model = model is not None or model_logits is not None
-    if objective.kind == "online" and not with_model:
-        raise ValueError("kind online needs model rows (model_logits and model)")
-    if objective.kind == "offline" and with_model:
-        raise ValueError("kind offline reads data rows only: pass model_logits and model None")
-    mle_total, data_total, model_total = (None, None, None) if totals is None else totals
-    plain = transitions(data_logits, data, bkspc_id, eos_id,
-                        learned_terminal=False)  # fmt: skip  # Q = logits: log pi = q - v
-    if mle_total is None:
-        _require_transitions(plain, "data")
-    mle = _weighted_mean(plain.v - plain.q, plain, 1.0, mle_total)  # mle_loss, gamma 1
-    if weight == 0.0:
-        zero = torch.zeros((), dtype=mle.dtype, device=mle.device)
-        by_kind = transition_statistics(plain, data.sequences, bkspc_id, objective.gamma,
-                                        "data/", with_values=False)  # fmt: skip
-        return TrainingLoss(mle, mle, zero, zero, zero, by_kind=by_kind)
-    if objective.kind == "offline":
-        objective = objective.replace(beta=1.0)
-    terms = sequencematch_loss(
-        data_logits, data, model_logits, model, bkspc_id, eos_id, objective,
-        totals=(data_total, model_total), offsets=offsets,
-    )  # fmt: skip
-    return TrainingLoss(
-        loss=(1.0 - weight) * mle + weight * terms.loss,
-        mle=mle,
-        imitation=terms.imitation,
-        value=terms.value,
-        regulariser=terms.regulariser,
-        v_mean=terms.v_mean.detach(),
-        r_mean=terms.r_mean.detach(),
-        r_std=terms.r_std.detach(),
-        by_kind=terms.by_kind,
-    )
+    trans = loss_transitions(data_logits, data, model_logits, model, bkspc_id, eos_id,
+                             objective, sm_weight=sm_weight, offsets=offsets)  # fmt: skip
+    return loss_from_transitions(trans, objective, sm_weight=sm_weight, totals=totals)
 
 
 def gradient_shares(result: TrainingLoss, weight: float, logits: torch.Tensor) -> dict[str, float]:

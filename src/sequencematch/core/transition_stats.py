@@ -8,24 +8,12 @@ model's own rows. docs/method.md explains what each should look like.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
+
+from .transitions import Transitions
 
 KINDS = ("token", "eos", "bkspc")
 """Kinds of data transitions: an ordinary token, the final ``<eos>``, a ``<bkspc>``."""
-
-
-class Transitions(Protocol):
-    """What these statistics read of :class:`sequencematch.core.objectives.Transitions`
-    (named here, not imported: the objectives import this module)."""
-
-    q: torch.Tensor
-    v: torch.Tensor
-    done: torch.Tensor
-    mask: torch.Tensor
-
-    def reward(self, gamma: float) -> torch.Tensor: ...
 
 
 def kinds_of(

@@ -154,10 +154,14 @@ def load_full_optimizer_state(
     )
 
 
-def total_gradient_norm(parameters: list[torch.nn.Parameter], clip: float) -> float:
-    """The global L2 norm of the (sharded) gradients, clipped to ``clip`` when ``clip > 0``
-    (a collective: all ranks call it)."""
-    norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip > 0 else float("inf"))
-    if isinstance(norm, DTensor):
-        norm = norm.full_tensor()
-    return float(norm)
+def gradient_norm(model: torch.nn.Module, clip: float, sharded: bool) -> float:
+    """The global L2 norm of the model's gradients, clipped to ``clip`` when ``clip > 0``
+    (``sharded``: a collective, all ranks call it)."""
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    if sharded:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, clip if clip > 0 else float("inf"))
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(parameters, clip))
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0

@@ -1,7 +1,8 @@
 """One optimiser step, top to bottom: micro-batches -> forward (dense or chunked logits) ->
-the loss (:func:`~sequencematch.core.objectives.training_loss`, which reads each state's Q,
-V and V' off the logits) -> backward -> clip -> optimiser update. The loop around it lives
-in :mod:`.trainer`."""
+the per-state ``[B, T]`` tensors read off them (Q of the action taken, V, V' and flags:
+``loss_transitions``) -> the loss, a pure function of those (``loss_from_transitions``, both
+in :mod:`~sequencematch.core.objectives`) -> backward -> clip -> optimiser update. The loop
+around it lives in :mod:`.trainer`."""
 
 from __future__ import annotations
 
@@ -13,14 +14,19 @@ from typing import Any
 import torch
 
 from ..core.actions import Batch
-from ..core.chunked_logits import ChunkedLogits
-from ..core.forward import chunked_state_logits, precision_body_dtype, state_logits
-from ..core.objectives import ObjectiveConfig, TrainingLoss, gradient_shares, training_loss
+from ..core.forward import loss_logits, precision_body_dtype
+from ..core.objectives import (
+    ObjectiveConfig,
+    TrainingLoss,
+    gradient_shares,
+    loss_from_transitions,
+    loss_transitions,
+)
 from .batches import MicroBatch, Totals
 from .bkspc_row import RowLearningRate
 from .distributed import World, all_ranks_true, sum_over_ranks
 from .errors import TrainingError
-from .sharding import gradient_sync, total_gradient_norm
+from .sharding import gradient_norm, gradient_sync
 from .value_head import ValueHead, average_gradients
 
 LOSS_TERMS = ("loss", "mle", "imitation", "value", "regulariser")
@@ -89,7 +95,7 @@ class TrainStep:
         self.scaler.unscale_(self.optimizer)
         if self.value_head is not None and not average_gradients(self.value_head, self.world):
             self.fail(f"non-finite value-head gradient at step {step}; training stopped.")
-        grad_norm = self.gradient_norm()
+        grad_norm = gradient_norm(self.model, self.clip_grad, self.sharded)
         # fp16's scaler skips such a step itself (and lowers its scale); elsewhere it is fatal
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
             self.fail(f"non-finite gradient norm at step {step} ({phase} phase); the update "
@@ -109,8 +115,17 @@ class TrainStep:
              weight: float, logged: bool) -> tuple[TrainingLoss, dict[str, float]]:  # fmt: skip
         """A micro-batch's loss (its first ``data_count`` rows are data, the rest model rows)
         and, on a ``logged`` step, each term's share of the gradient (dense logits only)."""
+        # sharded: the blocks' own mixed-precision policy casts (no autocast); the root
+        # (final norm, LM head) is float32, so a plain forward's logits are float32 already
+        body_dtype = None if self.sharded else precision_body_dtype(self.precision)
+        chunk = None  # states per chunk of logits (None: the whole [B, T, V] tensor at once)
+        if self.logits_chunk_mb and self.head_rows == self.vocab_size:
+            chunk = max(1, self.logits_chunk_mb * 2**20 // (4 * self.head_rows))
         batch = batch.to(self.device)
-        logits, hidden = self.state_logits(batch)  # [B, T, V] float32, [B, T, H]
+        logits, hidden = loss_logits(
+            self.network, batch, self.bkspc_id, self.vocab_size, body_dtype=body_dtype,
+            chunk_tokens=chunk, with_hidden=self.value_head is not None,
+        )  # fmt: skip  # [B, T, V] float32, [B, T, H] or None
         data = Batch(*(t[:data_count] for t in batch.__dict__.values()))
         model = Batch(*(t[data_count:] for t in batch.__dict__.values()))
         with_model = objective.kind == "online"
@@ -118,52 +133,15 @@ class TrainStep:
         if self.value_head is not None:
             b = self.value_head(hidden)  # [B, T] b(s) of the state after each element
             offsets = (b[:data_count], b[data_count:] if with_model else None)
-        result = training_loss(
+        trans = loss_transitions(  # [B, T] Q of the action taken, V, V' and flags of each row
             logits[:data_count], data, logits[data_count:] if with_model else None,
             model if with_model else None, self.bkspc_id, self.eos_id, objective,
-            sm_weight=weight, totals=totals, offsets=offsets,
+            sm_weight=weight, offsets=offsets,
         )  # fmt: skip
+        result = loss_from_transitions(trans, objective, sm_weight=weight, totals=totals)
         if not logged or not isinstance(logits, torch.Tensor) or weight == 0.0:
             return result, {}
         return result, gradient_shares(result, weight, logits)
-
-    def state_logits(
-        self, batch: Batch
-    ) -> tuple[torch.Tensor | ChunkedLogits, torch.Tensor | None]:
-        """``[B, T, V]`` logits of the batch's states, float32 (padding rows of the vocabulary
-        cut), and the ``[B, T, H]`` last hidden states when the value head reads them. fp32:
-        one plain forward; bf16/fp16: the body under autocast and the LM head in float32
-        (autocast over the whole model would round the logits, and the rewards
-        ``r = Q - gamma V'`` read off them, to bf16's 0.125 steps at logit 16)."""
-        # sharded: the blocks' own mixed-precision policy casts (no autocast); the root
-        # (final norm, LM head) is float32, so a plain forward's logits are float32 already
-        body_dtype = None if self.sharded else precision_body_dtype(self.precision)
-        rows = (batch.sequences, batch.prompt_lengths, batch.lengths, self.bkspc_id)
-        if self.logits_chunk_mb and self.head_rows == self.vocab_size:
-            chunk = max(1, self.logits_chunk_mb * 2**20 // (4 * self.head_rows))
-            chunked = chunked_state_logits(
-                self.network, *rows, validate=False, body_dtype=body_dtype, chunk_tokens=chunk
-            )  # [B, T, V] read a chunk of states at a time
-            return chunked, chunked.hidden if self.value_head is not None else None
-        hidden = None
-        if body_dtype is None and self.value_head is None:
-            logits = state_logits(self.network, *rows, validate=False)
-        else:
-            chunked = chunked_state_logits(
-                self.network, *rows, validate=False, body_dtype=body_dtype, recompute=False
-            )
-            logits, hidden = chunked.dense(), chunked.hidden  # [B, T, V], [B, T, H]
-        return logits[..., : self.vocab_size].float(), hidden
-
-    def gradient_norm(self) -> float:
-        """The global gradient norm (clipped to ``clip_grad`` when that is set)."""
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
-        if self.sharded:
-            return total_gradient_norm(parameters, self.clip_grad)
-        if self.clip_grad > 0:
-            return float(torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad))
-        norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters]
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
     def fail(self, what: str) -> None:
         """Drop the step's gradients and stop, saying where the run can continue from."""
