@@ -28,6 +28,11 @@ def test_defaults_are_valid():
         ({"task": ""}, "task must name a task"),
         ({"backspace": False, "p_noise": 0.1}, "p_noise needs backspace"),
         ({"replay_size": 8, "samples_per_refresh": 16}, "replay_size must be at least"),
+        ({"divergence": "wasserstein"}, "divergence must be one of"),
+        ({"attn_implementation": "flash_attention_2"}, "attn_implementation must be one of"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"num_layers": 0}, "num_layers and num_heads must each be at least 1"),
+        ({"hidden_size": 130, "num_heads": 4}, "hidden_size 130 must be a multiple of num_heads"),
     ],
 )
 def test_nonsense_is_refused_with_what_to_change(changes, message):
@@ -98,6 +103,7 @@ def test_flags_accept_underscores_too():
         ('backspace: "false"\n', "backspace must be true or false, got the text 'false'"),
         ("output_dir: null\n", "output_dir must be text, got null"),
         ("grad_accum: 0\n", "grad_accum must be at least 1"),
+        ('mle_warmup_steps: "x"\n', "mle_warmup_steps must be a whole number \\(or absent\\)"),
         ("lr: .inf\n", "lr must be a finite number, got inf"),
         ("difficulty: [1, two]\n", "difficulty must be a list of two numbers"),
         ("steps: [3\n", r"run.yaml: not valid YAML \(line 2, column 1"),

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..core.objectives import DATA_REGULARISERS, DEFAULT_ALPHA, TERMINAL_VALUES
+from ..core.causal_lm import SUPPORTED_ATTENTION
+from ..core.objectives import DATA_REGULARISERS, DEFAULT_ALPHA, PHI, TERMINAL_VALUES
 
 METHODS = ("mle", "offline", "sequencematch")
 VALUE_HEADS = ("auto", "none", "offset", "normalised")
@@ -124,6 +125,13 @@ class ModelOptions:
     def problems(self) -> list[str]:
         """One line per field of this group with a wrong type or value."""
         return type_problems(self, ModelOptions) or _failed([
+            (min(self.hidden_size, self.num_layers, self.num_heads) >= 1,
+             "hidden_size, num_layers and num_heads must each be at least 1"),
+            (self.num_heads < 1 or self.hidden_size % self.num_heads == 0,
+             f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}"),
+            (self.attn_implementation in SUPPORTED_ATTENTION,
+             f"attn_implementation must be one of {SUPPORTED_ATTENTION} (both follow the "
+             f"<bkspc> layout's masks), got {self.attn_implementation!r}"),
             (self.lora_r >= 0, f"lora_r must be >= 0 (0: full fine-tuning), got {self.lora_r}"),
             (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
             (0.0 <= self.lora_dropout < 1.0,
@@ -309,6 +317,8 @@ class ObjectiveOptions:
         """One line per field of this group with a wrong type or value."""
         return type_problems(self, ObjectiveOptions) or _failed([
             (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
+            (self.divergence in PHI,
+             f"divergence must be one of {tuple(PHI)}, got {self.divergence!r}"),
             (0.0 < self.gamma <= 1.0, f"gamma must lie in (0, 1], got {self.gamma}"),
             (self.alpha > 0 and math.isfinite(self.alpha), f"alpha must be > 0, got {self.alpha}"),
             (0.0 <= self.beta <= 1.0, f"beta must lie in [0, 1], got {self.beta}"),
@@ -406,6 +416,7 @@ class OptimisationOptions:
             (self.grad_accum < 1 or self.batch_size % self.grad_accum == 0,
              f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must lie in [0, 1]"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.clip_grad >= 0, "clip_grad must be >= 0 (0 disables clipping)"),
@@ -454,6 +465,7 @@ _EXPECTED = {
     "bool": "true or false",
     "str": "text",
     "str | None": "text (or absent)",
+    "int | None": "a whole number (or absent)",
     "list[float]": "a list of two numbers",
 }
 
@@ -483,6 +495,8 @@ def _type_fits(kind: str, value: Any) -> bool:
         return is_number(value) and math.isfinite(value)
     if kind == "str":
         return isinstance(value, str)
+    if kind == "int | None":
+        return value is None or _type_fits("int", value)
     if kind == "str | None":
         return value is None or isinstance(value, str)
     if kind == "list[float]":
