@@ -272,6 +272,20 @@ def test_a_diverging_run_keeps_only_finite_checkpoints(tmp_path, capsys):
     assert steps == sorted(set(steps))
 
 
+def test_a_stop_between_log_steps_resumes_to_the_uninterrupted_metrics(tmp_path):
+    def records(folder: Path) -> list[dict]:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
+
+    train(config_for(tmp_path / "whole", log_every=4, steps=8, n_valid=0))
+    train(config_for(tmp_path / "stopped", log_every=4, steps=8, n_valid=0, stop_at=3))
+    written = tmp_path / "stopped" / "metrics.jsonl"
+    assert not written.exists() or not written.read_text()  # step 3 is not a log step
+    train(config_for(tmp_path / "stopped", log_every=4, steps=8, n_valid=0, resume=True))
+    assert logged_steps(tmp_path / "whole") == [4, 8]
+    assert records(tmp_path / "stopped") == records(tmp_path / "whole")
+
+
 def test_a_checkpoint_with_non_finite_parameters_is_refused(tmp_path):
     folder = tmp_path / "run"
     trainer = train(config_for(folder, steps=4, stop_at=2))

@@ -323,7 +323,8 @@ def run_train(args: argparse.Namespace) -> int:
         )  # fmt: skip
         last = _train_until_stopped(trainer, world)
         if world.is_main:
-            print({k: v for k, v in last.items() if not isinstance(v, list)})
+            if last:  # a stop before a log step has no new line
+                print({k: v for k, v in last.items() if not isinstance(v, list)})
             print(f"run folder: {config.output_dir}")
         close_world(world, synchronise=True, models=[trainer.model])
     finally:

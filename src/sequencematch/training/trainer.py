@@ -425,7 +425,9 @@ class Trainer:
             self.window.append(metrics)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "mle", "regulariser")})
-            if step % config.log_every == 0 or step == last_step or extra:
+            # the last step of the run is logged; a stop before it is not (its steps are
+            # kept in the checkpoint's window, so a resume logs what one run would)
+            if step % config.log_every == 0 or step == config.steps or extra:
                 last = self.metrics.log(step, self.window, extra, time.perf_counter() - started)
                 self.window = []
             if config.eval_every and step % config.eval_every == 0 and step != last_step:
