@@ -6,7 +6,8 @@ validation questions: the policy around the reference answer (P(<eos> | answer),
 leaks to the tail, P(<bkspc> | answer + a wrong digit), P(<bkspc> | answer)), greedy accuracy
 at forced noise 0 and 0.1 (and the share of forced tokens deleted), and sampled accuracy at
 temperature 1. Arms differ by the ``<bkspc>`` row's start (mean embedding or linear probe),
-its learning rate, and the objective's bookkeeping (terminal value, noise rows). Each finished
+its learning rate, whether it is probed again after the steps (the policy before that is
+recorded too), and the objective's bookkeeping (terminal value, noise rows). Each finished
 arm appends one line to ``OUT/arms.jsonl``; a rerun skips what is there.
 
     python -m experiments.no_harm --warmup runs/noharm/warmup/model --out runs/noharm
@@ -70,7 +71,16 @@ ARMS: dict[str, dict[str, Any]] = {
     "sm-fixed-alpha10-p0.05": dict(**ONLINE, **FIXED, alpha=10.0, p_noise=0.05),
     "sm-fixed-alpha10-p0.02": dict(**ONLINE, **FIXED, alpha=10.0, p_noise=0.02),
     "mle-bkspc-probe-p0.02": dict(method="mle", bkspc_init="probe", p_noise=0.02),
+    # the probe alone (one step at a vanishing rate), and arms whose <bkspc> row is probed
+    # again on the trained features after their steps (REPROBE: not a training option)
+    "probe-only": dict(method="mle", bkspc_init="probe", steps=1, lr=1e-12, warmup_steps=0),
+    "mle-bkspc-probe-reprobe": dict(method="mle", bkspc_init="probe", reprobe=True),
+    "sm-fixed-alpha10-reprobe": dict(**ONLINE, **FIXED, alpha=10.0, reprobe=True),
+    "sm-fixed-alpha10-p0.05-reprobe": dict(
+        **ONLINE, **FIXED, alpha=10.0, p_noise=0.05, reprobe=True
+    ),
 }
+REPROBE = "reprobe"
 # Arms on the from-scratch demo's settings: each is one of the demo's continuations (its
 # method) with options changed; alpha is set explicitly (the measured arms ran at 1).
 PINNED = dict(terminal_value="zero")
@@ -106,15 +116,22 @@ def run(args: argparse.Namespace) -> None:
         elif arm == "start":  # the warm-up itself, measured the same way
             config = start_config(args, out)
         else:
-            config = TrainConfig(**{**COMMON, **ARMS[arm]}, model=args.warmup, seed=args.seed,
+            options = {k: v for k, v in ARMS[arm].items() if k != REPROBE}
+            config = TrainConfig(**{**COMMON, **options}, model=args.warmup, seed=args.seed,
                                  output_dir=str(out / arm))  # fmt: skip
         trainer, inputs, seconds = train(config)
+        reprobe = {}
+        if args.setting != "tiny" and ARMS.get(arm, {}).get(REPROBE):
+            before = inputs.task.policy(trainer.model, trainer.tokenizer, inputs.valid,
+                                        vocab_size=trainer.vocab_size, seed=args.seed)  # fmt: skip
+            # the same probe as at the start, on the features the steps left
+            reprobe = {**trainer._probe_bkspc_row(), "policy_before": before.as_dict()}
         policy = inputs.task.policy(trainer.model, trainer.tokenizer, inputs.valid,
                                     vocab_size=trainer.vocab_size, seed=args.seed)  # fmt: skip
         settings = (TINY_ARMS if args.setting == "tiny" else ARMS).get(arm, {})
         record = {"arm": arm, "settings": settings, "seconds": round(seconds, 1),
                   "trace": metric_trace(out / arm), "policy": policy.as_dict(),
-                  "probe": trainer.probe_stats,
+                  "probe": trainer.probe_stats, "reprobe": reprobe,
                   "scores": evaluate(trainer, inputs, args.seed)}  # fmt: skip
         with open(out / "arms.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
