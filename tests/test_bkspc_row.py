@@ -89,3 +89,43 @@ def test_a_preset_from_scratch_keeps_the_mean_row_by_default(tmp_path):
     config = small_config(tmp_path, "mean", method="mle", steps=1)
     trainer = run(config)
     assert trainer.probe_stats == {}
+
+
+def test_reprobe_refits_the_row_on_the_trained_features_and_moves_nothing_else(tmp_path):
+    options = dict(method="mle", steps=3, bkspc_init="probe", bkspc_probe_rows=16,
+                   bkspc_probe_steps=50)  # fmt: skip
+    plain = run(small_config(tmp_path, "plain", **options))
+    again = run(small_config(tmp_path, "again", **options, bkspc_reprobe=True))
+    bkspc_id = plain.bkspc_id
+    plain_state, again_state = plain.model.state_dict(), again.model.state_dict()
+    rows = plain.model.get_output_embeddings().weight.shape[0]
+    keep = torch.arange(rows) != bkspc_id  # [V] every row but <bkspc>'s
+    for name, value in plain_state.items():  # the body: the same steps, bit for bit
+        other = again_state[name]
+        if value.dim() == 2 and value.shape[0] == rows:  # the head or tied embedding
+            value, other = value[keep], other[keep]
+        assert torch.equal(value, other), name
+    head = again.model.get_output_embeddings().weight
+    assert not torch.equal(head[bkspc_id], plain.model.get_output_embeddings().weight[bkspc_id])
+
+    stats = plain._probe_bkspc_row()  # the same probe, by hand, on the plain run's model
+    assert torch.equal(head[bkspc_id], plain.model.get_output_embeddings().weight[bkspc_id])
+    lines = (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()
+    logged = next(json.loads(line) for line in lines if "reprobe/nll_after" in line)
+    assert logged["step"] == 3
+    assert logged["reprobe/nll_after"] == stats["probe/nll_after"]
+    assert logged["reprobe/nll_after"] < logged["reprobe/nll_before"]
+
+
+def test_reprobe_is_refused_where_it_cannot_write_the_row():
+    import pytest
+
+    from sequencematch.training.config import TrainConfig
+
+    for changes, message in (
+        (dict(lora_r=4), "bkspc_reprobe writes the <bkspc> row of a full, unsharded model"),
+        (dict(fsdp=True), "bkspc_reprobe writes the <bkspc> row of a full, unsharded model"),
+        (dict(p_noise=0.0), "bkspc_reprobe needs backspace true and p_noise > 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(bkspc_reprobe=True, **changes).validate()

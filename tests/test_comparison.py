@@ -269,6 +269,18 @@ def test_resume_may_add_seeds_but_not_change_anything_else(tmp_path, capsys):
     assert "replacing the previous demo run" in capsys.readouterr().out
 
 
+def test_a_demo_written_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    settings = DemoSettings.quick()
+    prepare_output(tmp_path, settings, resume=False)
+    saved = tmp_path / "settings.json"
+    written = json.loads(saved.read_text())
+    del written["bkspc_reprobe"]  # a folder written before the setting was added
+    saved.write_text(json.dumps(written))
+    prepare_output(tmp_path, settings, resume=True)
+    with pytest.raises(ValueError, match="these differ: bkspc_reprobe"):
+        prepare_output(tmp_path, with_overrides(settings, bkspc_reprobe=True), resume=True)
+
+
 def test_resume_never_drops_seeds(tmp_path):
     settings = with_overrides(DemoSettings.quick(), seeds=2)
     prepare_output(tmp_path, settings, resume=False)

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lambda-mle", type=float, default=None, help="MLE weight (chi2 methods)")
     demo.add_argument("--p-noise", type=float, default=None, help="training noise level")
     demo.add_argument("--noise-source", default=None, help="uniform, unigram or task")
+    demo.add_argument("--bkspc-reprobe", type=_flag, default=None, metavar="BOOL",
+                      help="the <bkspc> methods fit their row again as a probe after their "
+                      "steps (train's bkspc_reprobe)")  # fmt: skip
     demo.add_argument("--difficulty", type=float, nargs=2, default=None, help="entropy bits")
     demo.add_argument("--hidden-size", type=int, default=None, help="model width")
     demo.add_argument("--num-layers", type=int, default=None, help="transformer blocks")
@@ -169,7 +172,7 @@ DEMOS = {
 """Each demo's settings: ``module:class`` in this package."""
 DEMO_OPTIONS = ("seed", "seeds", "warmup_steps", "steps", "alpha", "lambda_mle", "p_noise",
                 "noise_source", "difficulty", "hidden_size", "num_layers", "n_train", "n_test",
-                "corpus", "lr", "lora_r", "precision")  # fmt: skip
+                "corpus", "lr", "lora_r", "precision", "bkspc_reprobe")  # fmt: skip
 
 
 def demo_settings(args: argparse.Namespace):

@@ -139,6 +139,11 @@ class TrainConfig(
             problems += self.sampling_problems()
             if self.grad_accum >= 1 and self.model_batch_size % self.grad_accum:
                 problems.append("model_batch_size must be a multiple of grad_accum")
+        if self.bkspc_reprobe and (self.lora_r > 0 or self.fsdp):
+            problems.append(
+                "bkspc_reprobe writes the <bkspc> row of a full, unsharded model: "
+                "drop it, or set lora_r 0 and fsdp false"
+            )
         return problems
 
     def validate(self, explicit: Iterable[str] = ()) -> TrainConfig:

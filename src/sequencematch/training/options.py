@@ -221,6 +221,13 @@ class NoiseOptions:
     bkspc_row_lr: float = _field(
         0.0, "learning rate of the <bkspc> output row while fine-tuning (0: lr, like the rest)"
     )
+    bkspc_reprobe: bool = _field(
+        False,
+        "after the last step, fit the <bkspc> output row again as a linear probe on the "
+        "trained features (body frozen; the probe's rows, steps and rate), so that the row "
+        "matches the features fine-tuning left: fewer deletions of right tokens "
+        '(docs/RESULTS.md, "A second probe"). One process, full fine-tuning only',
+    )
 
     def problems(self) -> list[str]:
         """One line per field of this group with a wrong type or value."""
@@ -244,6 +251,9 @@ class NoiseOptions:
              f"bkspc_row_lr must be >= 0 (0: lr), got {self.bkspc_row_lr}"),
             (self.backspace or (self.bkspc_init in ("auto", "mean") and self.bkspc_row_lr == 0),
              "bkspc_init probe and bkspc_row_lr need backspace true"),
+            (not self.bkspc_reprobe or (self.backspace and self.p_noise > 0),
+             "bkspc_reprobe needs backspace true and p_noise > 0 (the probe fits the row to "
+             "the noise rows' deletions)"),
             (self.backspace or self.p_noise == 0.0, "p_noise needs backspace (noise is undone "
              "with <bkspc>): set backspace true or p_noise 0"),
         ])  # fmt: skip

@@ -101,6 +101,8 @@ class Trainer:
             raise ValueError("fsdp needs more than one process: use torchrun, or fsdp false")
         if config.fsdp and config.precision == "fp16":
             raise ValueError("fsdp trains in precision fp32 or bf16, not fp16")
+        if config.bkspc_reprobe and self.world.size > 1:
+            raise ValueError("bkspc_reprobe runs in one process: drop it under torchrun")
         shares = self.world.size * config.grad_accum
         if config.batch_size < shares or (
             config.samples_model() and config.model_batch_size < shares
@@ -223,6 +225,15 @@ class Trainer:
         if self.world.is_main:
             print("<bkspc> row probed: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
         return stats
+
+    def _reprobe_bkspc_row(self) -> None:
+        """``bkspc_reprobe``: the probe again, on the features the steps left (body frozen),
+        logged as ``reprobe/...`` with the last step (docs/RESULTS.md, "A second probe")."""
+        stats = self._probe_bkspc_row()
+        self.model.train()
+        if self.world.is_main:
+            record = {f"re{key}": value for key, value in stats.items()}  # reprobe/nll_before
+            self.metrics.append({"step": self.step, **record})
 
     def close(self) -> None:
         """Release the run folder's lock (training calls this when it ends, however)."""
@@ -435,8 +446,10 @@ class Trainer:
             if config.save_every and step % config.save_every == 0 and step != last_step:
                 self.save_checkpoint()
         bar.close()
-        self.save_checkpoint()  # first: an evaluation that fails must not lose the training
         trained = self.step > first_step
+        if config.bkspc_reprobe and trained and self.step >= config.steps:
+            self._reprobe_bkspc_row()
+        self.save_checkpoint()  # first: an evaluation that fails must not lose the training
         if not trained and self.step >= config.steps and self.world.is_main:
             print(f"the run in {self.run_dir} finished at step {self.step} already")
         if self.step >= config.steps and (trained or not self._finished_before("model")):

@@ -105,6 +105,7 @@ class ComparisonSettings:
     refresh_every: int = 25
     lora_r: int = 0  # >0: the methods continue through LoRA adapters of this rank
     lora_alpha: float = 16.0
+    bkspc_reprobe: bool = False  # the <bkspc> methods probe their row again at the end
 
     @classmethod
     def pretrained(cls, model: str) -> ComparisonSettings:
@@ -144,6 +145,8 @@ class ComparisonSettings:
                 f"--lr must be > 0 and --lora-r >= 0 (0: every weight), got {self.lr} and "
                 f"{self.lora_r}"
             )
+        if self.bkspc_reprobe and self.lora_r > 0:
+            raise ValueError("--bkspc-reprobe writes the row of a full model: use --lora-r 0")
         if self.n_train < 1 or self.n_test < 1:
             raise ValueError(
                 f"--n-train and --n-test must be at least 1, got {self.n_train} and {self.n_test}"
@@ -221,7 +224,7 @@ def method_configs(
         value_head=settings.value_head, lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
         **settings.replay_options(),
     )  # fmt: skip
-    bkspc = dict(backspace=True, p_noise=settings.p_noise)
+    bkspc = dict(backspace=True, p_noise=settings.p_noise, bkspc_reprobe=settings.bkspc_reprobe)
     return {
         MLE: TrainConfig(**common, method="mle", backspace=False, p_noise=0.0,
                          output_dir=str(out / MLE)),
@@ -498,8 +501,11 @@ def claim_output(
             folder.claim_new(False, "choose another --out")
         elif saved.exists():
             previous = json.loads(saved.read_text())
+            # a setting added since that run was written: the run had its default
+            defaults = json.loads(json.dumps(asdict(type(settings)())))
             changed = sorted(k for k in current.keys() | previous.keys()
-                             if current.get(k) != previous.get(k) and k != "seeds")  # fmt: skip
+                             if current.get(k) != previous.get(k, defaults.get(k))
+                             and k != "seeds")  # fmt: skip
             if changed:
                 raise ValueError(
                     f"--resume needs the settings of the run in {out}; these differ: "
