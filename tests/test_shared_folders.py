@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import shutil
 import signal
 import subprocess
@@ -111,14 +112,20 @@ def test_training_state_round_trips_as_data_only(tmp_path):
         read_state(tmp_path)
 
 
-@pytest.mark.parametrize("content", ["payload", "random bytes"])
+# Seeded random bytes that torch's tensors-only unpickler refuses with each of the errors it
+# raises on such input: UnpicklingError (seed 0), IndexError (2), KeyError (20) and
+# UnicodeDecodeError (195).
+@pytest.mark.parametrize("content", ["payload", 0, 2, 20, 195])
 def test_a_pickled_model_file_is_refused_in_one_line(model_folder, tmp_path, capsys, content):
     folder = tmp_path / "model"
     shutil.copytree(model_folder, folder)
     (folder / "model.safetensors").unlink()
     (folder / "manifest.json").unlink()
     pwned = tmp_path / "pwned"
-    data = pickle.dumps(Payload(pwned)) if content == "payload" else os.urandom(256)
+    if content == "payload":
+        data = pickle.dumps(Payload(pwned))
+    else:
+        data = random.Random(content).randbytes(256)
     (folder / "pytorch_model.bin").write_bytes(data)
     message = f"{folder}: a pytorch_model.bin cannot be read safely (pytorch_model.bin was"
     one_error_line(capsys, ["generate", "--model", str(folder), "--prompt", "1 + 1?"], message)

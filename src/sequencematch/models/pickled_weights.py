@@ -9,10 +9,15 @@ one line naming the file; nothing is ever loaded with ``weights_only=False``.
 from __future__ import annotations
 
 import pickle
+import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, UnicodeDecodeError,
+                     IndexError, KeyError, struct.error, OverflowError)  # fmt: skip
+"""What torch's tensors-only unpickler raises on bytes that are no pickle of tensors."""
 
 
 def pickled_weights(folder: Path) -> list[str]:
@@ -32,7 +37,7 @@ def refused_pickles_in_one_line(folder: str | Path) -> Iterator[None]:
         with warnings.catch_warnings():  # torch's note on the protocol of a refused pickle
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             yield
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
+    except UNPICKLING_ERRORS as error:
         if not pickles:
             raise
         raise ValueError(
