@@ -76,6 +76,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "probe-only": dict(method="mle", bkspc_init="probe", steps=1, lr=1e-12, warmup_steps=0),
     "mle-bkspc-probe-reprobe": dict(method="mle", bkspc_init="probe", reprobe=True),
     "sm-fixed-alpha10-reprobe": dict(**ONLINE, **FIXED, alpha=10.0, reprobe=True),
+    "sm-fixed-alpha10-p0.1-reprobe": dict(**ONLINE, **FIXED, alpha=10.0, p_noise=0.1, reprobe=True),
+    "sm-fixed-alpha10-p0.08-reprobe": dict(
+        **ONLINE, **FIXED, alpha=10.0, p_noise=0.08, reprobe=True
+    ),
     "sm-fixed-alpha10-p0.05-reprobe": dict(
         **ONLINE, **FIXED, alpha=10.0, p_noise=0.05, reprobe=True
     ),
