@@ -6,12 +6,14 @@ import copy
 import json
 import random
 
+import pytest
 import torch
 from conftest import make_model
 from test_trainer import run, small_config
 
 from sequencematch.core.actions import UniformNoise, augment_with_noise, collate
 from sequencematch.training.bkspc_row import RowLearningRate, probe_bkspc_row, probe_features
+from sequencematch.training.config import TrainConfig
 
 
 def noisy_batch(tokenizer, bkspc_id, rows=24, seed=0):
@@ -118,10 +120,6 @@ def test_reprobe_refits_the_row_on_the_trained_features_and_moves_nothing_else(t
 
 
 def test_reprobe_is_refused_where_it_cannot_write_the_row():
-    import pytest
-
-    from sequencematch.training.config import TrainConfig
-
     for changes, message in (
         (dict(lora_r=4), "bkspc_reprobe writes the <bkspc> row of a full, unsharded model"),
         (dict(fsdp=True), "bkspc_reprobe writes the <bkspc> row of a full, unsharded model"),
