@@ -102,6 +102,10 @@ TINY_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "sm-alpha3": ("sequencematch-chi2-bkspc", dict(alpha=3.0)),
     "sm-alpha10": ("sequencematch-chi2-bkspc", dict(alpha=10.0)),
     "offline-alpha10": ("offline-chi2-bkspc", dict(alpha=10.0)),
+    # the <bkspc> row probed again after the steps (bkspc_reprobe), at the current defaults
+    "mle-bkspc-reprobe": ("mle-bkspc", dict(bkspc_reprobe=True)),
+    "offline-alpha10-reprobe": ("offline-chi2-bkspc", dict(alpha=10.0, bkspc_reprobe=True)),
+    "sm-alpha10-reprobe": ("sequencematch-chi2-bkspc", dict(alpha=10.0, bkspc_reprobe=True)),
 }
 POLICY = ("p_eos", "tail_at_end", "p_bkspc_after_wrong", "p_bkspc_at_end",
           "first_token_entropy", "outside_top10")  # fmt: skip
