@@ -324,6 +324,33 @@ def test_bad_demo_settings_are_refused():
     assert (lora.lora_r, lora.lr) == (64, 5e-4)
 
 
+def test_a_pretrained_comparison_probes_the_row_again_unless_it_runs_through_lora():
+    """The pretrained defaults: three seeds, and the <bkspc> methods' row probed again after
+    their steps (arithmetic at task noise 0.05); a LoRA comparison has no full row to probe,
+    so --lora-r alone turns the second probe off, and asking for both is refused."""
+    from sequencematch.apps.demos.text_demo import TextDemoSettings
+    from sequencematch.evaluation.paired import MIN_SEEDS_FOR_A_CLAIM
+
+    arithmetic = DemoSettings.pretrained("smollm2-135m").validate()
+    text = TextDemoSettings.pretrained("smollm2-135m").validate()
+    assert arithmetic.bkspc_reprobe and text.bkspc_reprobe
+    assert arithmetic.p_noise == 0.05 and DemoSettings().p_noise == 0.15
+    assert min(arithmetic.seeds, text.seeds) >= MIN_SEEDS_FOR_A_CLAIM
+    assert not DemoSettings().bkspc_reprobe  # from scratch: the row trains from the start
+    configs = method_configs(arithmetic, 0, Path("warmup"), Path("seed"))
+    assert [c.bkspc_reprobe for c in configs.values()] == [False, True, True, True]
+    lora = with_overrides(arithmetic, lora_r=8)
+    assert lora.lora_r == 8 and not lora.bkspc_reprobe
+    with pytest.raises(ValueError, match="--bkspc-reprobe writes the row of a full model"):
+        with_overrides(arithmetic, lora_r=8, bkspc_reprobe=True)
+    said = "output row then fitted again as a linear probe on the trained features"
+    for settings, says in ((arithmetic, True), (lora, False)):
+        results = fake_results(CONSISTENT)
+        results["settings"] |= json.loads(json.dumps(asdict(settings)))
+        results["from_scratch"] = False
+        assert (said in ArithmeticComparison().report(results, "", None)) == says
+
+
 def _text_entry(completions: list[str]) -> dict:
     from sequencematch.evaluation.text_metrics import text_statistics
 

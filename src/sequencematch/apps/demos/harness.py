@@ -110,12 +110,14 @@ class ComparisonSettings:
     @classmethod
     def pretrained(cls, model: str) -> ComparisonSettings:
         """A reduced comparison that fine-tunes every weight of the pretrained ``model``
-        (bf16 body, a learned value for SequenceMatch: docs/RESULTS.md), sized for about half
-        an hour on 2 CPU cores with a 135M-parameter model. ``lora_r`` continues the methods
-        through LoRA adapters instead (docs/RESULTS.md measures both)."""
-        return cls(model=model, precision="bf16", value_head="normalised", seeds=2,
+        (bf16 body, a learned value for SequenceMatch, the ``<bkspc>`` row probed again after
+        the steps: docs/RESULTS.md), three seeds, sized for about an hour on 2 CPU cores with
+        a 135M-parameter model. ``lora_r`` continues the methods through LoRA adapters
+        instead (docs/RESULTS.md measures both)."""
+        return cls(model=model, precision="bf16", value_head="normalised", seeds=3,
                    warmup_steps=40, steps=30, batch_size=16, n_train=2000, n_valid=50,
-                   n_test=200, warmup_lr=1e-4, lr=5e-5, refresh_every=10)  # fmt: skip
+                   n_test=200, warmup_lr=1e-4, lr=5e-5, refresh_every=10,
+                   bkspc_reprobe=True)  # fmt: skip
 
     def from_scratch(self) -> bool:
         """Whether the warm-up trains a preset model from scratch (else: fine-tuning)."""
@@ -543,13 +545,16 @@ def describe_protocol(settings: ComparisonSettings, workers: int) -> str:
 
 def with_overrides(settings: ComparisonSettings, **changes: Any) -> ComparisonSettings:
     """``settings`` with the given fields replaced (``None`` values are ignored); an option
-    that this task's settings do not have is refused, naming its flag."""
+    that this task's settings do not have is refused, naming its flag. ``lora_r > 0``
+    without ``bkspc_reprobe`` turns the second probe off (it applies to full fine-tunes)."""
     given = {key: value for key, value in changes.items() if value is not None}
     known = {item.name for item in fields(settings)}
     for key in given:
         if key not in known:
             flag = "--" + key.replace("_", "-")
             raise ValueError(f"{flag} does not apply to the {settings.task} demo")
+    if given.get("lora_r", 0) > 0 and "bkspc_reprobe" not in given:
+        given["bkspc_reprobe"] = False  # the second probe writes a full model's row
     if "difficulty" in given:
         given["difficulty"] = list(given["difficulty"])
     return replace(settings, **given).validate()

@@ -55,10 +55,16 @@ def protocol_sentence(results: dict[str, Any], unit: str) -> str:
         if lora
         else ""
     )  # fmt: skip
+    reprobe = (
+        " (the `<bkspc>` methods' output row then fitted again as a linear probe on the "
+        "trained features, body frozen)"
+        if settings.get("bkspc_reprobe")
+        else ""
+    )  # fmt: skip
     return (
         f"Protocol, per seed: one shared warm-up ({warmup}), saved; then every method "
         f"continues from it for {settings['steps']} steps{adapters} (peak learning rate "
-        f"{settings['lr']}) on the same data order and noise draws"
+        f"{settings['lr']}) on the same data order and noise draws{reprobe}"
     )
 
 
