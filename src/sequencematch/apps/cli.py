@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--noise-source", default=None, help="uniform, unigram or task")
     demo.add_argument("--bkspc-reprobe", type=_flag, default=None, metavar="BOOL",
                       help="the <bkspc> methods fit their row again as a probe after their "
-                      "steps (train's bkspc_reprobe; default: on for a pretrained model "
-                      "without --lora-r, off otherwise)")  # fmt: skip
+                      "steps (train's bkspc_reprobe; default: on for the arithmetic demo of a "
+                      "pretrained model without --lora-r, off otherwise)")  # fmt: skip
     demo.add_argument("--difficulty", type=float, nargs=2, default=None, help="entropy bits")
     demo.add_argument("--hidden-size", type=int, default=None, help="model width")
     demo.add_argument("--num-layers", type=int, default=None, help="transformer blocks")
