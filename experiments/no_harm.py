@@ -111,6 +111,11 @@ POLICY = ("p_eos", "tail_at_end", "p_bkspc_after_wrong", "p_bkspc_at_end",
           "first_token_entropy", "outside_top10")  # fmt: skip
 
 
+def arm_options(arm: str) -> dict[str, Any]:
+    """The training options of the SmolLM2 arm ``arm`` (its ``REPROBE`` mark left out)."""
+    return {k: v for k, v in ARMS[arm].items() if k != REPROBE}
+
+
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,9 +129,8 @@ def run(args: argparse.Namespace) -> None:
         elif arm == "start":  # the warm-up itself, measured the same way
             config = start_config(args, out)
         else:
-            options = {k: v for k, v in ARMS[arm].items() if k != REPROBE}
-            config = TrainConfig(**{**COMMON, **options}, model=args.warmup, seed=args.seed,
-                                 output_dir=str(out / arm))  # fmt: skip
+            config = TrainConfig(**{**COMMON, **arm_options(arm)}, model=args.warmup,
+                                 seed=args.seed, output_dir=str(out / arm))  # fmt: skip
         trainer, inputs, seconds = train(config)
         reprobe = {}
         if args.setting != "tiny" and ARMS.get(arm, {}).get(REPROBE):

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from experiments.no_harm import ARMS, COMMON, POLICY, REPROBE  # noqa: E402
+from experiments.no_harm import COMMON, POLICY, arm_options  # noqa: E402
 from experiments.pretrained_continuation import evaluate  # noqa: E402
 from sequencematch.apps.setup import prepare_run, task_file  # noqa: E402
 from sequencematch.training.config import TrainConfig  # noqa: E402
@@ -33,8 +33,7 @@ from sequencematch.training.trainer import Trainer  # noqa: E402
 
 def fit_and_measure(args: argparse.Namespace, rows: int) -> dict:
     """The arm's trained model, its row probed again on ``rows`` rows, then measured."""
-    options = {k: v for k, v in ARMS[args.arm].items() if k != REPROBE}
-    options |= {"bkspc_probe_rows": rows, "bkspc_init": "mean"}  # the saved row, not probed
+    options = arm_options(args.arm) | {"bkspc_probe_rows": rows, "bkspc_init": "mean"}  # saved row
     model = Path(args.noharm) / args.arm / "model"
     config = TrainConfig(**{**COMMON, **options}, model=str(model), seed=args.seed,
                          output_dir=str(Path(args.out) / f"fit-{args.arm}-{rows}"))  # fmt: skip

@@ -70,7 +70,8 @@ class DemoSettings(ComparisonSettings):
         """The reduced comparison for a pretrained model, at forced noise 0 and 0.1. Task
         noise 0.05 with the second probe: at 0.15 the fine-tuned row deletes about a tenth of
         right answers' last digits (docs/RESULTS.md, "noise 0.05 and a second probe")."""
-        return replace(super().pretrained(model), levels=(0.0, 0.1), p_noise=0.05)
+        return replace(super().pretrained(model), levels=(0.0, 0.1), p_noise=0.05,
+                       bkspc_reprobe=True)  # fmt: skip
 
     def task_config(self) -> dict[str, Any]:
         # Samples may show 16 tokens, more than the longest answer with its <eos> (9 tokens

@@ -110,14 +110,12 @@ class ComparisonSettings:
     @classmethod
     def pretrained(cls, model: str) -> ComparisonSettings:
         """A reduced comparison that fine-tunes every weight of the pretrained ``model``
-        (bf16 body, a learned value for SequenceMatch, the ``<bkspc>`` row probed again after
-        the steps: docs/RESULTS.md; a task's settings may differ), three seeds, sized for about
-        an hour on 2 CPU cores with a 135M-parameter model. ``lora_r`` continues the methods
+        (bf16 body, a learned value for SequenceMatch: docs/RESULTS.md), three seeds, sized for
+        about an hour on 2 CPU cores with a 135M-parameter model. ``lora_r`` continues the methods
         through LoRA adapters instead (docs/RESULTS.md measures both)."""
         return cls(model=model, precision="bf16", value_head="normalised", seeds=3,
                    warmup_steps=40, steps=30, batch_size=16, n_train=2000, n_valid=50,
-                   n_test=200, warmup_lr=1e-4, lr=5e-5, refresh_every=10,
-                   bkspc_reprobe=True)  # fmt: skip
+                   n_test=200, warmup_lr=1e-4, lr=5e-5, refresh_every=10)  # fmt: skip
 
     def from_scratch(self) -> bool:
         """Whether the warm-up trains a preset model from scratch (else: fine-tuning)."""

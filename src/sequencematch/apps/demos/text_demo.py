@@ -66,8 +66,7 @@ class TextDemoSettings(ComparisonSettings):
         return replace(super().pretrained(model), seeds=3, warmup_steps=30, steps=20,
                        batch_size=8, n_train=2000, n_valid=50, n_test=100, warmup_lr=1e-4,
                        lr=5e-5, lora_r=0, prompt_tokens=32, completion_tokens=128,
-                       mauve_seeds=3, refresh_every=10,
-                       bkspc_reprobe=False)  # fmt: skip
+                       mauve_seeds=3, refresh_every=10)  # fmt: skip
 
     def task_config(self) -> dict[str, Any]:
         return {"train_file": self.corpus, "vocab_size": self.vocab_size,
